@@ -1,0 +1,154 @@
+"""SAACL: supervised adaptive anatomical contrastive loss (ACTION++ section 2.2).
+
+For anchor pixel embeddings v_i (student) with label y_i, the candidates of
+anchor i are its own teacher view t_i, every queue entry q_1..q_Q (past teacher
+embeddings with labels) and the K class centres psi_1..psi_K (row c = centre
+assigned to class c). With the softmax over all candidates at temperature tau,
+
+    log p_i(u) = v_i . u / tau - log sum_{w in candidates_i} exp(v_i . w / tau)
+
+    loss_i = -(1/|P_i|) [ sum_{p in P_i} log p_i(p) + lambda_a log p_i(nu_i) ]
+
+with P_i = {t_i} + {q_j : label(q_j) = y_i} and nu_i = psi_{y_i}; the loss is the
+mean over anchors. All embeddings (anchors, teacher views, queue, centres) are
+L2-normalised inside, so dot products are cosines.
+
+Taught in notebooks/03_contrastive_losses.ipynb.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._util import check_2d, check_labels, grad_zero
+
+__all__ = ["saacl_loss", "sample_anchors"]
+
+
+def saacl_loss(
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    teacher_view: torch.Tensor,
+    queue: torch.Tensor | None,
+    queue_labels: torch.Tensor | None,
+    class_centres: torch.Tensor | None,
+    tau: float,
+    lambda_a: float,
+    include_centres_as_candidates: bool = True,
+) -> torch.Tensor:
+    """The SAACL loss (see the module docstring); returns a scalar.
+
+    Shapes: ``anchors`` (N, d) student embeddings; ``anchor_labels`` (N,) long;
+    ``teacher_view`` (N, d) the teacher's embedding of the same pixels; ``queue``
+    (Q, d) and ``queue_labels`` (Q,) (Q may be 0, or both None); ``class_centres``
+    (K, d) with row c the centre assigned to class c (``CentreAllocator.class_centres()``)
+    or None. ``tau`` > 0; ``lambda_a`` >= 0.
+
+    - ``lambda_a = 0`` and ``class_centres=None``: plain supervised pixel contrast
+      (the ACTION-like ablation).
+    - ``include_centres_as_candidates=False``: the centres are not candidates (not
+      negatives of anyone); the centre term of anchor i then uses the softmax over
+      the other candidates plus nu_i only.
+    - Degenerate cases: N = 0 gives a grad-carrying 0; an empty queue leaves only the
+      teacher view (and the centres) as candidates; a single class present is fine
+      (the own teacher view is always a positive, so |P_i| >= 1 and nothing is NaN).
+    Teacher views and queue are used as given: pass detached tensors (the teacher
+    runs without gradient).
+    """
+    check_2d(anchors, "anchors")
+    n, d = anchors.shape
+    check_2d(teacher_view, "teacher_view", d)
+    if teacher_view.shape[0] != n:
+        raise ValueError(f"teacher_view must have the {n} rows of anchors, got shape {tuple(teacher_view.shape)}")
+    if anchor_labels.shape != (n,):
+        raise ValueError(f"anchor_labels must be ({n},), got shape {tuple(anchor_labels.shape)}")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if lambda_a < 0:
+        raise ValueError(f"lambda_a must be >= 0, got {lambda_a}")
+    if queue is None:
+        queue = anchors.new_zeros(0, d)
+        queue_labels = anchor_labels.new_zeros(0)
+    check_2d(queue, "queue", d)
+    if queue_labels is None or queue_labels.shape != (queue.shape[0],):
+        raise ValueError(f"queue_labels must be ({queue.shape[0]},), got {None if queue_labels is None else tuple(queue_labels.shape)}")
+    if anchor_labels.numel() and int(anchor_labels.min()) < 0:
+        raise ValueError(f"anchor_labels must be >= 0, got {sorted(set(anchor_labels[anchor_labels < 0].tolist()))}")
+    if queue_labels.numel() and int(queue_labels.min()) < 0:
+        raise ValueError(f"queue_labels must be >= 0, got {sorted(set(queue_labels[queue_labels < 0].tolist()))}")
+    if class_centres is not None:
+        check_2d(class_centres, "class_centres", d)
+        check_labels(anchor_labels, class_centres.shape[0], "anchor_labels")
+    elif lambda_a > 0:
+        raise ValueError("lambda_a > 0 needs class_centres")
+    if n == 0:
+        return grad_zero(anchors, teacher_view)
+
+    dev = anchors.device
+    v = F.normalize(anchors, dim=1)  # N x d
+    t = F.normalize(teacher_view.to(v), dim=1)  # N x d
+    q = F.normalize(queue.to(v), dim=1)  # Q x d
+    qlab = queue_labels.to(dev)
+    lab = anchor_labels.to(dev)
+
+    vs = v / tau  # N x d, the temperature folded into the anchors (no N x Q division)
+    own = (vs * t).sum(dim=1)  # N, logit of the own teacher view
+    to_queue = vs @ q.T  # N x Q
+    lse_parts = [own, torch.logsumexp(to_queue, dim=1)]  # N each (-inf for an empty queue)
+    if class_centres is not None:
+        c = F.normalize(class_centres.to(v), dim=1)  # K x d
+        to_centres = vs @ c.T  # N x K
+        own_centre = to_centres.gather(1, lab.long().unsqueeze(1)).squeeze(1)  # N
+        if include_centres_as_candidates:
+            lse_parts.append(torch.logsumexp(to_centres, dim=1))
+    # log of the softmax denominator over all candidates, without an N x (1 + Q + K) concatenation
+    log_z = torch.logsumexp(torch.stack(lse_parts), dim=0)  # N
+
+    # same-label queue entries, without an N x Q mask: sum_{q: label y} v.q = v . (sum of those q)
+    n_lab = int(max(int(lab.max()), int(qlab.max()) if qlab.numel() else 0)) + 1
+    q_sum = torch.zeros(n_lab, d, dtype=v.dtype, device=dev).index_add_(0, qlab.long(), q)  # L x d
+    q_cnt = torch.bincount(qlab.long(), minlength=n_lab).to(v.dtype)  # L
+    n_same = q_cnt[lab.long()]  # N, same-label queue entries per anchor
+    pos_logits = (vs * q_sum[lab.long()]).sum(dim=1)  # N, sum of v.q/tau over P_i's queue part
+    pos_sum = own - log_z + pos_logits - n_same * log_z  # N, sum over P_i of log softmax
+    n_pos = 1.0 + n_same  # N, |P_i| >= 1
+    total = pos_sum
+    if class_centres is not None and lambda_a > 0:
+        if include_centres_as_candidates:
+            log_p_centre = own_centre - log_z  # N
+        else:
+            log_p_centre = own_centre - torch.logaddexp(log_z, own_centre)  # N
+        total = total + lambda_a * log_p_centre
+    return -(total / n_pos).mean()
+
+
+def sample_anchors(
+    labels: torch.Tensor,
+    per_class: int = 256,
+    generator: torch.Generator | None = None,
+    ignore_index: int | None = None,
+) -> torch.Tensor:
+    """Indices of up to ``per_class`` positions per class present in ``labels`` (N,).
+
+    Uniform without replacement within each class (all of a class's positions when
+    it has fewer); classes in increasing order, ``ignore_index`` positions skipped.
+    The random draws use ``generator`` (a CPU ``torch.Generator``; None = global RNG).
+    Returns a LongTensor on ``labels.device``; empty when nothing is labelled.
+    """
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be (N,), got shape {tuple(labels.shape)}")
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    out = []
+    lab_cpu = labels.detach().cpu()
+    for c in torch.unique(lab_cpu).tolist():  # loop over classes, not pixels
+        if ignore_index is not None and c == ignore_index:
+            continue
+        idx = torch.nonzero(lab_cpu == c, as_tuple=False).squeeze(1)  # n_c
+        if idx.numel() > per_class:
+            idx = idx[torch.randperm(idx.numel(), generator=generator)[:per_class]]
+        out.append(idx)
+    if not out:
+        return torch.zeros(0, dtype=torch.long, device=labels.device)
+    return torch.cat(out).to(labels.device)

@@ -1,0 +1,174 @@
+"""SAACL: hand-computed softmax, gradcheck, centre attraction, degenerate cases, anchors, queue."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from actionpp.losses import FeatureQueue, saacl_loss, sample_anchors
+
+
+def tiny():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    queue = torch.tensor([[0.0, 1.0]])
+    qlab = torch.tensor([1])
+    centres = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # class 0 -> (1, 0), class 1 -> (-1, 0)
+    return anchors, labels, teacher, queue, qlab, centres
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.2, 1.0])
+def test_two_anchors_one_queue_entry_two_centres_by_hand(lam):
+    a, y, t, q, ql, c = tiny()
+    e = math.e
+    # anchor 0 = (1,0): candidates t0 (cos 1), q (0), centre0 (1), centre1 (-1); positives {t0}
+    z0 = e + 1 + e + 1 / e
+    l0 = -((1 - math.log(z0)) + lam * (1 - math.log(z0))) / 1
+    # anchor 1 = (0,1): t1 (1), q (1), centre0 (0), centre1 (0); positives {t1, q}; own centre (-1,0): cos 0
+    z1 = e + e + 1 + 1
+    l1 = -(2 * (1 - math.log(z1)) + lam * (0 - math.log(z1))) / 2
+    got = saacl_loss(a, y, t, q, ql, c, tau=1.0, lambda_a=lam)
+    assert float(got) == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_temperature_and_normalisation_by_hand():
+    a, y, t, q, ql, c = tiny()
+    tau = 0.5
+    e2 = math.exp(2)
+    z0 = e2 + 1 + e2 + math.exp(-2)
+    z1 = e2 + e2 + 1 + 1
+    l0 = -(2 - math.log(z0))
+    l1 = -(2 * (2 - math.log(z1))) / 2
+    got = saacl_loss(3 * a, y, 5 * t, 2 * q, ql, 7 * c, tau=tau, lambda_a=0.0)  # scales do not matter
+    assert float(got) == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_centres_not_candidates_by_hand():
+    a, y, t, q, ql, c = tiny()
+    e, lam = math.e, 0.5
+    z0 = e + 1  # t0, q
+    l0 = -((1 - math.log(z0)) + lam * (1 - math.log(z0 + e)))
+    z1 = e + e
+    l1 = -(2 * (1 - math.log(z1)) + lam * (0 - math.log(z1 + 1))) / 2
+    got = saacl_loss(a, y, t, q, ql, c, tau=1.0, lambda_a=lam, include_centres_as_candidates=False)
+    assert float(got) == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_plain_supervised_contrast_ablation_equals_no_centre_candidates():
+    a, y, t, q, ql, c = tiny()
+    plain = saacl_loss(a, y, t, q, ql, None, tau=1.0, lambda_a=0.0)
+    e = math.e
+    l0 = -(1 - math.log(e + 1))
+    l1 = -(2 * (1 - math.log(2 * e))) / 2
+    assert float(plain) == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    q = torch.randn(4, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    c = torch.randn(3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    ql = torch.tensor([1, 1, 0, 2])
+    assert torch.autograd.gradcheck(lambda a, t, q, c: saacl_loss(a, y, t, q, ql, c, tau=0.3, lambda_a=0.2), (a, t, q, c))
+
+
+def test_moving_embeddings_toward_their_centre_lowers_the_loss():
+    g = torch.Generator().manual_seed(1)
+    k, d, n = 4, 16, 64
+    from actionpp.centers import simplex_centers
+
+    centres = simplex_centers(k, d, seed=0).double()
+    y = torch.arange(k).repeat_interleave(n // k)
+    qy = torch.arange(k).repeat(8)
+    noise = torch.randn(n, d, dtype=torch.float64, generator=g)
+    t = centres[y] + 0.05 * torch.randn(n, d, dtype=torch.float64, generator=g)
+    q = centres[qy] + 0.05 * torch.randn(qy.numel(), d, dtype=torch.float64, generator=g)
+    losses = []
+    for alpha in (0.0, 0.3, 0.6, 1.0):
+        a = (1 - alpha) * noise + alpha * 4 * centres[y]
+        losses.append(float(saacl_loss(a, y, t, q, qy, centres, tau=0.1, lambda_a=0.2)))
+    assert all(l2 < l1 for l1, l2 in zip(losses, losses[1:])), losses
+
+
+@pytest.mark.parametrize("case", ["single_class", "empty_queue", "none_queue", "absent_class", "no_anchor"])
+def test_degenerate_cases_are_finite_and_backward_works(case):
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(6, 4, generator=g, requires_grad=True)
+    t = torch.randn(6, 4, generator=g)
+    q = torch.randn(5, 4, generator=g)
+    ql = torch.tensor([0, 1, 0, 1, 0])
+    c = torch.randn(3, 4, generator=g)
+    y = torch.tensor([0, 0, 1, 1, 0, 1])
+    if case == "single_class":
+        y = torch.zeros(6, dtype=torch.long)
+    if case == "empty_queue":
+        q, ql = q[:0], ql[:0]
+    if case == "none_queue":
+        q, ql = None, None
+    if case == "absent_class":  # class 2 has a centre but no anchor and no queue entry
+        pass
+    if case == "no_anchor":
+        a = a[:0].detach().requires_grad_(True)
+        t, y = t[:0], y[:0]
+    loss = saacl_loss(a, y, t, q, ql, c, tau=0.1, lambda_a=0.2)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(a.grad).all()
+    if case == "no_anchor":
+        assert float(loss) == 0.0
+    if case in ("empty_queue", "none_queue"):
+        # only the own teacher view is positive: loss_i = -(log p(t_i) + 0.2 log p(c_y))
+        v = torch.nn.functional.normalize(a.detach(), dim=1)
+        logits = torch.cat([(v * torch.nn.functional.normalize(t, dim=1)).sum(1, keepdim=True),
+                            v @ torch.nn.functional.normalize(c, dim=1).T], 1) / 0.1
+        lp = torch.log_softmax(logits, 1)
+        expect = -(lp[:, 0] + 0.2 * lp.gather(1, (1 + y).unsqueeze(1)).squeeze(1)).mean()
+        assert float(loss.detach()) == pytest.approx(float(expect), rel=1e-5)
+
+
+def test_errors():
+    a, y, t, q, ql, c = tiny()
+    with pytest.raises(ValueError, match="lambda_a > 0 needs class_centres"):
+        saacl_loss(a, y, t, q, ql, None, tau=1.0, lambda_a=0.1)
+    with pytest.raises(ValueError, match=r"anchor_labels must be in \[0, 2\).*\[5\]"):
+        saacl_loss(a, torch.tensor([0, 5]), t, q, ql, c, tau=1.0, lambda_a=0.1)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        saacl_loss(a, y, t, q, ql, c, tau=0.0, lambda_a=0.1)
+    with pytest.raises(ValueError, match=r"queue must be \(N, 2\)"):
+        saacl_loss(a, y, t, torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), c, tau=1.0, lambda_a=0.1)
+
+
+def test_sample_anchors_counts_classes_and_determinism():
+    labels = torch.tensor([0] * 10 + [1] * 3 + [3] * 7 + [255] * 4)
+    idx = sample_anchors(labels, per_class=5, generator=torch.Generator().manual_seed(0), ignore_index=255)
+    got = labels[idx]
+    assert (got == 0).sum() == 5 and (got == 1).sum() == 3 and (got == 3).sum() == 5 and (got == 255).sum() == 0
+    assert idx.unique().numel() == idx.numel()  # without replacement
+    again = sample_anchors(labels, per_class=5, generator=torch.Generator().manual_seed(0), ignore_index=255)
+    assert torch.equal(idx, again)
+    assert sample_anchors(torch.zeros(0, dtype=torch.long)).numel() == 0
+
+
+def test_feature_queue_fifo_by_hand(tmp_path):
+    q = FeatureQueue(size=4, dim=2)
+    assert q.embeddings.shape == (0, 2) and len(q) == 0
+    q.push(torch.tensor([[1.0, 0], [2.0, 0], [3.0, 0]]), torch.tensor([1, 2, 3]))
+    assert q.labels.tolist() == [1, 2, 3]
+    q.push(torch.tensor([[4.0, 0], [5.0, 0]]), torch.tensor([4, 5]))  # wraps: 1 is dropped
+    assert q.embeddings[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0] and q.labels.tolist() == [2, 3, 4, 5]
+    q.push(torch.arange(12.0).view(6, 2), torch.arange(6))  # larger than the queue: last 4 rows
+    assert q.labels.tolist() == [2, 3, 4, 5] and q.embeddings[:, 0].tolist() == [4.0, 6.0, 8.0, 10.0]
+    p = tmp_path / "q.pt"
+    torch.save(q.state_dict(), p)
+    r = FeatureQueue(size=4, dim=2)
+    r.load_state_dict(torch.load(p, weights_only=True))
+    assert torch.equal(r.embeddings, q.embeddings) and torch.equal(r.labels, q.labels)
+    with pytest.raises(ValueError, match="size=4"):
+        FeatureQueue(size=8, dim=2).load_state_dict(q.state_dict())
+    with pytest.raises(ValueError, match=r"emb must be \(n, 2\)"):
+        q.push(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))
