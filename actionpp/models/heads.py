@@ -1,0 +1,254 @@
+"""Projection and representation heads for the contrastive losses.
+
+- ``ProjectionMLP``: Linear -> BatchNorm1d -> ReLU -> Linear (the ISD / BYOL-style
+  2-layer MLP; the student's predictor is a second one on top of its projection).
+- ``GlobalHead``: global average pool of the bottleneck, then a ``ProjectionMLP``
+  (global instance discrimination in pre-training).
+- ``LocalHead``: average pool over windows (2D: 64 x 64, stride 32) of a map,
+  one ``ProjectionMLP`` embedding per window (local instance discrimination).
+- ``RepresentationHead``: the dense pixel-embedding head of SAACL and the
+  anatomical contrast. Every decoder map (bottleneck included) is up-sampled
+  bilinearly (``align_corners=True``) to the output size and the maps are
+  concatenated in the order given (496 channels for the 2D U-Net); then a
+  ``k x k`` convolution (padding ``k // 2``) to ``hidden`` channels and a 1x1
+  convolution to ``dim``, with no non-linearity in between. With ``dim = hidden =
+  496`` and ``k = 3`` on the U-Net's five maps this is the official ACTION++ 2D
+  head. The official 3D head has the same form, trilinear up-sampling and
+  3x3x3 + 1x1x1 convolutions to 128, on five maps of 128 + 64 + 32 + 16 + 16 =
+  256 channels from a V-Net variant whose file the official repository does not
+  ship; on our ``VNet3D`` maps the same head is ``RepresentationHead(
+  VNet3D().feature_channels, 128, spatial_dims=3)`` (496 channels in). The
+  paper's dimension is 128 (method.md section 8).
+
+Why ``forward_at`` exists: the losses read the head only at a few hundred
+sampled pixels per class, and the whole head is linear in the decoder maps
+(bilinear up-sampling, concatenation, convolutions). So the embedding at a pixel
+can be computed from the ``k x k`` (3D: ``k x k x k``) neighbourhood of the
+*up-sampled* features at that pixel, and each up-sampled feature is a 4-tap
+bilinear (3D: 8-tap trilinear) combination of the low-resolution maps. ``forward_at`` gathers those taps directly (zero for
+neighbours outside the image, the convolution's zero padding), then applies the
+convolution weights as a matrix product: identical to indexing ``forward`` up to
+float rounding, at a small fraction of the FLOPs (the dense official head costs
+967 GFLOP per 256 x 256 slice, method.md section 9; see bench/bench_models.py).
+
+Taught in notebooks/03_contrastive_losses.ipynb and notebooks/04_train.ipynb.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ProjectionMLP", "GlobalHead", "LocalHead", "RepresentationHead"]
+
+
+class ProjectionMLP(nn.Module):
+    """``(N, in_dim) -> (N, out_dim)``: Linear -> BatchNorm1d -> ReLU -> Linear.
+
+    BatchNorm1d needs N >= 2 in training mode (PyTorch raises otherwise).
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 512, out_dim: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class GlobalHead(nn.Module):
+    """Bottleneck ``(B, C, *spatial)`` -> global average pool ``(B, C)`` -> MLP ``(B, out_dim)``."""
+
+    def __init__(self, in_channels: int = 256, hidden: int = 512, out_dim: int = 256) -> None:
+        super().__init__()
+        self.mlp = ProjectionMLP(in_channels, hidden, out_dim)
+
+    def forward(self, bottleneck: Tensor) -> Tensor:
+        if bottleneck.ndim < 3:
+            raise ValueError(f"GlobalHead expects (B, C, *spatial), got {tuple(bottleneck.shape)}")
+        return self.mlp(bottleneck.flatten(2).mean(dim=2))
+
+
+class LocalHead(nn.Module):
+    """Map ``(B, C, *spatial)`` -> window means -> MLP -> ``(B, P, out_dim)``.
+
+    The windows are an average pool with ``window`` and ``stride`` (no padding): a
+    256 x 256 map with window 64, stride 32 gives P = 7 x 7 = 49 windows. Raises if
+    the map is smaller than a window.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        window: int | Sequence[int] = 64,
+        stride: int | Sequence[int] = 32,
+        hidden: int = 512,
+        out_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.stride = stride
+        self.mlp = ProjectionMLP(in_channels, hidden, out_dim)
+
+    def forward(self, feature_map: Tensor) -> Tensor:
+        nd = feature_map.ndim - 2
+        if nd not in (2, 3):
+            raise ValueError(f"LocalHead expects (B, C, H, W) or (B, C, X, Y, Z), got {tuple(feature_map.shape)}")
+        win = (self.window,) * nd if isinstance(self.window, int) else tuple(self.window)
+        st = (self.stride,) * nd if isinstance(self.stride, int) else tuple(self.stride)
+        if any(s < w for s, w in zip(feature_map.shape[2:], win)):
+            raise ValueError(f"LocalHead window {win} is larger than the map {tuple(feature_map.shape[2:])}")
+        pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
+        pooled = pool(feature_map, kernel_size=win, stride=st)  # (B, C, *grid)
+        b, c = pooled.shape[:2]
+        patches = pooled.flatten(2).transpose(1, 2)  # (B, P, C)
+        return self.mlp(patches.reshape(-1, c)).reshape(b, patches.shape[1], -1)
+
+
+def _bilinear_taps(pos: Tensor, in_size: int, out_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Source indices and weights of ``align_corners=True`` linear interpolation.
+
+    ``pos`` (any shape, long, in ``[0, out_size)``) -> ``(i0, i1, w0, w1)`` with the
+    up-sampled value at ``pos`` = ``w0 * src[i0] + w1 * src[i1]``.
+    """
+    if out_size > 1 and in_size > 1:
+        src = pos.to(torch.float64) * ((in_size - 1) / (out_size - 1))
+    else:
+        src = torch.zeros_like(pos, dtype=torch.float64)
+    i0 = src.floor().long().clamp(0, in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    w1 = src - i0.to(torch.float64)
+    return i0, i1, 1.0 - w1, w1
+
+
+class RepresentationHead(nn.Module):
+    """Dense pixel (voxel) embeddings from decoder maps (see the module docstring).
+
+    ``in_channels_list``: channels of the maps passed to ``forward``, in that order.
+    ``dim``: embedding size; ``hidden``: channels after the ``k x k`` conv
+    (default ``dim``); ``kernel_size``: odd ``k``; ``spatial_dims``: 2 or 3. The
+    ``k x k`` conv has no bias (as the official heads: a bias there would only add
+    a constant that the 1x1 conv's bias already covers). The output is not
+    normalised (the losses L2-normalise).
+    """
+
+    def __init__(
+        self,
+        in_channels_list: Sequence[int],
+        dim: int = 128,
+        hidden: int | None = None,
+        kernel_size: int = 3,
+        spatial_dims: int = 2,
+    ) -> None:
+        super().__init__()
+        if not in_channels_list or any(c < 1 for c in in_channels_list):
+            raise ValueError(f"in_channels_list must be non-empty positive channel counts, got {in_channels_list}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.in_channels_list = list(in_channels_list)
+        self.in_total = sum(in_channels_list)
+        self.dim = dim
+        self.hidden = dim if hidden is None else hidden
+        self.kernel_size = kernel_size
+        self.spatial_dims = spatial_dims
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.conv = conv(self.in_total, self.hidden, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)
+        self.proj = conv(self.hidden, dim, kernel_size=1)
+
+    def _check(self, maps: Sequence[Tensor], out_size: Sequence[int]) -> None:
+        if len(maps) != len(self.in_channels_list):
+            raise ValueError(f"RepresentationHead expects {len(self.in_channels_list)} maps, got {len(maps)}")
+        for i, (m, c) in enumerate(zip(maps, self.in_channels_list)):
+            if m.ndim != 2 + self.spatial_dims or m.shape[1] != c:
+                raise ValueError(
+                    f"map {i} should be (B, {c}, {self.spatial_dims} spatial dims), got {tuple(m.shape)}"
+                )
+        if len(out_size) != self.spatial_dims:
+            raise ValueError(f"out_size must have {self.spatial_dims} entries, got {tuple(out_size)}")
+
+    def upsampled(self, decoder_maps: Sequence[Tensor], out_size: Sequence[int]) -> Tensor:
+        """The concatenated up-sampled maps ``(B, sum(in_channels), *out_size)``."""
+        self._check(decoder_maps, out_size)
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        size = tuple(int(s) for s in out_size)
+        ups = [
+            m if tuple(m.shape[2:]) == size else F.interpolate(m, size=size, mode=mode, align_corners=True)
+            for m in decoder_maps
+        ]
+        return torch.cat(ups, dim=1)
+
+    def forward(self, decoder_maps: Sequence[Tensor], out_size: Sequence[int]) -> Tensor:
+        """Dense embeddings ``(B, dim, *out_size)``."""
+        return self.proj(self.conv(self.upsampled(decoder_maps, out_size)))
+
+    def forward_at(
+        self,
+        decoder_maps: Sequence[Tensor],
+        out_size: Sequence[int],
+        b: Tensor,
+        ys: Tensor,
+        xs: Tensor,
+        zs: Tensor | None = None,
+    ) -> Tensor:
+        """Embeddings at sampled positions only: ``(N, dim)``, row i = ``forward(...)[b[i], :, ys[i], xs[i]]``.
+
+        ``b, ys, xs`` (and ``zs`` in 3D): integer tensors of shape (N,) indexing the
+        batch and the output grid (``ys`` the first spatial axis, ``xs`` the second,
+        ``zs`` the third). Only the ``k^d`` neighbourhoods of the sampled positions
+        are computed (module docstring). N = 0 gives an empty ``(0, dim)`` tensor.
+        """
+        self._check(decoder_maps, out_size)
+        nd = self.spatial_dims
+        if (nd == 3) != (zs is not None):
+            raise ValueError("forward_at needs zs exactly when the head is 3D")
+        size = [int(s) for s in out_size]
+        ref = decoder_maps[0]
+        coords = [t.to(device=ref.device, dtype=torch.long).reshape(-1) for t in (ys, xs, zs)[:nd]]
+        b = b.to(device=ref.device, dtype=torch.long).reshape(-1)
+        if any(c.shape != b.shape for c in coords):
+            raise ValueError(f"b and the coordinates must have the same length, got {[len(t) for t in (b, *coords)]}")
+        if b.numel() and ref.device.type != "meta":
+            for c, n in zip(coords, size):
+                if c.min() < 0 or c.max() >= n:
+                    raise ValueError(f"sampled positions fall outside the output size {tuple(size)}")
+        k = self.kernel_size
+        r = k // 2
+        offs = torch.cartesian_prod(*[torch.arange(-r, r + 1, device=ref.device)] * nd).reshape(-1, nd)  # (T, nd)
+        pos = [c[:, None] + offs[None, :, a] for a, c in enumerate(coords)]  # nd x (N, T), row-major taps
+        valid = torch.ones_like(pos[0], dtype=torch.bool)
+        for p, n in zip(pos, size):
+            valid &= (p >= 0) & (p < n)  # the k^d conv's zero padding
+        pos = [p.clamp(0, n - 1) for p, n in zip(pos, size)]
+        gathered = []
+        for m in decoder_maps:
+            c, src = m.shape[1], list(m.shape[2:])
+            flat = m.movedim(1, -1).reshape(-1, c)  # (B * prod(src), C)
+            taps = [_bilinear_taps(p, s, n) for p, s, n in zip(pos, src, size)]
+            strides = [1] * nd
+            for a in range(nd - 2, -1, -1):
+                strides[a] = strides[a + 1] * src[a + 1]
+            base = b[:, None] * (strides[0] * src[0])
+            idx, wts = [], []
+            for corner in torch.cartesian_prod(*[torch.tensor([0, 1])] * nd).reshape(-1, nd).tolist():
+                i = base
+                w = torch.ones_like(pos[0], dtype=torch.float64)
+                for a, bit in enumerate(corner):
+                    i0, i1, w0, w1 = taps[a]
+                    i = i + (i1 if bit else i0) * strides[a]
+                    w = w * (w1 if bit else w0)
+                idx.append(i)
+                wts.append(w)
+            idx_t = torch.stack(idx, dim=-1)  # (N, T, 2^d)
+            wts_t = torch.stack(wts, dim=-1).to(m.dtype)  # (N, T, 2^d)
+            gathered.append((flat[idx_t] * wts_t[..., None]).sum(dim=2))  # (N, T, C)
+        feats = torch.cat(gathered, dim=-1) * valid[..., None].to(ref.dtype)  # (N, T, C_total)
+        w1 = self.conv.weight.reshape(self.hidden, self.in_total, -1).transpose(1, 2)  # (hidden, T, C_total)
+        hid = feats.flatten(1) @ w1.reshape(self.hidden, -1).T  # (N, hidden)
+        return hid @ self.proj.weight.reshape(self.dim, self.hidden).T + self.proj.bias  # (N, dim)
