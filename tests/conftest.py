@@ -34,3 +34,7 @@ def acdc_root() -> Path:
 def la_root() -> Path:
     """Real LA volumes in the UA-MT layout (skips when absent)."""
     return _require("la")
+
+
+# Small phantom datasets (session-scoped, generated once into a tmp folder).
+from fixtures_data import *  # noqa: E402,F401,F403

@@ -1,0 +1,137 @@
+"""``actionpp data``: phantom generation, dataset checks, packing, raw-ACDC conversion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "data",
+        help="phantom generation, dataset checks, packing, raw-ACDC conversion",
+        description="Data tools: generate the synthetic phantom, validate ACDC / LA folders, "
+                    "pack a dataset into one compact lossless file, convert raw ACDC NIfTI.",
+    )
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    sub.required = True
+
+    ph = sub.add_parser("phantom", help="generate a synthetic data set in the real layout",
+                        description="Generate a seeded, deterministic phantom in the SSL4MIS (ACDC) or UA-MT (LA) "
+                                    "layout and print a summary (counts, class shares, seconds).")
+    ph.add_argument("--kind", choices=["acdc", "la"], default="acdc", help="cardiac 2D+t (acdc) or 3D left atrium (la)")
+    ph.add_argument("--preset", choices=["acdc", "longtail"], default="acdc",
+                    help="class shares: like real ACDC, or with a clearly rarer RV (longtail)")
+    ph.add_argument("--patients", type=int, default=None, help="number of synthetic patients (default 20)")
+    ph.add_argument("--seed", type=int, default=0, help="random seed (same seed = identical files)")
+    ph.add_argument("--out", default=None,
+                    help="output folder (must not exist); default data/phantom/<kind>-<preset>-<seed>-<patients>, reused if present")
+    ph.add_argument("--nifti", action="store_true", help="also write NIfTI files with voxel spacing (raw-ACDC layout for acdc)")
+    ph.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ph.set_defaults(func=_phantom)
+
+    ck = sub.add_parser("check", help="validate a data set and summarise it",
+                        description="Validate an ACDC (SSL4MIS) or LA (UA-MT) folder or a pack (auto-detected): every "
+                                    "listed file is read once; each problem is reported with its file. Exit 1 on problems.")
+    ck.add_argument("root", help="dataset folder or pack file")
+    ck.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ck.add_argument("--partial", action="store_true",
+                    help="tolerate listed volumes that are absent (a partial copy, e.g. 5 of the 100 LA cases)")
+    ck.add_argument("--sha256", action="store_true", help="also verify ROOT/SHA256SUMS")
+    ck.set_defaults(func=_check)
+
+    pk = sub.add_parser("pack", help="write a compact lossless single-file cache of a data set",
+                        description="Pack the training slices and the val/test volumes (ACDC) or the available volumes "
+                                    "(LA) into one file, bit-exact, with a SHA-256 of the payload checked on load.")
+    pk.add_argument("root", help="dataset folder")
+    pk.add_argument("out", help="pack file to write (e.g. acdc.pack)")
+    pk.set_defaults(func=_pack)
+
+    pr = sub.add_parser("prepare-acdc", help="convert the raw ACDC NIfTI release to the SSL4MIS layout",
+                        description="Convert RAW (patientNNN/patientNNN_frameMM.nii.gz + _gt) to the SSL4MIS layout in OUT: "
+                                    "per-volume min-max to [0, 1], slices of training patients, standard split lists.")
+    pr.add_argument("raw", help="folder holding patientNNN/ folders")
+    pr.add_argument("out", help="output folder")
+    pr.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    pr.set_defaults(func=_prepare)
+
+
+def _print(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for k, v in summary.items():
+            print(f"{k:>22}: {v}")
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actionpp.data import phantom
+
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists():
+            print(f"error: {out} exists; choose a new folder", file=sys.stderr)
+            return 2
+        n = args.patients or phantom.default_patients(args.kind)
+        if args.kind == "acdc":
+            s = phantom.generate_acdc_phantom(out, preset=args.preset, patients=n, seed=args.seed, nifti=args.nifti)
+        else:
+            s = phantom.generate_la_phantom(out, patients=n, seed=args.seed, nifti=args.nifti)
+    else:
+        import time
+
+        t0 = time.perf_counter()
+        root = phantom.ensure_phantom(args.kind, args.preset, args.patients, args.seed, nifti=args.nifti)
+        from actionpp.data.check import check_dataset
+
+        s = check_dataset(root)
+        s["seconds_total"] = round(time.perf_counter() - t0, 2)
+    _print(s, args.json)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actionpp.data import DataError
+    from actionpp.data.check import check_dataset, verify_manifest
+
+    try:
+        s = check_dataset(args.root, partial=args.partial)
+        if args.sha256:
+            s["sha256_verified_files"] = verify_manifest(Path(args.root) / "SHA256SUMS")
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print(s, args.json)
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from actionpp.data import DataError
+    from actionpp.data.pack import pack_dataset
+
+    try:
+        s = pack_dataset(args.root, args.out)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print(s, False)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from actionpp.data import DataError
+    from actionpp.data.acdc import prepare_acdc
+
+    try:
+        s = prepare_acdc(args.raw, args.out, overwrite=args.overwrite)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print(s, False)
+    return 0

@@ -1,0 +1,151 @@
+"""Shared pieces of the data layer: the error class, :class:`Volume`, safe HDF5 and list reading.
+
+Every reader funnels through :func:`read_h5_pair` and :func:`read_list`, so that a
+missing, truncated or malformed file always surfaces as a :class:`DataError`
+whose message starts with the offending path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DataError", "Volume", "read_h5_pair", "read_list", "validate_pair", "open_dataset"]
+
+
+class DataError(ValueError):
+    """A data problem (missing / unreadable file, missing key, bad shape, bad values, empty list).
+
+    The message always names the file and the problem, e.g.
+    ``"/data/slices/p1_slice_3.h5: label values {7} outside the classes 0..3"``.
+    """
+
+
+@dataclass
+class Volume:
+    """One 3D case.
+
+    Attributes:
+        name: frame name (``patient012_frame01``) or LA id.
+        image: float32, ACDC ``(S, H, W)`` (slices first, as SSL4MIS stores it) or LA ``(X, Y, Z)``.
+        label: uint8, same shape as ``image``.
+        spacing: voxel size in mm in the same axis order as the arrays, or ``None`` when the
+            file does not record it (the real SSL4MIS / UA-MT files do not).
+    """
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.image.shape)
+
+
+def read_list(path: Path, *, allow_empty: bool = False) -> list[str]:
+    """Non-empty stripped lines of a ``.list`` file; :class:`DataError` if missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: list file missing")
+    try:
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable list file ({exc})") from exc
+    names = [ln for ln in lines if ln]
+    if not names and not allow_empty:
+        raise DataError(f"{path}: list is empty")
+    return names
+
+
+def validate_pair(image: np.ndarray, label: np.ndarray, num_classes: int, where: str) -> None:
+    """Raise :class:`DataError` naming ``where`` unless image/label are a consistent pair.
+
+    Checks: same shape, 2 or 3 dimensions, finite intensities, label values in ``0..num_classes-1``.
+    """
+    if image.shape != label.shape:
+        raise DataError(f"{where}: image shape {tuple(image.shape)} != label shape {tuple(label.shape)}")
+    if image.ndim not in (2, 3):
+        raise DataError(f"{where}: expected a 2D or 3D image, got shape {tuple(image.shape)}")
+    if image.size == 0:
+        raise DataError(f"{where}: empty image of shape {tuple(image.shape)}")
+    if not np.issubdtype(image.dtype, np.floating) and not np.issubdtype(image.dtype, np.integer):
+        raise DataError(f"{where}: image dtype {image.dtype} is not numeric")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        bad = int((~np.isfinite(image)).sum())
+        raise DataError(f"{where}: {bad} NaN or infinite intensities")
+    if not np.issubdtype(label.dtype, np.integer):
+        raise DataError(f"{where}: label dtype {label.dtype} is not an integer type")
+    lo, hi = int(label.min()), int(label.max())
+    if lo < 0 or hi >= num_classes:
+        vals = sorted(int(v) for v in np.unique(label) if v < 0 or v >= num_classes)
+        raise DataError(f"{where}: label values {set(vals)} outside the classes 0..{num_classes - 1}")
+
+
+def read_h5_pair(path: Path, num_classes: int, *, validate: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read ``image`` (as float32) and ``label`` (as uint8) and the file attributes from one HDF5 file.
+
+    Raises :class:`DataError` naming ``path`` for a missing or unreadable file, a missing key,
+    and (with ``validate``) any problem :func:`validate_pair` detects.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file missing")
+    try:
+        with h5py.File(path, "r") as f:
+            for key in ("image", "label"):
+                if key not in f:
+                    raise DataError(f"{path}: missing key '{key}' (has {sorted(f.keys())})")
+            image = f["image"][()]
+            label = f["label"][()]
+            attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
+    except DataError:
+        raise
+    except Exception as exc:  # h5py raises OSError / KeyError / RuntimeError for damaged files
+        raise DataError(f"{path}: unreadable HDF5 file ({type(exc).__name__}: {exc})") from exc
+    if validate:
+        validate_pair(image, label, num_classes, str(path))
+    image = np.asarray(image, dtype=np.float32)
+    if np.issubdtype(label.dtype, np.integer) and label.dtype != np.uint8 and label.size:
+        label = label.astype(np.uint8)
+    return image, label, attrs
+
+
+def spacing_from_attrs(attrs: dict[str, Any]) -> tuple[float, ...] | None:
+    """The ``spacing`` attribute as a float tuple, or ``None`` when absent."""
+    sp = attrs.get("spacing")
+    if sp is None:
+        return None
+    return tuple(float(s) for s in np.atleast_1d(sp))
+
+
+def open_dataset(root_or_pack: str | Path) -> Any:
+    """Open a dataset folder (ACDC or LA layout, auto-detected) or a pack file.
+
+    Returns an :class:`~actionpp.data.acdc.ACDCDataset`, :class:`~actionpp.data.la.LADataset`
+    or :class:`~actionpp.data.pack.Pack`; all three offer ``volumes(split)`` and ``read_volume(name)``.
+    """
+    p = Path(root_or_pack)
+    if p.is_file():
+        from actionpp.data.pack import load_pack
+
+        return load_pack(p)
+    if not p.is_dir():
+        raise DataError(f"{p}: no such dataset folder or pack file")
+    if (p / "train_slices.list").exists() or (p / "data" / "slices").is_dir():
+        from actionpp.data.acdc import ACDCDataset
+
+        return ACDCDataset(p)
+    from actionpp.data.la import LA_FOLDER, LADataset
+
+    if (p / LA_FOLDER).is_dir():
+        return LADataset(p)
+    raise DataError(
+        f"{p}: not a dataset: expected train_slices.list (ACDC, SSL4MIS layout) or "
+        f"'{LA_FOLDER}/' (LA, UA-MT layout)"
+    )
