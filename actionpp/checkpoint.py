@@ -1,0 +1,156 @@
+"""Atomic, exactly-resumable checkpoints that load with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors, primitives, lists and dicts (nothing
+pickled as an object): model / optimiser state dicts, queues and memory banks,
+the allocation state, every RNG state as a tensor, the iteration, and the run
+configuration as a JSON string with its hash. Writing goes to a temporary file
+in the same folder, is flushed to disk, then ``os.replace``-d over the target,
+so a run killed at any moment leaves either the old or the new checkpoint, never
+half of one.
+
+Taught in notebooks/04_train.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from actionpp.config import Config, config_hash, diff_dicts
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_compatible",
+    "capture_rng",
+    "restore_rng",
+    "FORMAT_VERSION",
+]
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A missing, unreadable or incompatible checkpoint; the message names the file."""
+
+
+# --------------------------------------------------------------------------- write / read
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``).
+
+    ``state`` must hold only what ``torch.load(weights_only=True)`` accepts: tensors,
+    numbers, strings, None, and lists / tuples / dicts of those.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _umask_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+    if not isinstance(state, dict) or "config" not in state or "iteration" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an actionpp checkpoint (no 'config' / 'iteration')")
+    if state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}; this version reads {FORMAT_VERSION}")
+    return state
+
+
+def check_compatible(state: Mapping[str, Any], cfg: Config, path: str | Path) -> None:
+    """Refuse a checkpoint written under another configuration.
+
+    Raises :class:`CheckpointError` naming the checkpoint, both config hashes and the differing keys.
+    """
+    stored_hash = state.get("config_hash")
+    current = config_hash(cfg)
+    if stored_hash == current:
+        return
+    try:
+        stored = json.loads(state["config"])
+    except (TypeError, ValueError):
+        stored = {}
+    diffs = diff_dicts(stored, cfg.to_dict())
+    listing = "; ".join(diffs[:12]) + (f"; ... ({len(diffs) - 12} more)" if len(diffs) > 12 else "")
+    raise CheckpointError(
+        f"checkpoint {path} was written by config {stored_hash}, but this run's config is {current}: "
+        f"differing keys (checkpoint != current): {listing or 'unknown'}. "
+        "Use another run directory, or resume with the checkpoint's own config.yaml."
+    )
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def capture_rng(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Every RNG state as tensors / primitives: torch CPU, all CUDA devices, numpy, python, named generators."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": int(py_version),
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+    return out
+
+
+def restore_rng(state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None) -> None:
+    """Inverse of :func:`capture_rng`; CUDA states are restored only when the device count matches."""
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    for name, g in (generators or {}).items():
+        if name not in state["generators"]:
+            raise CheckpointError(f"checkpoint has no state for generator {name!r} (has {sorted(state['generators'])})")
+        g.set_state(state["generators"][name].cpu())
+
+
+def _umask_mode(path: str) -> None:
+    """Give a ``mkstemp`` file (mode 0600) the permissions a plain ``open`` would have."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

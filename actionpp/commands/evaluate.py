@@ -1,0 +1,52 @@
+"""``actionpp evaluate CHECKPOINT --data ROOT --split val|test [--json] [--save-predictions DIR]``.
+
+CHECKPOINT is a ``.pt`` written by ``actionpp train`` or a run directory (its
+``best.pt`` or ``last.pt``, following the run's ``eval.select``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a trained checkpoint on a split (Dice, Jaccard, HD95, ASD per class per volume)",
+        description="Evaluate a checkpoint with the project's protocol (actionpp.evaluate.evaluate).",
+    )
+    p.add_argument("checkpoint", help="checkpoint file (.pt) or run directory")
+    p.add_argument("--data", required=True, help="dataset folder, pack file, 'phantom' or 'shared'")
+    p.add_argument("--split", default="val", help="split to evaluate (val or test; ACDC val/test, LA test)")
+    p.add_argument("--which", choices=["best", "last", "auto"], default="auto",
+                   help="with a run directory: best.pt, last.pt or the run's eval.select (auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--save-predictions", default=None, metavar="DIR",
+                   help="write each predicted volume as NIfTI into DIR")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from actionpp.checkpoint import CheckpointError
+    from actionpp.data.core import DataError
+    from actionpp.engine import evaluate_checkpoint
+
+    try:
+        report = evaluate_checkpoint(
+            args.checkpoint, data=args.data, split=args.split, which=args.which, device=args.device,
+            save_predictions=args.save_predictions,
+        )
+    except (CheckpointError, DataError, ValueError) as exc:
+        print(f"actionpp evaluate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        s = report["summary"]
+        print(f"{report['checkpoint']} on {report['data']} [{report['split']}], {report['volumes']} volumes")
+        for key, value in s.items():
+            print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    return 0

@@ -1,0 +1,639 @@
+"""Typed, validated run configuration: one training loop, a method is configuration.
+
+A :class:`Config` is a tree of frozen dataclasses loaded from a YAML profile
+(``actionpp/configs/<name>.yaml``, or any path) plus ``--set key=value``
+overrides (dotted keys, values parsed as YAML scalars). Every unknown key and
+every value of the wrong type is a :class:`ConfigError` naming the dotted key.
+
+Resolution order (later wins):
+
+1. the dataclass defaults below;
+2. the profile file (a profile may start from another with ``base: <name>``);
+3. the ``--set`` overrides;
+4. the method preset: ``method.name`` expands to the switches of that method
+   (:data:`METHOD_PRESETS`) for every ``method.*`` switch that was *not* given
+   explicitly in 2 or 3, so ``--set method.name=actionpp --set method.ats=false``
+   is ACTION++ without ATS.
+
+Profiles (``paper`` / ``official`` per dataset, following method.md section 8,
+plus ``phantom_lab`` and ``phantom_smoke`` for CPUs) carry a comment on every
+value saying where it comes from. :meth:`Config.to_dict` gives plain data and
+:func:`config_hash` a stable 16-hex-digit digest of the settings that change
+results (presentation-only keys such as the progress bar are left out).
+
+Taught in notebooks/04_train.ipynb.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "MethodConfig",
+    "TrainConfig",
+    "LossConfig",
+    "AncoConfig",
+    "SaaclConfig",
+    "TemperatureConfig",
+    "PretrainConfig",
+    "AugmentConfig",
+    "EvalConfig",
+    "RuntimeConfig",
+    "Config",
+    "METHOD_PRESETS",
+    "HASH_EXCLUDED_KEYS",
+    "load_config",
+    "config_from_dict",
+    "config_hash",
+    "diff_dicts",
+    "profile_names",
+    "profile_path",
+    "parse_override",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the dotted key (and file when known)."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, at which size."""
+
+    dataset: Literal["acdc", "la"] = "acdc"
+    root: str = "phantom"  # "phantom" (generated on first use), a dataset folder, or a pack file
+    phantom_preset: Literal["acdc", "longtail"] = "acdc"
+    phantom_patients: int | None = None  # None = the phantom's default patient count
+    phantom_seed: int = 0
+    labelled: int | None = 7  # ACDC: labelled patients (3 = 5 %, 7 = 10 %); LA: labelled scans; None = all
+    size: int = 256  # ACDC: every slice resized (nearest) to size x size
+    crop: tuple[int, int, int] = (112, 112, 80)  # LA: random training crop
+    num_classes: int = 4  # counts background (ACDC 4, LA 2)
+    val_split: str = "val"  # split used for model selection; never "test"
+    val_max_volumes: int | None = None  # evaluate only the first N validation volumes (None = all)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and heads."""
+
+    arch: Literal["unet2d", "vnet3d"] = "unet2d"
+    in_channels: int = 1
+    rep_dim: int = 128  # representation head output = class-centre dimension
+    proj_hidden: int = 512  # ISD projection MLP hidden width (pre-training)
+    proj_dim: int = 128  # ISD projection output width (pre-training)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The method: a name that expands to switches (see :data:`METHOD_PRESETS`)."""
+
+    name: str = "actionpp"
+    pretrain: bool = True  # run the ISD pre-training phase (global + local distillation + supervised)
+    finetune: bool = True  # run the fine-tuning phase
+    teacher: bool = True  # keep an EMA teacher (needed by every unlabelled term)
+    unsup: bool = True  # pseudo-label CE on unlabelled images
+    consistency: bool = False  # mean-teacher MSE consistency on unlabelled images
+    anco: bool = True  # anatomical contrast (ReCo style)
+    saacl: bool = True  # supervised adaptive anatomical contrast
+    ats: bool = True  # temperature from the schedule (False: fixed temperature.fixed_tau)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (each phase restarts SGD and its poly decay, as the two official scripts do)."""
+
+    pretrain_iters: int = 10_000
+    finetune_iters: int = 20_000
+    batch_labelled: int = 4
+    batch_unlabelled: int = 4
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9  # lr = lr0 * (1 - it / max_it) ** poly_power
+    ema_momentum: float = 0.99
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights of the fine-tuning objective (pre-training weights live in ``pretrain``)."""
+
+    sup: float = 1.0  # 0.5 (CE + Dice) on labelled images, times this
+    unsup: float = 1.0
+    unsup_threshold: float = 0.97  # pseudo-label confidence defining the per-image weight
+    consistency: float = 0.1  # mean teacher: final weight of the MSE consistency
+    consistency_rampup: int = 1000  # iterations of the sigmoid ramp-up exp(-5 (1 - t)^2)
+    consistency_noise: float = 0.1  # teacher input noise, clamped to +-2x this (SSL4MIS)
+    anco: float = 1.0
+    saacl: float = 1.0
+
+
+@dataclass(frozen=True)
+class AncoConfig:
+    """Anatomical contrast (ReCo style)."""
+
+    queries_per_class: int = 256
+    negatives: int = 512
+    strong_threshold: float = 0.97  # hard queries: student confidence below this
+    weak_threshold: float = 0.7  # unlabelled pixels need teacher confidence >= this
+    pixels_per_class: int = 1024  # candidate pixels sampled per class and batch for the head
+
+
+@dataclass(frozen=True)
+class SaaclConfig:
+    """Supervised adaptive anatomical contrast."""
+
+    lambda_a: float = 0.2
+    anchors_per_class: int = 256
+    queue_size: int = 12_288
+    centre_method: Literal["optimize", "simplex", "tsc", "tammes"] = "optimize"
+    allocator_momentum: float = 0.1
+    assignment: Literal["hungarian", "random", "identity"] = "hungarian"
+    tau_floor: float = 0.0  # SAACL temperature = max(schedule, tau_floor) (official 2D: 0.07)
+
+
+@dataclass(frozen=True)
+class TemperatureConfig:
+    """Contrastive temperature: schedule when method.ats, else fixed_tau."""
+
+    kind: Literal["cosine", "cosine_epoch", "constant", "step"] = "cosine"
+    tau_min: float = 0.1
+    tau_max: float = 1.0
+    period: float | None = None  # cosine: iterations per cycle; cosine_epoch: epochs; None = one cycle over fine-tuning
+    epoch_iters: int | None = None  # cosine_epoch: iterations per epoch (None = unlabelled images / batch)
+    step_milestones: tuple[int, ...] = ()  # step: fine-tuning iterations where tau changes
+    step_values: tuple[float, ...] = ()  # step: len(step_milestones) + 1 temperatures
+    fixed_tau: float = 0.5  # ACTION's fixed temperature (used when method.ats is false)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """ISD global + local distillation (ACTION pre-training)."""
+
+    memory_bank: int = 36
+    tau_s: float = 0.1
+    tau_t: float = 0.01
+    patch: int = 64  # local: pooled windows of the output map
+    stride: int = 32
+    global_weight: float = 1.0
+    local_weight: float = 1.0
+    sup: float = 1.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Batched on-device augmentation."""
+
+    labelled_rotate: bool = True
+    labelled_flip: bool = True
+    mix: Literal["cutmix", "classmix", "none"] = "cutmix"
+    jitter: bool = True
+    blur: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Validation during training and model selection."""
+
+    every: int = 1000  # iterations between validations (0 = only at the end)
+    select: Literal["best", "last"] = "best"  # which checkpoint a finished run reports as its model
+    batch: int = 16  # slices per forward at validation
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the loop runs (device, precision, logging, checkpoints)."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True)
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA only
+    compile: bool = False  # torch.compile the student forward
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    progress: bool = True
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run. Build with :func:`load_config`; every section is frozen."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    anco: AncoConfig = field(default_factory=AncoConfig)
+    saacl: SaaclConfig = field(default_factory=SaaclConfig)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists), YAML / JSON ready."""
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, overrides: Sequence[str] | Mapping[str, Any]) -> "Config":
+        """A new config with dotted overrides applied (``["train.lr=0.1"]`` or ``{"train.lr": 0.1}``).
+
+        The method preset is *not* re-expanded: switches keep their current values
+        unless overridden here.
+        """
+        raw = self.to_dict()
+        pairs = _override_pairs(overrides)
+        for key, value in pairs:
+            _set_dotted(raw, key, value, source="override")
+        return config_from_dict(raw, expand_method=False)
+
+    def hash(self) -> str:
+        """Same as :func:`config_hash`."""
+        return config_hash(self)
+
+    @property
+    def total_iters(self) -> int:
+        """Iterations over both phases that are switched on."""
+        return self.pretrain_iters + self.finetune_iters
+
+    @property
+    def pretrain_iters(self) -> int:
+        """Pre-training iterations actually run (0 when the phase is off)."""
+        return self.train.pretrain_iters if self.method.pretrain else 0
+
+    @property
+    def finetune_iters(self) -> int:
+        """Fine-tuning iterations actually run (0 when the phase is off)."""
+        return self.train.finetune_iters if self.method.finetune else 0
+
+
+# --------------------------------------------------------------------------- methods
+
+_ALL_OFF = dict(
+    pretrain=False, finetune=True, teacher=False, unsup=False, consistency=False, anco=False, saacl=False, ats=False
+)
+
+METHOD_PRESETS: dict[str, dict[str, bool]] = {
+    # labelled images only (the lower bound)
+    "supervised": dict(_ALL_OFF),
+    # SSL4MIS mean teacher: supervised + MSE consistency between student and teacher softmax
+    "mean_teacher": {**_ALL_OFF, "teacher": True, "consistency": True},
+    # ACTION: pre-training, then pseudo-labels + anatomical contrast at a fixed temperature
+    "action": {**_ALL_OFF, "pretrain": True, "teacher": True, "unsup": True, "anco": True},
+    # ACTION++: ACTION + SAACL + ATS
+    "actionpp": {**_ALL_OFF, "pretrain": True, "teacher": True, "unsup": True, "anco": True, "saacl": True, "ats": True},
+    # ablations of the paper (Table 3 on LA): each switch can also be set directly
+    "actionpp_no_saacl": {**_ALL_OFF, "pretrain": True, "teacher": True, "unsup": True, "anco": True, "ats": True},
+    "actionpp_no_ats": {**_ALL_OFF, "pretrain": True, "teacher": True, "unsup": True, "anco": True, "saacl": True},
+    "actionpp_finetune_only": {**_ALL_OFF, "teacher": True, "unsup": True, "anco": True, "saacl": True, "ats": True},
+}
+"""Switches each ``method.name`` expands to (explicit ``method.*`` settings win).
+
+Ablations that are values rather than switches: random assignment
+(``saacl.assignment=random``), ``saacl.lambda_a``, the tau range
+(``temperature.tau_min`` / ``tau_max``) and the period (``temperature.period``).
+"""
+
+HASH_EXCLUDED_KEYS: frozenset[str] = frozenset(
+    {"runtime.progress", "runtime.tensorboard", "runtime.device", "runtime.log_every", "eval.batch"}
+)
+"""Keys that do not change what a run computes; they are left out of :func:`config_hash`,
+so a run may be resumed with another progress-bar, logging or device setting."""
+
+_SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def _configs_dir() -> Path:
+    return Path(__file__).resolve().parent / "configs"
+
+
+def profile_names() -> list[str]:
+    """Names of the bundled profiles (``acdc_paper``, ``phantom_lab``, ...)."""
+    return sorted(p.stem for p in _configs_dir().glob("*.yaml"))
+
+
+def profile_path(name_or_path: str | Path) -> Path:
+    """Resolve a profile name or a YAML path; :class:`ConfigError` lists the names when unknown."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    candidate = _configs_dir() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(f"unknown config {str(name_or_path)!r}: not a file and not one of {', '.join(profile_names())}")
+
+
+def _read_profile(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = profile_path(name_or_path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"config {path}: 'base' chain loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path}: invalid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"config {path}: 'base' must be a profile name or path, got {base!r}")
+    base_path = Path(base)
+    if not base_path.is_absolute() and (path.parent / base).suffix in (".yaml", ".yml"):
+        base_path = path.parent / base
+    parent = _read_profile(base_path if base_path.suffix else base, _seen + (path.resolve(),))
+    return _deep_merge(parent, raw, source=str(path))
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any], source: str) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, source)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=0.1"`` -> ``("train.lr", 0.1)``; the value is parsed as a YAML scalar / flow value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {value!r}: {exc}") from exc
+    return key, parsed
+
+
+def _override_pairs(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [(str(k), v) for k, v in overrides.items()]
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}")
+    return [parse_override(o) for o in overrides]
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{source}: key {key!r} must be section.field (sections: {', '.join(_SECTIONS)})")
+    section, name = parts
+    if section not in _SECTIONS:
+        raise ConfigError(f"{source}: unknown key {key!r} (unknown section {section!r}; sections: {', '.join(_SECTIONS)})")
+    sec = raw.setdefault(section, {})
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{source}: section {section!r} must be a mapping")
+    sec[name] = value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; returns the value (ints widen to float, lists to tuples)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected bool (true/false), got {value!r} ({type(value).__name__})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {value!r} ({type(value).__name__})")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")  # pragma: no cover - programming error
+
+
+def _build_section(cls: type, raw: Any, section: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{section}: expected a mapping of fields, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {section}.{unknown[0]!s}" + (f" (and {', '.join(map(str, unknown[1:]))})" if len(unknown) > 1 else "")
+            + f"; {section} has: {', '.join(sorted(names))}"
+        )
+    kwargs = {name: _coerce(value, hints[name], f"{section}.{name}") for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _check_values(cfg: Config) -> None:
+    """Range checks that types cannot express; each error names the key."""
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            value = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
+            raise ConfigError(f"{key}: {msg}, got {value!r}")
+
+    if cfg.method.name not in METHOD_PRESETS:
+        raise ConfigError(f"method.name: unknown method {cfg.method.name!r}; known: {', '.join(METHOD_PRESETS)}")
+    need(cfg.data.size >= 16 and cfg.data.size % 16 == 0, "data.size", "must be a multiple of 16 (four 2x poolings)")
+    need(cfg.data.num_classes >= 2, "data.num_classes", "must be >= 2 (background counts)")
+    need(cfg.data.labelled is None or cfg.data.labelled >= 1, "data.labelled", "must be >= 1 or null (= all)")
+    need(all(c >= 16 and c % 16 == 0 for c in cfg.data.crop), "data.crop", "every side must be a multiple of 16")
+    need(cfg.data.val_split != "test", "data.val_split", "the test split is never used for model selection")
+    need(cfg.model.rep_dim >= 2, "model.rep_dim", "must be >= 2")
+    need((cfg.model.arch == "unet2d") == (cfg.data.dataset == "acdc"), "model.arch",
+         f"unet2d goes with dataset acdc and vnet3d with la (data.dataset={cfg.data.dataset!r})")
+    need(cfg.train.pretrain_iters >= 0, "train.pretrain_iters", "must be >= 0")
+    need(cfg.train.finetune_iters >= 0, "train.finetune_iters", "must be >= 0")
+    need(cfg.train.batch_labelled >= 1, "train.batch_labelled", "must be >= 1")
+    need(cfg.train.batch_unlabelled >= 0, "train.batch_unlabelled", "must be >= 0")
+    need(cfg.train.lr > 0, "train.lr", "must be > 0")
+    need(0.0 <= cfg.train.ema_momentum <= 1.0, "train.ema_momentum", "must be in [0, 1]")
+    need(cfg.total_iters >= 1, "train.finetune_iters", "the run has no iterations (both phases off or zero)")
+    needs_unlab = cfg.method.unsup or cfg.method.consistency or cfg.method.pretrain or cfg.method.anco
+    need(not needs_unlab or cfg.train.batch_unlabelled >= 1, "train.batch_unlabelled",
+         f"method {cfg.method.name!r} uses unlabelled images, so it must be >= 1")
+    uses_teacher = cfg.method.unsup or cfg.method.consistency or cfg.method.anco or cfg.method.saacl or cfg.method.pretrain
+    need(cfg.method.teacher or not uses_teacher, "method.teacher", "the selected terms need the EMA teacher")
+    need(0.0 < cfg.temperature.tau_min <= cfg.temperature.tau_max, "temperature.tau_min", "must be in (0, tau_max]")
+    need(cfg.temperature.fixed_tau > 0, "temperature.fixed_tau", "must be > 0")
+    need(cfg.temperature.period is None or cfg.temperature.period > 0, "temperature.period", "must be > 0 or null")
+    need(cfg.temperature.epoch_iters is None or cfg.temperature.epoch_iters >= 1, "temperature.epoch_iters",
+         "must be >= 1 or null")
+    if cfg.temperature.kind == "step":
+        need(len(cfg.temperature.step_values) == len(cfg.temperature.step_milestones) + 1, "temperature.step_values",
+             "a step schedule needs len(step_milestones) + 1 values")
+    need(cfg.saacl.queue_size >= 0, "saacl.queue_size", "must be >= 0")
+    need(cfg.saacl.anchors_per_class >= 1, "saacl.anchors_per_class", "must be >= 1")
+    need(cfg.anco.queries_per_class >= 1, "anco.queries_per_class", "must be >= 1")
+    need(cfg.anco.negatives >= 1, "anco.negatives", "must be >= 1")
+    need(cfg.pretrain.memory_bank >= 1, "pretrain.memory_bank", "must be >= 1")
+    if cfg.model.arch == "unet2d":
+        need(cfg.pretrain.patch <= cfg.data.size, "pretrain.patch", f"must fit in data.size={cfg.data.size}")
+    need(cfg.pretrain.stride >= 1, "pretrain.stride", "must be >= 1")
+    need(cfg.runtime.log_every >= 1, "runtime.log_every", "must be >= 1")
+    need(cfg.runtime.checkpoint_every >= 0, "runtime.checkpoint_every", "must be >= 0 (0 = only at phase ends)")
+    need(cfg.eval.every >= 0, "eval.every", "must be >= 0")
+    dev = cfg.runtime.device
+    need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "runtime.device",
+         "must be auto, cpu, cuda or cuda:N")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def config_from_dict(raw: Mapping[str, Any], expand_method: bool = True, source: str = "config") -> Config:
+    """Validate a nested dict into a :class:`Config`.
+
+    With ``expand_method`` the ``method.name`` preset fills every ``method.*``
+    switch missing from ``raw``; otherwise missing switches take the dataclass defaults.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r} (sections: {', '.join(_SECTIONS)})")
+    raw = copy.deepcopy(dict(raw))
+    if expand_method:
+        method = dict(raw.get("method") or {})
+        name = method.get("name", MethodConfig.name)
+        if not isinstance(name, str) or name not in METHOD_PRESETS:
+            raise ConfigError(f"method.name: unknown method {name!r}; known: {', '.join(METHOD_PRESETS)}")
+        raw["method"] = {**METHOD_PRESETS[name], **method}
+    sections = {name: _build_section(cls, raw.get(name), name) for name, cls in _SECTIONS.items()}
+    cfg = Config(**sections)
+    _check_values(cfg)
+    return cfg
+
+
+def load_config(path_or_name: str | Path | Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] | None = None) -> Config:
+    """Load a profile (bundled name, YAML path, or an already-parsed dict) and apply ``--set`` overrides.
+
+    Raises :class:`ConfigError` naming the key for an unknown key, a wrong type or
+    an out-of-range value, and naming the file for a missing or malformed profile.
+    """
+    if isinstance(path_or_name, Mapping):
+        raw: dict[str, Any] = copy.deepcopy(dict(path_or_name))
+        source = "config"
+    else:
+        raw = _read_profile(path_or_name)
+        source = str(profile_path(path_or_name))
+    for key, value in _override_pairs(overrides):
+        _set_dotted(raw, key, value, source="override")
+    try:
+        return config_from_dict(raw, expand_method=True, source=source)
+    except ConfigError as exc:
+        if source != "config" and source not in str(exc):
+            raise ConfigError(f"{exc} [in {source}]") from None
+        raise
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _hashed_dict(cfg: Config | Mapping[str, Any]) -> dict[str, Any]:
+    d = cfg.to_dict() if isinstance(cfg, Config) else _plain(copy.deepcopy(dict(cfg)))
+    for key in HASH_EXCLUDED_KEYS:
+        section, name = key.split(".")
+        if isinstance(d.get(section), dict):
+            d[section].pop(name, None)
+    return d
+
+
+def config_hash(cfg: Config | Mapping[str, Any]) -> str:
+    """Stable 16-hex-digit SHA-256 digest of the result-relevant settings (see :data:`HASH_EXCLUDED_KEYS`)."""
+    blob = json.dumps(_hashed_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def diff_dicts(a: Mapping[str, Any], b: Mapping[str, Any], hashed_only: bool = True) -> list[str]:
+    """Dotted keys whose values differ between two config dicts (``"train.lr: 0.01 != 0.02"``)."""
+    da, db = (_hashed_dict(a), _hashed_dict(b)) if hashed_only else (_plain(dict(a)), _plain(dict(b)))
+    out = []
+    for section in sorted(set(da) | set(db)):
+        sa, sb = da.get(section, {}) or {}, db.get(section, {}) or {}
+        for name in sorted(set(sa) | set(sb)):
+            va, vb = sa.get(name, "<missing>"), sb.get(name, "<missing>")
+            if va != vb:
+                out.append(f"{section}.{name}: {va!r} != {vb!r}")
+    return out
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what a run directory stores as ``config.yaml``)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,240 @@
+"""The training loop on the 32 x 32 phantom: every method trains, logs its own terms, and the run
+directory behaves (cached results, refusals, divergence errors, model loading, CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from actionpp.checkpoint import CheckpointError, load_checkpoint
+from actionpp.config import load_config
+from actionpp.engine import (
+    RunDirError,
+    TrainingDiverged,
+    _sample_pixels,
+    load_model,
+    poly_lr,
+    sigmoid_rampup,
+    train,
+)
+from actionpp.runlog import read_jsonl
+
+# phantom_smoke is 32 x 32, batch 4 + 4; shorten it further for the default suite
+FAST = ["train.pretrain_iters=2", "train.finetune_iters=4", "runtime.checkpoint_every=2", "runtime.device=cpu"]
+
+TERMS = {
+    "supervised": {"sup", "total"},
+    "mean_teacher": {"sup", "consistency", "total"},
+    "action": {"sup", "unsup", "anco", "total"},
+    "actionpp": {"sup", "unsup", "anco", "saacl", "total"},
+}
+PRETRAIN_TERMS = {"sup", "isd_global", "isd_local", "total"}
+
+
+def _cfg(*extra: str):
+    return load_config("phantom_smoke", FAST + list(extra))
+
+
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "action", "actionpp"])
+def test_each_method_trains_finite_and_logs_exactly_its_terms(tmp_path, method):
+    cfg = _cfg(f"method.name={method}")
+    res = train(cfg, run_dir=tmp_path, progress=False)
+    log = read_jsonl(tmp_path / "log.jsonl")
+    rows = [e for e in log if e["kind"] == "train"]
+    phases = {e["phase"] for e in rows}
+    assert phases == ({"pretrain", "finetune"} if method in ("action", "actionpp") else {"finetune"})
+    for e in rows:
+        terms = {k[len("loss/"):] for k in e if k.startswith("loss/")}
+        assert terms == (PRETRAIN_TERMS if e["phase"] == "pretrain" else TERMS[method])
+        assert all(math.isfinite(e[f"loss/{t}"]) for t in terms)
+        assert ("tau" in e) == (e["phase"] == "finetune" and method in ("action", "actionpp"))
+    if method == "action":
+        assert all(e["tau"] == 0.5 for e in rows if "tau" in e)  # ACTION: fixed temperature
+    if method == "actionpp":
+        ft = [e for e in rows if e["phase"] == "finetune"]
+        assert all(sorted(e["assignment"]) == [0, 1, 2, 3] for e in ft)  # a permutation of the centres
+    assert res.iterations == cfg.total_iters == rows[-1]["iteration"]
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.yaml", "run.json", "log.jsonl", "last.pt", "metrics.json"}
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config_hash"] == cfg.hash() and metrics["iterations"] == cfg.total_iters
+    assert 0.0 <= metrics["final"]["dice"] <= 1.0 and metrics["final"]["n_volumes"] == 2
+    assert set(metrics["its_per_s"]) == phases
+
+
+def test_lr_follows_poly_decay_per_phase_and_schedules_have_closed_forms(tmp_path):
+    train(_cfg("method.name=actionpp", "runtime.log_every=1"), run_dir=tmp_path, progress=False)
+    rows = [e for e in read_jsonl(tmp_path / "log.jsonl") if e["kind"] == "train"]
+    # each phase restarts at lr0 = 0.01 and decays as (1 - i / n) ** 0.9 (logged after step i)
+    expected = [0.01 * (1 - i / 2) ** 0.9 for i in range(2)] + [0.01 * (1 - i / 4) ** 0.9 for i in range(4)]
+    assert [e["lr"] for e in rows] == pytest.approx(expected)
+    # ATS over the 4 fine-tuning iterations (one cycle): tau(t) = 0.1 + 0.45 (1 + cos(2 pi t / 4))
+    taus = [e["tau"] for e in rows if e["phase"] == "finetune"]
+    assert taus == pytest.approx([1.0, 0.55, 0.1, 0.55])
+    assert poly_lr(0.01, 0, 100) == 0.01 and poly_lr(0.01, 50, 100, 1.0) == pytest.approx(0.005)
+    assert poly_lr(0.01, 100, 100) == 0.0
+    assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5)) and sigmoid_rampup(100, 100) == 1.0
+    assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-1.25)) and sigmoid_rampup(7, 0) == 1.0
+
+
+def test_official_per_epoch_schedule_and_ats_off(tmp_path):
+    # official ATS: the cosine evaluated once per epoch; period 2 epochs of 2 iterations
+    cfg = _cfg("method.name=actionpp", "runtime.log_every=1", "temperature.kind=cosine_epoch",
+               "temperature.period=2", "temperature.epoch_iters=2")
+    train(cfg, run_dir=tmp_path / "epoch", progress=False)
+    taus = [e["tau"] for e in read_jsonl(tmp_path / "epoch" / "log.jsonl") if "tau" in e]
+    assert taus == pytest.approx([1.0, 1.0, 0.1, 0.1])
+    # the ATS ablation: ACTION++ at ACTION's fixed temperature
+    cfg = _cfg("method.name=actionpp", "method.ats=false", "runtime.log_every=1", "temperature.fixed_tau=0.3")
+    train(cfg, run_dir=tmp_path / "fixed", progress=False)
+    taus = [e["tau"] for e in read_jsonl(tmp_path / "fixed" / "log.jsonl") if "tau" in e]
+    assert taus == pytest.approx([0.3] * 4)
+
+
+def test_supervised_loss_falls_on_the_phantom(tmp_path):
+    cfg = load_config("phantom_smoke", ["method.name=supervised", "train.finetune_iters=30", "runtime.log_every=10",
+                                        "runtime.checkpoint_every=0", "runtime.device=cpu"])
+    train(cfg, run_dir=tmp_path, progress=False)
+    sup = [e["loss/sup"] for e in read_jsonl(tmp_path / "log.jsonl") if e["kind"] == "train"]
+    assert len(sup) == 3 and sup[2] < 0.8 * sup[0]
+
+
+def test_finished_run_is_returned_without_training_and_other_configs_are_refused(tmp_path):
+    cfg = _cfg("method.name=supervised")
+    first = train(cfg, run_dir=tmp_path, progress=False)
+    log_before = (tmp_path / "log.jsonl").read_text()
+    again = train(cfg.replace(["runtime.progress=true"]), run_dir=tmp_path, progress=False)
+    assert again.cached and not first.cached
+    assert again.final == first.final and again.iterations == first.iterations
+    assert (tmp_path / "log.jsonl").read_text() == log_before  # nothing ran
+    with pytest.raises(RunDirError, match="finished run of config"):
+        train(_cfg("method.name=supervised", "train.lr=0.02"), run_dir=tmp_path, progress=False)
+
+
+def test_existing_checkpoint_needs_resume_and_must_come_from_the_same_config(tmp_path):
+    cfg = _cfg("method.name=supervised")
+    train(cfg, run_dir=tmp_path, progress=False)
+    (tmp_path / "metrics.json").unlink()  # as if killed after the last checkpoint
+    with pytest.raises(RunDirError, match="already holds a checkpoint"):
+        train(cfg, run_dir=tmp_path, resume=False, progress=False)
+    other = _cfg("method.name=supervised", "train.lr=0.02")
+    with pytest.raises(CheckpointError) as exc:
+        train(other, run_dir=tmp_path, progress=False)
+    msg = str(exc.value)
+    assert cfg.hash() in msg and other.hash() in msg and "train.lr: 0.01 != 0.02" in msg
+
+
+def test_nan_loss_stops_with_iteration_terms_and_no_checkpoint(tmp_path):
+    cfg = _cfg("method.name=supervised", "train.lr=1e30", "runtime.log_every=1")
+    with pytest.raises(TrainingDiverged) as exc:
+        train(cfg, run_dir=tmp_path, progress=False)
+    err = exc.value
+    assert err.iteration == 2  # step 1 with lr 1e30 wrecks the weights; the loss of step 2 is not finite
+    assert set(err.terms) == {"sup", "total"} and not math.isfinite(err.terms["total"])
+    assert err.last_checkpoint is None and "iteration 2" in str(err) and "sup=" in str(err)
+    assert not (tmp_path / "last.pt").exists()  # a diverged model is never checkpointed
+
+
+def test_divergence_after_a_checkpoint_names_it_and_keeps_it_finite(tmp_path, monkeypatch):
+    import actionpp.engine as E
+
+    original = E._Trainer.finetune_step
+
+    def corrupt_after_3(self, it, phase_it):
+        if it == 3:  # poison one weight before the 4th iteration: the forward turns NaN
+            with torch.no_grad():
+                self.student.net.out_conv.weight.fill_(float("nan"))
+        return original(self, it, phase_it)
+
+    monkeypatch.setattr(E._Trainer, "finetune_step", corrupt_after_3)
+    cfg = _cfg("method.name=supervised", "runtime.log_every=4")
+    with pytest.raises(TrainingDiverged) as exc:
+        train(cfg, run_dir=tmp_path, progress=False)
+    assert exc.value.iteration == 4 and exc.value.last_checkpoint == tmp_path / "last.pt"
+    assert str(tmp_path / "last.pt") in str(exc.value)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())
+
+
+def test_load_model_gives_the_validated_network(tmp_path):
+    from actionpp.data.tensors import load_volumes
+    from actionpp.engine import resolve_data_root
+    from actionpp.evaluate import evaluate
+    from actionpp.models import UNet2D
+
+    cfg = _cfg("method.name=supervised", "eval.select=last")
+    res = train(cfg, run_dir=tmp_path, progress=False)
+    net, cfg2 = load_model(tmp_path, which="last")
+    assert isinstance(net, UNet2D) and not net.training and cfg2 == cfg
+    vols = load_volumes(resolve_data_root("phantom", cfg), "val")[:2]
+    again = evaluate(net, vols, dataset="acdc", size=32, progress=False)
+    assert again.mean_dice == pytest.approx(res.final["dice"], abs=1e-12)
+    # no validation run: best falls back to last
+    net_b, _ = load_model(tmp_path / "last.pt")
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net_b.state_dict().values()))
+
+
+def test_validation_keeps_the_best_checkpoint(tmp_path):
+    cfg = _cfg("method.name=supervised", "eval.every=2", "train.finetune_iters=6", "train.lr=0.05")
+    res = train(cfg, run_dir=tmp_path, progress=False)
+    vals = [e for e in read_jsonl(tmp_path / "log.jsonl") if e["kind"] == "val"]
+    assert [e["iteration"] for e in vals] == [2, 4, 6]
+    best = max(vals, key=lambda e: e["dice"])  # first of equal maxima wins: strict improvement needed
+    assert res.best_iteration == best["iteration"] and res.best["dice"] == best["dice"]
+    assert load_checkpoint(tmp_path / "best.pt")["iteration"] == best["iteration"]
+    assert res.selected == "best" and res.checkpoint == tmp_path / "best.pt"
+
+
+def test_pixel_sampler_draws_distinct_pixels_of_each_class():
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    labels[0, 0, :3] = 1  # 3 pixels of class 1
+    labels[1, 2:, 2:] = 2  # 4 pixels of class 2
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    valid[1, 3, 3] = False  # one class-2 pixel excluded
+    idx, lab = _sample_pixels(labels, valid, num_classes=4, per_class=5, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(lab, minlength=4).tolist()
+    assert counts == [5, 3, 3, 0]  # 25 background pixels -> 5; classes 1 and 2 give all their valid pixels
+    assert torch.equal(labels[idx[:, 0], idx[:, 1], idx[:, 2]], lab)
+    assert valid[idx[:, 0], idx[:, 1], idx[:, 2]].all()
+    assert len({tuple(r) for r in idx.tolist()}) == len(idx)  # no pixel twice
+
+
+def test_cli_train_and_evaluate(tmp_path, capsys):
+    from actionpp.cli import main
+
+    rd = tmp_path / "run"
+    rc = main(["train", "phantom_smoke", "--set", "method.name=supervised", "--set", "train.finetune_iters=2",
+               "--set", "runtime.device=cpu", "--run-dir", str(rd), "--no-progress"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["iterations"] == 2 and out["method"] == "supervised"
+    rc = main(["evaluate", str(rd), "--data", "phantom", "--split", "val", "--json", "--device", "cpu"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "val" and report["volumes"] == len(report["result"]["per_volume"]) >= 2
+    assert 0.0 <= report["summary"]["dice"] <= 1.0
+    assert main(["train", "phantom_smoke", "--set", "train.lrr=1"]) == 2
+    assert "unknown key train.lrr" in capsys.readouterr().err
+
+
+def test_run_logger_writes_jsonl_and_tensorboard_is_optional(tmp_path):
+    import importlib.util
+    import warnings
+
+    from actionpp.runlog import RunLogger
+
+    have_tb = importlib.util.find_spec("tensorboard") is not None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logger = RunLogger(tmp_path, tensorboard=True)
+    assert have_tb or any("TensorBoard requested but unavailable" in str(w.message) for w in caught)
+    logger.log({"kind": "train", "iteration": 1, "loss/sup": 0.5})
+    (tmp_path / "log.jsonl").open("a").write('{"kind": "train", "iter')  # a torn line from a SIGKILL
+    logger.close()
+    assert read_jsonl(tmp_path / "log.jsonl") == [{"kind": "train", "iteration": 1, "loss/sup": 0.5}]
+    silent = RunLogger(tmp_path / "rank1", enabled=False)  # ranks other than 0 write nothing
+    silent.log({"kind": "train", "iteration": 1})
+    assert not (tmp_path / "rank1").exists()
