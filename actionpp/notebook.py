@@ -416,6 +416,10 @@ def execute(
         ) from None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.unlink(missing_ok=True)  # never leave a previous run's copy that looks like this one's
+    # The kernel inherits this process's environment: BATCH_ENV tells the notebook that no
+    # person is watching, so `widgets_wanted` skips ipywidgets (static figures still drawn).
+    previous = os.environ.get(BATCH_ENV)
+    os.environ[BATCH_ENV] = "1"
     try:
         papermill.execute_notebook(
             str(nb_path),
@@ -432,7 +436,26 @@ def execute(
     except (PapermillException, RuntimeError, TimeoutError) as exc:
         # nbclient's CellTimeoutError (a TimeoutError) and DeadKernelError (a RuntimeError)
         raise NotebookFailed(nb_path, out_path, None, type(exc).__name__, str(exc)) from exc
+    finally:
+        if previous is None:
+            os.environ.pop(BATCH_ENV, None)
+        else:
+            os.environ[BATCH_ENV] = previous
     return out_path
+
+
+BATCH_ENV = "ACTIONPP_BATCH"
+
+
+def widgets_wanted(interactive: bool) -> bool:
+    """Whether a notebook should build ipywidgets: ``INTERACTIVE`` and not a batch run.
+
+    :func:`execute` (used by ``actionpp demo``, ``actionpp replicate`` and the tests) sets
+    ``ACTIONPP_BATCH=1`` for the kernel; set it yourself for a plain ``papermill`` batch.
+    Widgets in a kernel with no front end are useless and, under nbclient, were seen to
+    stall a cell, so batch runs draw only the static figures that every notebook has anyway.
+    """
+    return bool(interactive) and os.environ.get(BATCH_ENV, "") not in ("1", "true", "yes")
 
 
 def _source_index(notebook: Path, source: str, fallback: int) -> int:

@@ -1,0 +1,210 @@
+"""``actionpp demo``: run the notebook sequence 00..06 on the phantom and summarise it.
+
+Every ``notebooks/NN_*.ipynb`` runs in order through the strict papermill front door
+(:func:`actionpp.notebook.execute`) with the chosen parameter profile (``lab`` by default:
+the parameters cells' own values, sized for a laptop CPU) and ``OUT_DIR = OUT/<stem>``.
+The executed notebooks and their HTML exports land in ``OUT`` (``runs/demo``); a failed
+notebook is reported and the sequence goes on. At the end a table gives each notebook's
+status, wall time and key metrics (also written to ``OUT/summary.md`` and ``summary.json``).
+
+Examples::
+
+    actionpp demo                          # everything, lab profile, runs/demo
+    actionpp demo --only 04,05             # two notebooks
+    actionpp demo --profile smoke --out runs/demo-smoke
+
+Exit code: 0 when every notebook ran, 1 when any failed, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Numbers worth a glance in the summary, per notebook stem (dotted paths into metrics.json).
+# A notebook not listed here shows its first few top-level numbers.
+KEY_METRICS: dict[str, list[str]] = {
+    "04_train": ["method", "dice_mean", "asd_mean", "train_seconds"],
+    "05_embeddings": ["map"],
+    "06_replication_report": ["n_runs", "n_groups"],
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="run the notebook sequence 00..06 on the phantom (CPU) and summarise it",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--profile", default="lab", help="parameter profile: smoke, lab (default), paper_acdc, paper_la")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/demo)")
+    p.add_argument("--only", default=None, help="comma-separated notebook numbers or stems, e.g. 00,04,05")
+    p.add_argument("--no-html", action="store_true", help="skip the HTML exports")
+    p.add_argument(
+        "--cell-timeout", type=float, default=3600.0,
+        help="seconds one cell may run before its notebook is failed (default 3600: 04's training cell "
+             "takes 10-18 min on a busy 2-core CPU; a hung kernel must not stall the sequence forever)",
+    )
+    p.set_defaults(func=_main)
+
+
+def select_notebooks(folder: Path, only: str | None) -> list[Path]:
+    """``NN_*.ipynb`` in ``folder`` sorted by name, filtered by ``only`` ("04,05" or stems).
+
+    Raises ValueError naming an ``only`` entry that matches no notebook.
+    """
+    nbs = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if p.is_file())
+    if only is None:
+        return nbs
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    chosen = []
+    for w in wanted:
+        hits = [p for p in nbs if (p.stem[:2] == w.zfill(2) if w.isdigit() else p.stem == w)]
+        if not hits:
+            raise ValueError(f"--only {w!r} matches no notebook in {folder} (have {[p.stem for p in nbs]})")
+        chosen += [h for h in hits if h not in chosen]
+    return sorted(chosen)
+
+
+def _dig(d: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _leaves(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not isinstance(d, dict):
+        return [(prefix, d)]
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        out += _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
+def key_metrics(stem: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The summary numbers of one notebook's ``metrics.json`` (see :data:`KEY_METRICS`)."""
+    keys = KEY_METRICS.get(stem)
+    if keys is None:
+        keys = [k for k, v in _leaves(metrics) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and k != "seconds" and not k.startswith("_")][:3]
+    out = {k: _dig(metrics, k) for k in keys}
+    if stem == "05_embeddings" and isinstance(metrics.get("runs"), dict):
+        for label, r in metrics["runs"].items():
+            tail = r.get("tail")
+            acc = _dig(r, f"per_class.{tail}.accuracy") if tail else None
+            out[f"{label} tail acc"] = acc
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3g}"
+    return str(v)
+
+
+def run_sequence(
+    nbs: list[Path],
+    out: Path,
+    profile: str = "lab",
+    html: bool = True,
+    cwd: Path | None = None,
+    log: Any = print,
+    cell_timeout: float | None = None,
+) -> list[dict[str, Any]]:
+    """Execute ``nbs`` in order into ``out`` (``OUT/<stem>.ipynb``, ``OUT_DIR = OUT/<stem>``).
+
+    Never raises for a notebook error: each row is ``{"notebook", "status" ("ok" | "FAILED"),
+    "seconds", "metrics" (see :func:`key_metrics`), "error"}``. A notebook without a file for
+    ``profile`` runs with its parameters-cell values when ``profile`` is ``lab`` (they are the
+    same by convention) and fails otherwise. HTML pages are exported for every executed
+    notebook, failed ones included (they show the traceback). ``cell_timeout``: seconds per
+    cell (None = no limit); a cell over it fails its notebook and the sequence goes on.
+    """
+    from actionpp import notebook as nbmod
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for nb in nbs:
+        stem = nb.stem
+        output = out / f"{stem}.ipynb"
+        nb_out = out / stem
+        prof: str | None = profile
+        if profile == "lab" and not nbmod.profile_path(nb, profile).is_file():
+            prof = None
+        row: dict[str, Any] = {"notebook": stem, "status": "ok", "seconds": 0.0, "metrics": {}, "error": None}
+        log(f"-> {stem} ...")
+        t0 = time.perf_counter()
+        try:
+            declared = nbmod.parameters_of(nb)
+            params = {"OUT_DIR": str(nb_out)} if "OUT_DIR" in declared else {}
+            nbmod.execute(nb, output, params, prof, cwd=cwd, timeout=cell_timeout)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next notebook
+            row["status"] = "FAILED"
+            row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        row["seconds"] = time.perf_counter() - t0
+        if row["status"] == "ok":
+            try:
+                row["metrics"] = key_metrics(stem, nbmod.read_metrics(nb_out))
+            except (OSError, ValueError) as exc:
+                row["status"] = "FAILED"
+                row["error"] = f"no readable metrics.json in {nb_out}: {exc}"
+        if html and output.is_file():
+            try:
+                nbmod.export_html(output, out / f"{stem}.html")
+            except Exception as exc:  # noqa: BLE001 - a missing HTML page is not a failed notebook
+                row["html_error"] = str(exc)
+        log(f"   {stem}: {row['status']}{': ' + row['error'] if row['error'] else ''} ({row['seconds']:.1f} s)")
+        rows.append(row)
+    return rows
+
+
+def summary_markdown(rows: list[dict[str, Any]], profile: str, total: float, out: Path) -> str:
+    """The summary table: notebook, status, seconds, key metrics (or the error)."""
+    lines = [f"# actionpp demo ({profile} profile)", "", "| notebook | status | seconds | key metrics |", "|---|---|---|---|"]
+    for r in rows:
+        km = ", ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items()) or (r["error"] or "")
+        lines.append(f"| {r['notebook']} | {r['status']} | {r['seconds']:.1f} | {km} |")
+    lines += ["", f"total wall time: {total:.1f} s; executed notebooks and HTML pages in {out}", ""]
+    return "\n".join(lines)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from actionpp.paths import repo_root, runs_dir
+
+    folder = repo_root() / "notebooks"
+    try:
+        nbs = select_notebooks(folder, args.only)
+    except ValueError as e:
+        print(f"actionpp demo: {e}", file=sys.stderr)
+        return 2
+    if not nbs:
+        print(f"actionpp demo: no notebooks in {folder}", file=sys.stderr)
+        return 2
+    out = (args.out or runs_dir() / "demo").resolve()
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    print(f"demo: {len(nbs)} notebooks, profile {args.profile} -> {out}", flush=True)
+    t_all = time.perf_counter()
+    rows = run_sequence(nbs, out, args.profile, html=not args.no_html, cwd=repo_root(),
+                        log=lambda m: print(m, flush=True), cell_timeout=args.cell_timeout)
+    total = time.perf_counter() - t_all
+    text = summary_markdown(rows, args.profile, total, out)
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps({"profile": args.profile, "seconds": total, "notebooks": rows}, indent=2, default=str))
+    print()
+    print(text)
+    failed = [r for r in rows if r["status"] != "ok"]
+    for r in failed:
+        print(f"FAILED {r['notebook']}: {r['error']}\n    notebook: {out / (r['notebook'] + '.ipynb')}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,68 @@
+"""`actionpp demo`: notebook selection, going on past a failed notebook, the summary.
+
+Runs throwaway notebooks built with nbformat (one writes metrics, one raises), so no training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from actionpp.commands import demo
+
+
+def _nb(folder: Path, stem: str, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {stem}"),
+        nbformat.v4.new_code_cell('SEED: int = 0  # seed\nOUT_DIR: str = "out"  # where', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(body),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / f"{stem}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_select_notebooks_by_number_or_stem(tmp_path: Path) -> None:
+    for stem in ("00_a", "01_b", "04_train", "10_c"):
+        (tmp_path / f"{stem}.ipynb").write_text("{}")
+    (tmp_path / "notes.ipynb").write_text("{}")
+    names = lambda ps: [p.stem for p in ps]  # noqa: E731
+    assert names(demo.select_notebooks(tmp_path, None)) == ["00_a", "01_b", "04_train", "10_c"]
+    assert names(demo.select_notebooks(tmp_path, "4,0")) == ["00_a", "04_train"]
+    assert names(demo.select_notebooks(tmp_path, "01_b, 10")) == ["01_b", "10_c"]
+    with pytest.raises(ValueError, match="'07'"):
+        demo.select_notebooks(tmp_path, "07")
+
+
+def test_sequence_goes_on_past_a_failure_and_reports_it(tmp_path: Path) -> None:
+    src = tmp_path / "nbs"
+    src.mkdir()
+    ok = 'from actionpp.notebook import write_metrics\nwrite_metrics(OUT_DIR, {"score": 0.25, "seconds": 1.0})'
+    nbs = [
+        _nb(src, "00_first", ok),
+        _nb(src, "01_broken", 'raise ValueError("broken on purpose")'),
+        _nb(src, "02_last", ok),
+        _nb(src, "03_hangs", "import time\ntime.sleep(60)"),
+    ]
+    out = tmp_path / "demo"
+    rows = demo.run_sequence(nbs, out, profile="lab", html=True, log=lambda m: None, cell_timeout=2)
+    assert [r["status"] for r in rows] == ["ok", "FAILED", "ok", "FAILED"]
+    assert "Timeout" in rows[3]["error"], rows[3]["error"]  # the cell timeout stopped the hung notebook
+    assert rows[0]["metrics"] == {"score": 0.25}  # generic key metrics leave out "seconds"
+    assert "broken on purpose" in rows[1]["error"]
+    for stem in ("00_first", "01_broken", "02_last"):
+        assert (out / f"{stem}.ipynb").is_file() and (out / f"{stem}.html").is_file()
+    assert (out / "02_last" / "metrics.json").is_file()
+    md = demo.summary_markdown(rows, "lab", 3.0, out)
+    assert "| 01_broken | FAILED |" in md and "score=0.25" in md
+
+
+def test_key_metrics_of_the_training_notebook() -> None:
+    m = {"method": "actionpp", "dice_mean": 0.8, "asd_mean": 1.5, "train_seconds": 10.0, "dice": {"RV": 0.7}}
+    assert demo.key_metrics("04_train", m) == {"method": "actionpp", "dice_mean": 0.8, "asd_mean": 1.5, "train_seconds": 10.0}
+    emb = {"map": "pca", "runs": {"actionpp": {"tail": "RV", "per_class": {"RV": {"accuracy": 0.9}}}}}
+    assert demo.key_metrics("05_embeddings", emb) == {"map": "pca", "actionpp tail acc": 0.9}

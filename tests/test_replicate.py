@@ -1,0 +1,351 @@
+"""Batch replication (actionpp.replicate, `actionpp replicate`) on tiny throwaway notebooks.
+
+The notebooks are built with nbformat in tmp_path: their last cell writes metrics computed
+from their parameters (so aggregated numbers are known by hand), and FAIL=True raises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from actionpp import replicate as rp
+from actionpp.cli import main as cli_main
+
+PARAMS = '''METHOD: str = "supervised"  # which method
+LABELLED_PATIENTS: int = 3  # labelled patients
+SEED: int = 0  # seed
+FAIL: bool = False  # raise on purpose
+OUT_DIR: str = "out"  # where metrics.json goes'''
+
+BODY = '''from actionpp.notebook import write_metrics
+if FAIL:
+    raise RuntimeError(f"deliberate failure for seed {SEED}")
+dice = {"RV": 0.80 + 0.04 * SEED, "Myo": 0.70, "LV": 0.90 - 0.10 * SEED}
+write_metrics(OUT_DIR, {
+    "dataset": "acdc", "method": METHOD, "labelled_patients": LABELLED_PATIENTS, "seed": SEED,
+    "classes": ["RV", "Myo", "LV"], "dice": dice,
+    "jaccard": {k: v / (2 - v) for k, v in dice.items()},
+    "hd95": {"RV": [2.0, 4.0, 9.0][SEED], "Myo": 1.0, "LV": 1.0},
+    "asd": {"RV": 0.5, "Myo": 0.5, "LV": 0.5},
+    "protocol": {"split": "phantom 70/10/20", "iterations": 8, "model_selection": "best on val",
+                 "empty_mask_policy": "missed structure: Dice 0, HD95 nan", "distance_units": "voxels"},
+})'''
+
+
+def _write_notebook(folder: Path, stem: str = "fake_train") -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# fake training"),
+        nbformat.v4.new_code_cell(PARAMS, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(BODY),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / f"{stem}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _grid(tmp_path: Path, axes: dict, **extra) -> Path:
+    _write_notebook(tmp_path)
+    g = {"name": "t", "notebooks": ["fake_train"], "axes": axes, **extra}
+    p = tmp_path / "grid.yaml"
+    p.write_text(yaml.safe_dump(g, sort_keys=False))
+    return p
+
+
+def _fake_executor(notebook: Path, output: Path, params: dict) -> None:
+    """In-process stand-in for papermill: same metrics as BODY, no kernel."""
+    if params.get("FAIL"):
+        raise RuntimeError("deliberate")
+    output.write_text("{}")
+    seed = params["SEED"]
+    out = Path(params["OUT_DIR"])
+    (out / "metrics.json").write_text(json.dumps({"dataset": "acdc", "seed": seed, "dice": {"RV": 0.5}}))
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+def test_grid_expansion_order_ids_and_parameters(tmp_path: Path) -> None:
+    profile = tmp_path / "params" / "smoke"
+    profile.mkdir(parents=True)
+    (profile / "fake_train.yaml").write_text("LABELLED_PATIENTS: 1\nSEED: 5\n")
+    g = rp.load_grid(
+        _grid(
+            tmp_path,
+            {"SEED": [0, 1], "METHOD": ["supervised", "actionpp"], "LABELLED_PATIENTS": [3, 7]},
+            profile="smoke",
+            parameters={"FAIL": False},
+        )
+    )
+    runs = rp.expand(g)
+    assert len(runs) == 8
+    # product in YAML order (SEED slowest), ids in canonical order method, lab, seed
+    assert [r.run_id for r in runs[:3]] == [
+        "method=supervised_lab=3_seed=0",
+        "method=supervised_lab=7_seed=0",
+        "method=actionpp_lab=3_seed=0",
+    ]
+    r = runs[2]
+    # axis values beat the profile; the grid's fixed parameters are present
+    assert dict(r.parameters[0]) == {"LABELLED_PATIENTS": 3, "SEED": 0, "FAIL": False, "METHOD": "actionpp"}
+    assert dict(r.axes) == {"SEED": 0, "METHOD": "actionpp", "LABELLED_PATIENTS": 3}
+    # the shard key is the position in the id-sorted grid
+    assert sorted(runs, key=lambda x: x.index) == sorted(runs, key=lambda x: x.run_id)
+    # deterministic: a second expansion is identical
+    assert [(x.run_id, x.index) for x in rp.expand(g)] == [(x.run_id, x.index) for x in runs]
+
+
+def test_run_ids_do_not_depend_on_yaml_order(tmp_path: Path) -> None:
+    a = rp.expand(rp.load_grid(_grid(tmp_path, {"METHOD": ["a", "b"], "SEED": [0, 1], "LR": [0.1]})))
+    b = rp.expand(rp.load_grid(_grid(tmp_path, {"LR": [0.1], "SEED": [1, 0], "METHOD": ["b", "a"]})))
+    assert {r.run_id: r.index for r in a} == {r.run_id: r.index for r in b}
+    assert "method=a_lr=0.1_seed=1" in {r.run_id for r in a}
+
+
+def test_variants_are_an_axis_with_their_parameters(tmp_path: Path) -> None:
+    g = rp.load_grid(
+        _grid(
+            tmp_path,
+            {"SEED": [0]},
+            variants=[{"name": "ats_only", "METHOD": "x", "FAIL": False}, {"name": "both", "METHOD": "y"}],
+        )
+    )
+    runs = rp.expand(g)
+    assert [r.run_id for r in runs] == ["variant=ats_only_seed=0", "variant=both_seed=0"]
+    assert runs[1].parameters[0]["METHOD"] == "y"
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"notebooks": ["fake_train"], "axes": {"SEED": []}}, "SEED"),
+        ({"notebooks": ["fake_train"], "axes": {"SEED": [0]}, "axis": {}}, "unknown key"),
+        ({"notebooks": ["missing_nb"], "axes": {}}, "missing_nb"),
+        ({"notebooks": ["fake_train"], "axes": {"SEED": [[1, 2]]}}, "not a scalar"),
+        ({"notebooks": ["fake_train"], "axes": {"SEED": [0]}, "profile": "nope"}, "nope"),
+    ],
+)
+def test_bad_grids_name_the_problem(tmp_path: Path, bad: dict, needle: str) -> None:
+    _write_notebook(tmp_path)
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(bad))
+    with pytest.raises(rp.GridError, match=needle):
+        rp.expand(rp.load_grid(p))
+
+
+# --------------------------------------------------------------------------- shards
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 13])
+def test_shards_partition_the_grid(tmp_path: Path, n: int) -> None:
+    runs = rp.expand(rp.load_grid(_grid(tmp_path, {"METHOD": ["a", "b", "c"], "SEED": [0, 1, 2, 3]})))
+    parts = [rp.shard(runs, i, n) for i in range(n)]
+    ids = [r.run_id for p in parts for r in p]
+    assert len(ids) == len(set(ids)) == 12  # disjoint and complete
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1  # balanced
+    assert rp.parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "x", "1/0", "-1/3"):
+        with pytest.raises(ValueError, match="shard"):
+            rp.parse_shard(bad)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def test_failed_run_is_reported_others_finish_and_rerun_skips(tmp_path: Path, capsys) -> None:
+    """Real papermill on throwaway notebooks, two at a time (process pool): two of four runs raise."""
+    grid = _grid(tmp_path, {"SEED": [0, 1]}, variants=[{"name": "ok", "FAIL": False}, {"name": "bad", "FAIL": True}])
+    out = tmp_path / "out"
+    rc = cli_main(["replicate", str(grid), "--out", str(out), "--jobs", "2"])
+    printed = capsys.readouterr().out
+    assert rc == 1
+    ok0, ok1 = out / "variant=ok_seed=0", out / "variant=ok_seed=1"
+    bad0 = out / "variant=bad_seed=0"
+    for d in (ok0, ok1):
+        assert (d / "done").is_file() and (d / "metrics.json").is_file() and (d / "fake_train.ipynb").is_file()
+        assert not (d / "failed.json").exists()
+    assert not (bad0 / "done").exists() and not (bad0 / "metrics.json").exists()
+    failed = json.loads((bad0 / "failed.json").read_text())
+    assert "deliberate failure for seed 0" in failed["error"]
+    assert failed["notebook"] == str(bad0 / "fake_train.ipynb")
+    executed = nbformat.read(bad0 / "fake_train.ipynb", as_version=4)
+    assert any(o.get("output_type") == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "FAILED variant=bad_seed=0" in printed and "deliberate failure for seed 0" in printed
+    assert str(bad0 / "fake_train.ipynb") in printed
+    # the results table holds only finished runs (the two seeds of "ok")
+    csv_text = (out / "results.csv").read_text()
+    assert csv_text.count("\n") == 2 and ",ok," in csv_text
+
+    # re-run: finished runs are not executed again (their notebooks keep their mtime), the failed one is
+    mtimes = {d: (d / "fake_train.ipynb").stat().st_mtime_ns for d in (ok0, ok1)}
+    calls: list[str] = []
+
+    def spy(nb: Path, output: Path, params: dict) -> None:
+        calls.append(Path(params["OUT_DIR"]).name)
+        _fake_executor(nb, output, params)
+
+    runs = rp.expand(rp.load_grid(grid))
+    outcomes = rp.run_grid(runs, out, executor=spy, log=None)
+    assert {o.run_id: o.status for o in outcomes} == {
+        "variant=ok_seed=0": "skipped",
+        "variant=ok_seed=1": "skipped",
+        "variant=bad_seed=0": "failed",
+        "variant=bad_seed=1": "failed",
+    }
+    assert sorted(calls) == ["variant=bad_seed=0", "variant=bad_seed=1"]
+    assert {d: (d / "fake_train.ipynb").stat().st_mtime_ns for d in (ok0, ok1)} == mtimes
+
+
+def test_interrupted_run_is_rerun_and_keeps_its_checkpoint(tmp_path: Path) -> None:
+    runs = rp.expand(rp.load_grid(_grid(tmp_path, {"SEED": [0, 1]})))
+    out = tmp_path / "out"
+    assert rp.run_status(runs[0], out) == "pending"
+    rp.run_grid(runs[:1], out, executor=_fake_executor, log=None)
+    assert rp.run_status(runs[0], out) == "done"
+    # an interrupted attempt: metrics.json and a checkpoint, but no done marker
+    d1 = runs[1].run_dir(out)
+    (d1 / "run").mkdir(parents=True)
+    (d1 / "run" / "last.pt").write_text("checkpoint")
+    (d1 / "metrics.json").write_text("{}")
+    assert rp.run_status(runs[1], out) == "partial"
+    assert [r.run_id for r in rp.collect(out, runs)] == [runs[0].run_id]  # partial run is not a result
+    outcomes = rp.run_grid(runs, out, executor=_fake_executor, log=None)
+    assert [o.status for o in outcomes] == ["skipped", "done"]
+    assert (d1 / "run" / "last.pt").read_text() == "checkpoint"  # the engine's resume point survives
+    assert json.loads((d1 / "metrics.json").read_text())["seed"] == 1
+
+
+def test_finished_run_with_other_parameters_is_never_overwritten(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, {"SEED": [0]}, parameters={"LABELLED_PATIENTS": 3})
+    out = tmp_path / "out"
+    rp.run_grid(rp.expand(rp.load_grid(grid)), out, executor=_fake_executor, log=None)
+    before = (out / "seed=0" / "metrics.json").read_text()
+    grid2 = _grid(tmp_path, {"SEED": [0]}, parameters={"LABELLED_PATIENTS": 7})
+    runs2 = rp.expand(rp.load_grid(grid2))
+    assert rp.run_status(runs2[0], out) == "stale"
+    [o] = rp.run_grid(runs2, out, executor=_fake_executor, log=None)
+    assert o.status == "stale" and "different parameters" in (o.error or "")
+    assert (out / "seed=0" / "metrics.json").read_text() == before
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _record(seed: int, method: str = "actionpp", lab: int = 3, rv: float = 0.8, hd: float = 2.0) -> rp.RunRecord:
+    metrics = {
+        "dataset": "acdc",
+        "classes": ["RV", "LV"],
+        "dice": {"RV": rv, "LV": 0.9},
+        "jaccard": {"RV": 0.5, "LV": 0.5},
+        "hd95": {"RV": hd, "LV": 1.0},
+        "asd": {"RV": 1.0, "LV": 1.0},
+        "protocol": {"iterations": 100, "distance_units": "voxels"},
+    }
+    axes = {"METHOD": method, "LABELLED_PATIENTS": lab, "SEED": seed}
+    return rp.RunRecord(rp.make_run_id(axes), axes, metrics, Path("."))
+
+
+def test_aggregation_mean_and_sample_std_by_hand() -> None:
+    recs = [_record(0, rv=0.80, hd=2.0), _record(1, rv=0.84, hd=4.0), _record(2, rv=0.88, hd=9.0), _record(0, "supervised", rv=0.5)]
+    rows = rp.aggregate(recs)
+    assert [(r.method, r.labelled, len(r.seeds)) for r in rows] == [("actionpp", 3, 3), ("supervised", 3, 1)]
+    st = rows[0].stats
+    # RV Dice 80, 84, 88 %: mean 84, sample std sqrt((16 + 0 + 16) / 2) = 4
+    assert st["dice_RV"][0] == pytest.approx(84.0) and st["dice_RV"][1] == pytest.approx(4.0)
+    # mean over classes per run: (80+90)/2, (84+90)/2, (88+90)/2 = 85, 87, 89 -> mean 87, std 2
+    assert st["dice_mean"] == pytest.approx((87.0, 2.0))
+    # HD95 RV 2, 4, 9 voxels: mean 5, std sqrt((9 + 1 + 16) / 2) = sqrt(13)
+    assert st["hd95_RV"] == pytest.approx((5.0, math.sqrt(13)))
+    # one seed: value, no std
+    assert rows[1].stats["dice_RV"][0] == pytest.approx(50.0) and math.isnan(rows[1].stats["dice_RV"][1])
+    # the paper's numbers sit beside ours
+    assert rows[0].paper == {"dice": 88.5, "asd": 0.723, "dice_per_class": {"RV": 86.9, "Myo": 86.8, "LV": 91.9}}
+    assert rows[1].paper == {"dice": 51.7, "asd": None}
+    md = rp.results_markdown(rows)
+    assert "| acdc | actionpp | 3 | 3 | 87.0 ± 2.0 |" in md
+    assert "84.0 ± 4.0 [86.9]" in md
+    assert "iterations: 100" in md and "distance units (HD95, ASD): voxels" in md
+    lines = rp.results_csv(rows).splitlines()
+    header = lines[0].split(",")
+    first = dict(zip(header, lines[1].split(",")))
+    assert first["dice_RV_mean"] == "84" and first["dice_RV_std"] == "4" and first["paper_dice"] == "88.5"
+    assert first["seeds"] == "0 1 2" and first["n"] == "3"
+
+
+def test_protocol_mismatch_within_a_group_is_shown() -> None:
+    a, b = _record(0), _record(1)
+    b.metrics["protocol"]["iterations"] = 200  # type: ignore[index]
+    [row] = rp.aggregate([a, b])
+    assert row.protocol["iterations"] == "100 | 200"
+
+
+def test_dry_run_lists_runs_and_runs_nothing(tmp_path: Path, capsys) -> None:
+    grid = _grid(tmp_path, {"SEED": [0, 1, 2]})
+    out = tmp_path / "out"
+    assert cli_main(["replicate", str(grid), "--out", str(out), "--dry-run", "--shard", "1/2"]) == 0
+    text = capsys.readouterr().out
+    assert "seed=1" in text and "seed=0" not in text and "seed=2" not in text and "pending" in text
+    assert not any(out.glob("*/done"))
+    assert cli_main(["replicate", str(tmp_path / "nope.yaml")]) == 2
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_tiny_grid_end_to_end_on_04_train(tmp_path: Path) -> None:
+    """`actionpp replicate notebooks/grids/tiny.yaml` with the smoke profile: real training.
+
+    ~60 s on 2 cores, hence slow; the default suite still replicates tiny.yaml end to end
+    through the smoke run of notebooks/06_replication_report.ipynb (tests/test_notebooks.py).
+    """
+    from actionpp.paths import repo_root
+
+    grid = repo_root() / "notebooks" / "grids" / "tiny.yaml"
+    if not (repo_root() / "notebooks" / "04_train.ipynb").is_file():
+        pytest.fail("notebooks/04_train.ipynb is missing")
+    out = tmp_path / "tiny"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    assert cli_main(["replicate", str(grid), "--out", str(out)]) == 0
+    runs = rp.expand(rp.load_grid(grid))
+    assert all(rp.run_status(r, out) == "done" for r in runs)
+    rows = rp.aggregate(rp.collect(out, runs))
+    assert len(rows) == len({tuple(sorted((k, str(v)) for k, v in r.axes.items() if k != "SEED")) for r in runs})
+    for row in rows:
+        assert 0.0 <= row.stats["dice_mean"][0] <= 100.0
+    md = (out / "results.md").read_text()
+    assert "model selection" in md and "iterations" in md
+
+
+# --------------------------------------------------------------------------- shipped grids
+
+
+@pytest.mark.parametrize("name, n_runs", [("acdc_paper", 24), ("la_ablation", 15), ("phantom_small", 12), ("tiny", 2)])
+def test_shipped_grids_expand_and_pass_the_strict_parameter_check(name: str, n_runs: int) -> None:
+    """Every run of every grid in notebooks/grids/ would start: parameters known and well typed."""
+    from actionpp.notebook import check_parameters, parameters_of
+    from actionpp.paths import repo_root
+
+    grid = rp.load_grid(repo_root() / "notebooks" / "grids" / f"{name}.yaml")
+    runs = rp.expand(grid)
+    assert len(runs) == n_runs
+    declared = {s.path: parameters_of(s.path) for s in grid.notebooks}
+    for r in runs:
+        for i, (step, params) in enumerate(zip(r.notebooks, r.parameters)):
+            p = {k: v for k, v in params.items() if i == 0 or k in declared[step.path]}
+            check_parameters(step.path, {**p, "OUT_DIR": "x"}, declared[step.path])
+    if name == "la_ablation":
+        by_id = {r.run_id: r.parameters[0] for r in runs}
+        ra = by_id["variant=random_assign_seed=1"]
+        assert (ra["ASSIGNMENT"], ra["SAACL"], ra["ATS"], ra["LABELLED_PATIENTS"]) == ("random", "on", "on", 8)
+        assert rp.paper_row("la", 8, "random_assign") == {"dice": 88.0, "asd": None}
