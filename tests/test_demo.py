@@ -5,6 +5,7 @@ Runs throwaway notebooks built with nbformat (one writes metrics, one raises), s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -71,3 +72,28 @@ def test_key_metrics_of_the_training_notebook() -> None:
     assert demo.key_metrics("04_train", m) == {"method": "actionpp", "dice_mean": 0.8, "asd_mean": 1.5, "train_seconds": 10.0}
     emb = {"map": "pca", "runs": {"actionpp": {"tail": "RV", "per_class": {"RV": {"accuracy": 0.9}}}}}
     assert demo.key_metrics("05_embeddings", emb) == {"map": "pca", "actionpp tail acc": 0.9}
+
+
+def test_embeddings_notebook_reads_the_run_the_training_notebook_trained(tmp_path: Path) -> None:
+    src = tmp_path / "nbs"
+    src.mkdir()
+    write = (
+        "import json, os\nos.makedirs(OUT_DIR, exist_ok=True)\n"
+        'json.dump({{"seen": {0}}}, open(os.path.join(OUT_DIR, "metrics.json"), "w"))'
+    )
+    nbs = [_nb(src, "04_train", write.format("1"))]
+    nb05 = _nb(src, "05_embeddings", write.format("RUN_DIRS"))
+    # give 05 the RUN_DIRS parameter (empty by default: it would train its own runs)
+    import nbformat as nbf
+
+    nb = nbf.read(nb05, as_version=4)
+    nb.cells[1].source += "\nRUN_DIRS: list[str] = []  # runs to read"
+    nbf.write(nb, nb05)
+    out = tmp_path / "demo"
+    rows = demo.run_sequence([*nbs, nb05], out, profile="lab", html=False, log=lambda m: None)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    seen = json.loads((out / "05_embeddings" / "metrics.json").read_text())["seen"]
+    assert seen == [str(out / "04_train" / "run")]
+    # when 04 failed (or did not run), 05 keeps its own default and trains its runs
+    rows = demo.run_sequence([nb05], tmp_path / "alone", profile="lab", html=False, log=lambda m: None)
+    assert json.loads((tmp_path / "alone" / "05_embeddings" / "metrics.json").read_text())["seen"] == []

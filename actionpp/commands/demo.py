@@ -111,6 +111,21 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _chained(stem: str, out: Path, declared: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Parameters that hand an earlier notebook's result of this sequence to a later one.
+
+    ``05_embeddings`` explores the model that ``04_train`` has just trained (``RUN_DIRS``),
+    instead of training its own three tiny runs: the demo then shows the geometry of a
+    properly trained ACTION++ model and saves about two and a half minutes. The side-by-side
+    comparison of methods is what ``actionpp replicate notebooks/grids/phantom_small.yaml``
+    (04 then 05 on every run) is for.
+    """
+    trained = any(r["notebook"] == "04_train" and r["status"] == "ok" for r in rows)
+    if stem.startswith("05") and "RUN_DIRS" in declared and trained:
+        return {"RUN_DIRS": [str(out / "04_train" / "run")]}
+    return {}
+
+
 def run_sequence(
     nbs: list[Path],
     out: Path,
@@ -128,6 +143,8 @@ def run_sequence(
     same by convention) and fails otherwise. HTML pages are exported for every executed
     notebook, failed ones included (they show the traceback). ``cell_timeout``: seconds per
     cell (None = no limit); a cell over it fails its notebook and the sequence goes on.
+    A later notebook may receive an earlier one's result (:func:`_chained`: 05 reads the run
+    that 04 trained).
     """
     from actionpp import notebook as nbmod
 
@@ -146,6 +163,7 @@ def run_sequence(
         try:
             declared = nbmod.parameters_of(nb)
             params = {"OUT_DIR": str(nb_out)} if "OUT_DIR" in declared else {}
+            params.update(_chained(stem, out, declared, rows))
             nbmod.execute(nb, output, params, prof, cwd=cwd, timeout=cell_timeout)
         except KeyboardInterrupt:
             raise
