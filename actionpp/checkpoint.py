@@ -14,15 +14,14 @@ Taught in notebooks/04_train.ipynb.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from actionpp.atomic import atomic_path
 from actionpp.config import Config, config_hash, diff_dicts
 
 __all__ = [
@@ -52,19 +51,9 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     numbers, strings, None, and lists / tuples / dicts of those.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
             torch.save(dict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -148,9 +137,3 @@ def restore_rng(state: Mapping[str, Any], generators: Mapping[str, torch.Generat
             raise CheckpointError(f"checkpoint has no state for generator {name!r} (has {sorted(state['generators'])})")
         g.set_state(state["generators"][name].cpu())
 
-
-def _umask_mode(path: str) -> None:
-    """Give a ``mkstemp`` file (mode 0600) the permissions a plain ``open`` would have."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)

@@ -82,6 +82,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actionpp import augment as aug
+from actionpp.atomic import atomic_write_text
 from actionpp.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -899,9 +900,7 @@ def _truncate_log(path: Path, iteration: int) -> None:
     if not path.is_file():
         return
     kept = [e for e in read_jsonl(path) if int(e.get("iteration", 0)) <= iteration]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
 
 
 @contextlib.contextmanager

@@ -35,11 +35,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import yaml
+
+from actionpp.atomic import atomic_write_text
 
 __all__ = [
     "Parameter",
@@ -538,19 +539,7 @@ def setup(seed: int, device: str) -> "torch.device":
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, text)
 
 
 def _plain(value: Any, path: tuple[Any, ...], notes: list[dict[str, Any]]) -> Any:

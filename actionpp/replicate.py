@@ -83,6 +83,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from actionpp.atomic import atomic_write_text
 from actionpp.paths import repo_root
 
 __all__ = [
@@ -475,13 +476,7 @@ def shard(runs: Sequence[Run], i: int, n: int) -> list[Run]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _jsonable(x: Any) -> Any:

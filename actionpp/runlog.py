@@ -9,34 +9,21 @@ Taught in notebooks/04_train.ipynb.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
+
+from actionpp.atomic import atomic_write_json
 
 __all__ = ["RunLogger", "write_json_atomic", "read_jsonl", "environment_info"]
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
-            fh.write("\n")
-        _umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_json(path, obj, indent=2, sort_keys=False, default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:
@@ -167,9 +154,3 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             out[key] = v
     return out
 
-
-def _umask_mode(path: str) -> None:
-    """Give a ``mkstemp`` file (mode 0600) the permissions a plain ``open`` would have."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)

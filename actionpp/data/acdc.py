@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from actionpp.data.core import DataError, Volume, read_h5_pair, read_list, spacing_from_attrs
+from actionpp.data.core import DataError, Volume, read_h5_pair, read_h5_volume, read_list
 
 __all__ = [
     "NUM_CLASSES",
@@ -130,11 +130,7 @@ class ACDCDataset:
 
     def read_volume(self, frame: str) -> Volume:
         """One frame as a :class:`Volume` with ``image`` ``(S, H, W)``."""
-        path = self.volume_path(frame)
-        image, label, attrs = read_h5_pair(path, NUM_CLASSES)
-        if image.ndim != 3:
-            raise DataError(f"{path}: expected a 3D volume (S, H, W), got shape {image.shape}")
-        return Volume(frame, image, label, spacing_from_attrs(attrs))
+        return read_h5_volume(self.volume_path(frame), frame, NUM_CLASSES, "S, H, W")
 
 
 # --------------------------------------------------------------------------------------

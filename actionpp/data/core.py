@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "Volume", "read_h5_pair", "read_list", "validate_pair", "open_dataset"]
+__all__ = ["DataError", "Volume", "read_h5_pair", "read_h5_volume", "read_list", "validate_pair", "open_dataset"]
 
 
 class DataError(ValueError):
@@ -122,6 +122,18 @@ def spacing_from_attrs(attrs: dict[str, Any]) -> tuple[float, ...] | None:
     if sp is None:
         return None
     return tuple(float(s) for s in np.atleast_1d(sp))
+
+
+def read_h5_volume(path: Path, name: str, num_classes: int, axes: str) -> Volume:
+    """One 3D HDF5 image/label pair as a :class:`Volume` named ``name``, spacing from its attributes.
+
+    ``axes`` only words the error (``"S, H, W"``, ``"X, Y, Z"``): a non-3D image raises
+    :class:`DataError` naming ``path``.
+    """
+    image, label, attrs = read_h5_pair(path, num_classes)
+    if image.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume ({axes}), got shape {image.shape}")
+    return Volume(name, image, label, spacing_from_attrs(attrs))
 
 
 def open_dataset(root_or_pack: str | Path) -> Any:

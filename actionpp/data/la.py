@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actionpp.data.core import DataError, Volume, read_h5_pair, read_list, spacing_from_attrs
+from actionpp.data.core import DataError, Volume, read_h5_volume, read_list
 
 __all__ = ["LA_FOLDER", "NUM_CLASSES", "LADataset", "read_nifti_pair"]
 
@@ -62,11 +62,7 @@ class LADataset:
 
     def read_volume(self, case: str) -> Volume:
         """One case as a :class:`Volume` with ``image`` ``(X, Y, Z)`` float32 and ``label`` uint8."""
-        path = self.path(case)
-        image, label, attrs = read_h5_pair(path, NUM_CLASSES)
-        if image.ndim != 3:
-            raise DataError(f"{path}: expected a 3D volume (X, Y, Z), got shape {image.shape}")
-        return Volume(case, image, label, spacing_from_attrs(attrs))
+        return read_h5_volume(self.path(case), case, NUM_CLASSES, "X, Y, Z")
 
 
 def read_nifti_pair(image_path: str | Path, label_path: str | Path, name: str | None = None) -> Volume:

@@ -29,7 +29,6 @@ import hashlib
 import json
 import lzma
 import math
-import os
 import time
 import zlib
 from fractions import Fraction
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from actionpp.atomic import atomic_path
 from actionpp.data.core import DataError, Volume, open_dataset
 
 __all__ = ["MAGIC", "Pack", "pack_dataset", "load_pack", "encode_unit", "decode_unit"]
@@ -198,18 +198,12 @@ def pack_dataset(root: str | Path, out: str | Path, *, verify: bool = True) -> d
         "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
     hbytes = json.dumps(header, separators=(",", ":")).encode()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(MAGIC)
             f.write(len(hbytes).to_bytes(8, "little"))
             f.write(hbytes)
             f.write(payload)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {
         "out": str(out), "kind": ds.kind,
         "slices": sum(it["group"] == "slice" for it in items),
