@@ -37,10 +37,11 @@ import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from actionpp import augment as A  # noqa: E402
+from actionpp import benchdoc  # noqa: E402
 
 SIZE = 256
 NUM_CLASSES = 4
-START, END = "<!-- bench_augment:start -->", "<!-- bench_augment:end -->"
+START, END = benchdoc.markers("bench_augment")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
@@ -201,17 +202,7 @@ def summary(rows: list[dict[str, object]]) -> str:
 
 def write_section(text: str, path: Path = DOC) -> None:
     """Replace (or append) this benchmark's section of ``path``, leaving the rest untouched."""
-    block = f"{START}\n{text}\n{END}"
-    if path.exists():
-        doc = path.read_text()
-        if START in doc and END in doc and doc.index(START) < doc.index(END):
-            doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = "# Benchmarks\n\nEach section is written by its own script in `bench/`.\n\n" + block + "\n"
-    path.write_text(doc)
+    benchdoc.write_section(path, "bench_augment", text)
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -155,13 +154,9 @@ def _machine(device: str, threads: int | None) -> str:
 
 
 def _write_section(doc: Path, key: str, body: str) -> None:
-    start, end = f"<!-- bench_losses:{key}:start -->", f"<!-- bench_losses:{key}:end -->"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n\nNumbers written by the scripts in `bench/`; each section says how it was made.\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+    from actionpp import benchdoc
+
+    benchdoc.write_section(doc, f"bench_losses:{key}", body)
 
 
 def main(argv: list[str] | None = None) -> int:

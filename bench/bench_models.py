@@ -38,8 +38,8 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from actionpp.models import RepresentationHead, UNet2D, VNet3D, count_parameters  # noqa: E402
+from actionpp import benchdoc  # noqa: E402
 
-START, END = "<!-- bench_models:start -->", "<!-- bench_models:end -->"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 CHANNELS = [256, 128, 64, 32, 16]
 SIZE = 256
@@ -185,19 +185,7 @@ def table(rows: list[tuple[str, str, str]]) -> str:
 
 
 def write_section(text: str) -> None:
-    block = f"{START}\n{text}{END}\n"
-    if DOC.exists():
-        doc = DOC.read_text()
-        if START in doc and END in doc:
-            head, rest = doc.split(START, 1)
-            tail = rest.split(END, 1)[1].lstrip("\n")
-            doc = head + block + ("\n" + tail if tail else "")
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + block
-    else:
-        doc = "# Benchmarks\n\nEach section is written by the script it names; re-run it to refresh.\n\n" + block
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(doc)
+    benchdoc.write_section(DOC, "bench_models", text)
 
 
 def main() -> None:

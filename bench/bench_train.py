@@ -20,7 +20,6 @@ import datetime as _dt
 import math
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -34,9 +33,10 @@ sys.path.insert(0, str(REPO))
 from actionpp.config import load_config  # noqa: E402
 from actionpp.distributed import DistInfo, resolve_device  # noqa: E402
 from actionpp import engine as E  # noqa: E402
+from actionpp import benchdoc  # noqa: E402
 
 METHODS = ("supervised", "mean_teacher", "action", "actionpp")
-START, END = "<!-- bench_train:start -->", "<!-- bench_train:end -->"
+
 
 
 def _sync(device: torch.device) -> None:
@@ -177,13 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_section(path: Path, section: str) -> None:
     """Replace (or append) the text between this benchmark's markers; other sections are kept."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\nEach section is written by its own script.\n"
-    block = f"{START}\n{section}{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    benchdoc.write_section(path, "bench_train", section)
 
 
 if __name__ == "__main__":
