@@ -7,11 +7,15 @@ the cost -phi_c . psi_k (for unit vectors the same as the squared distance
 
     pi* = argmin_pi sum_c ||psi_pi(c) - phi_c||^2
 
-Update rule (official code: momentum 0.1, every iteration, on the student's
-projected embeddings of the sampled labelled pixels): for each class c present
-in the batch, with m_c the mean of its L2-normalised embeddings,
+Update rule (official code, TSC.py: momentum 0.1, every iteration, on the
+student's projected embeddings of the sampled labelled pixels): for each class c
+present in the batch, with m_c the mean of its L2-normalised embeddings,
 
-    phi_c <- normalise((1 - momentum) phi_c + momentum m_c)
+    phi_c <- normalise((1 - momentum) phi_c + momentum normalise(m_c))
+
+The batch mean is normalised before it enters the EMA (a mean of unit vectors is
+shorter than 1, the more so the more spread the class is; mixing it in raw would
+give a spread class a smaller step).
 
 Degenerate cases:
 - a class absent from the batch keeps its stale mean;
@@ -117,7 +121,7 @@ class CentreAllocator:
         sums = torch.zeros(k, d, dtype=v.dtype, device=v.device).index_add_(0, labels, v)  # K x d
         counts = torch.bincount(labels, minlength=k)  # K
         present = counts > 0
-        batch_mean = sums / counts.clamp_min(1).unsqueeze(1).to(v.dtype)  # K x d
+        batch_mean = torch.nn.functional.normalize(sums, dim=1)  # K x d, normalise(mean) = normalise(sum)
         ema = (1.0 - self.momentum) * self.means + self.momentum * batch_mean
         self.means = torch.where(present.unsqueeze(1), torch.nn.functional.normalize(ema, dim=1), self.means)
         self.seen |= present

@@ -129,6 +129,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9  # lr = lr0 * (1 - it / max_it) ** poly_power
     ema_momentum: float = 0.99
+    nesterov_finetune: bool = False  # Nesterov momentum in fine-tuning (official 2D and 3D fine-tuning scripts)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,9 @@ class SaaclConfig:
     centre_method: Literal["optimize", "simplex", "tsc", "tammes"] = "optimize"
     allocator_momentum: float = 0.1
     assignment: Literal["hungarian", "random", "identity"] = "hungarian"
-    tau_floor: float = 0.0  # SAACL temperature = max(schedule, tau_floor) (official 2D: 0.07)
+    centre_term: Literal["averaged", "separate"] = "averaged"  # losses.saacl: centre counted in |P_i| (official) or weighted apart
+    tau_min: float | None = None  # low end of SAACL's own cosine under ATS (official 2D: 0.07); None = temperature.tau_min
+    fixed_tau: float | None = None  # SAACL at this fixed temperature even under ATS (official 3D: 0.07); None = scheduled
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,8 @@ class PretrainConfig:
     global_weight: float = 1.0
     local_weight: float = 1.0
     sup: float = 1.0
+    tau_max: float = 1.0  # under ATS tau_s and tau_t each follow a cosine from this down to their own value (official: 1.0)
+    period: float | None = None  # ATS period in pre-training (iterations, or epochs for cosine_epoch); None = one cycle
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,7 @@ class RuntimeConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA only
     compile: bool = False  # torch.compile the student forward
     log_every: int = 50
+    grad_norms: bool = True  # at log iterations, log each loss term's gradient norm and share on the backbone
     checkpoint_every: int = 1000
     progress: bool = True
     tensorboard: bool = False
@@ -313,7 +319,8 @@ Ablations that are values rather than switches: random assignment
 """
 
 HASH_EXCLUDED_KEYS: frozenset[str] = frozenset(
-    {"runtime.progress", "runtime.tensorboard", "runtime.device", "runtime.log_every", "eval.batch"}
+    {"runtime.progress", "runtime.tensorboard", "runtime.device", "runtime.log_every", "runtime.grad_norms",
+     "eval.batch"}
 )
 """Keys that do not change what a run computes; they are left out of :func:`config_hash`,
 so a run may be resumed with another progress-bar, logging or device setting."""
@@ -527,6 +534,13 @@ def _check_values(cfg: Config) -> None:
     need(cfg.method.teacher or not uses_teacher, "method.teacher", "the selected terms need the EMA teacher")
     need(0.0 < cfg.temperature.tau_min <= cfg.temperature.tau_max, "temperature.tau_min", "must be in (0, tau_max]")
     need(cfg.temperature.fixed_tau > 0, "temperature.fixed_tau", "must be > 0")
+    need(cfg.saacl.tau_min is None or 0.0 < cfg.saacl.tau_min <= cfg.temperature.tau_max, "saacl.tau_min",
+         "must be in (0, temperature.tau_max] or null")
+    need(cfg.saacl.fixed_tau is None or cfg.saacl.fixed_tau > 0, "saacl.fixed_tau", "must be > 0 or null")
+    need(cfg.pretrain.tau_max >= max(cfg.pretrain.tau_s, cfg.pretrain.tau_t), "pretrain.tau_max",
+         "must be >= pretrain.tau_s and pretrain.tau_t")
+    need(cfg.pretrain.tau_s > 0 and cfg.pretrain.tau_t > 0, "pretrain.tau_s", "tau_s and tau_t must be > 0")
+    need(cfg.pretrain.period is None or cfg.pretrain.period > 0, "pretrain.period", "must be > 0 or null")
     need(cfg.temperature.period is None or cfg.temperature.period > 0, "temperature.period", "must be > 0 or null")
     need(cfg.temperature.epoch_iters is None or cfg.temperature.epoch_iters >= 1, "temperature.epoch_iters",
          "must be >= 1 or null")

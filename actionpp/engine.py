@@ -48,8 +48,22 @@ Choices and deviations (each can be checked in the code below):
   200 of them, i.e. 30 k iterations, its whole run; the profiles ramp over the first
   20 % of fine-tuning). The consistency variant, not the pseudo-label one.
 - **Teacher**: ``models.EMATeacher`` (eval mode, BN statistics copied from the student).
-- **Pre-training temperatures** stay ISD's fixed ``tau_s`` / ``tau_t``; ATS schedules
-  the fine-tuning temperatures (AnCo and SAACL; SAACL floored at ``saacl.tau_floor``).
+- **Temperatures** (:func:`temperature_schedules`): with ATS every contrastive
+  temperature is scheduled, the fine-tuning ones (AnCo; SAACL with its own low end
+  ``saacl.tau_min``, or fixed at ``saacl.fixed_tau``) over fine-tuning iterations and
+  ISD's ``tau_s`` / ``tau_t`` over pre-training iterations, each from ``pretrain.tau_max``
+  down to its configured value, as the official pre-training script does.
+- **ISD memory banks** hold ``pretrain.memory_bank`` images: the global bank one
+  embedding per image, the local bank every window of each of those images.
+- **SAACL teacher view** (deviation from the official 2D script): the positive "own
+  view" of an anchor is the teacher's *representation head* at that pixel (the EMA of
+  the student's head, as the official 3D script does); the official 2D script compares
+  with the teacher's raw concatenated decoder features (496 channels, which is why its
+  head is 496-dimensional). Ours lets ``model.rep_dim`` be the paper's 128.
+- **Loss diagnostics**: at log iterations each weighted term's gradient on the
+  backbone (``grad/<term>``, ``share/<term>``) and the centre term's share of the SAACL
+  anchor gradient under both ``saacl.centre_term`` forms go to the log
+  (``runtime.grad_norms``).
 - **Phases**: each starts a fresh SGD with its own poly decay; the teacher, queue and
   banks carry over.
 - **Distributed**: parameters stay identical through DDP's gradient averaging; each rank
@@ -215,8 +229,9 @@ class SegModel(nn.Module):
     """Backbone + every head the methods use, as one module (student; the EMA teacher is a copy).
 
     - ``net``: ``UNet2D`` (ACDC) or ``VNet3D`` (LA); inference uses only ``net``;
-    - ``rep``: pixel representation head (SAACL and AnCo), 2D: all decoder maps,
-      3x3 + 1x1 conv to ``model.rep_dim``; 3D: 1x1 on the last decoder map (official 3D head);
+    - ``rep``: pixel representation head (SAACL and AnCo): every decoder map (bottleneck
+      included) up-sampled to the output size and concatenated, then a 3x3 (3D: 3x3x3)
+      and a 1x1 (1x1x1) convolution to ``model.rep_dim``, as the official 2D and 3D heads;
     - ``g_head`` / ``g_pred``: ISD global projection (pooled bottleneck) and student predictor;
     - ``l_head`` / ``l_pred``: ISD local projection (pooled windows of the last decoder map) and predictor.
 
@@ -236,10 +251,7 @@ class SegModel(nn.Module):
             self.net = VNet3D(cfg.model.in_channels, k)
             self.spatial_dims = 3
         ch = list(self.net.feature_channels)  # type: ignore[attr-defined]  # coarse -> fine
-        if self.spatial_dims == 2:
-            self.rep = RepresentationHead(ch, dim=cfg.model.rep_dim, kernel_size=3, spatial_dims=2)
-        else:
-            self.rep = RepresentationHead([ch[-1]], dim=cfg.model.rep_dim, kernel_size=1, spatial_dims=3)
+        self.rep = RepresentationHead(ch, dim=cfg.model.rep_dim, kernel_size=3, spatial_dims=self.spatial_dims)
         h, d = cfg.model.proj_hidden, cfg.model.proj_dim
         self.g_head = GlobalHead(ch[0], h, d)
         self.g_pred = ProjectionMLP(d, h, d)
@@ -248,7 +260,7 @@ class SegModel(nn.Module):
 
     def rep_maps(self, features: Any) -> list[Tensor]:
         """The decoder maps the representation head reads."""
-        return list(features.decoder) if self.spatial_dims == 2 else [features.decoder[-1]]
+        return list(features.decoder)
 
     def forward(self, x: Tensor, fn: Callable[..., Any] | None = None) -> Any:
         logits, features = self.net.forward_features(x)  # type: ignore[operator]
@@ -353,6 +365,75 @@ def _read_data(cfg: Config, root: Path, device: torch.device, with_val: bool) ->
 _PHASES = ("pretrain", "finetune")
 
 
+def windows_per_image(cfg: Config) -> int:
+    """Local ISD windows per training image (2D: ((size - patch) // stride + 1)^2; 3D: per crop axis)."""
+    p = cfg.pretrain
+    spatial = (cfg.data.size, cfg.data.size) if cfg.model.arch == "unet2d" else tuple(cfg.data.crop)
+    n = 1
+    for extent in spatial:
+        n *= (extent - p.patch) // p.stride + 1
+    return n
+
+
+def temperature_schedules(cfg: Config, n_unlabelled: int) -> dict[str, Any]:
+    """The temperature schedule of every contrastive term, keyed ``anco``, ``saacl``, ``isd_s``, ``isd_t``.
+
+    Without ATS (``method.ats`` off) every term keeps its fixed value: AnCo and SAACL
+    ``temperature.fixed_tau`` (SAACL: ``saacl.fixed_tau`` when set), ISD ``pretrain.tau_s`` /
+    ``tau_t``. With ATS (method.md section 4: ATS applies to every contrastive temperature):
+
+    - fine-tuning (counted in fine-tuning iterations): AnCo follows ``temperature`` (kind,
+      ``tau_min`` .. ``tau_max``, ``period``; None = one cycle over fine-tuning); SAACL the same
+      cosine with its own low end ``saacl.tau_min`` (official 2D: 0.07), or the fixed
+      ``saacl.fixed_tau`` (official 3D: 0.07);
+    - pre-training (counted in pre-training iterations): ``tau_s`` and ``tau_t`` each follow the
+      same kind of cosine from ``pretrain.tau_max`` (official: 1.0) down to their configured
+      value, period ``pretrain.period`` (None = one cycle over pre-training), as the official
+      ``train_*_pretrain++.py`` scripts do.
+
+    ``n_unlabelled``: unlabelled training images, for the per-epoch kind's epoch length
+    (``temperature.epoch_iters`` when set).
+    """
+    from actionpp.temperature import make_schedule
+
+    t, m = cfg.temperature, cfg.method
+    saacl_fixed = cfg.saacl.fixed_tau
+    if not m.ats or t.kind == "constant":
+        fixed = make_schedule("constant", tau=t.fixed_tau)
+        return {
+            "anco": fixed,
+            "saacl": make_schedule("constant", tau=saacl_fixed) if saacl_fixed is not None else fixed,
+            "isd_s": make_schedule("constant", tau=cfg.pretrain.tau_s),
+            "isd_t": make_schedule("constant", tau=cfg.pretrain.tau_t),
+        }
+    epoch = t.epoch_iters or max(n_unlabelled // max(cfg.train.batch_unlabelled, 1), 1)
+
+    def cosine(tau_min: float, tau_max: float, period: float | None, iters: int) -> Any:
+        iters = max(iters, 1)
+        if t.kind == "cosine":
+            return make_schedule("cosine", tau_min=tau_min, tau_max=tau_max, period=period or iters)
+        if t.kind == "cosine_epoch":
+            return make_schedule("cosine_epoch", tau_min=tau_min, tau_max=tau_max,
+                                 period=period or max(iters / epoch, 1e-9), iters_per_epoch=epoch)
+        raise AssertionError(t.kind)  # pragma: no cover - step is handled below
+
+    if t.kind == "step":
+        anco = make_schedule("step", milestones=t.step_milestones, values=t.step_values)
+        saacl = anco
+    else:
+        anco = cosine(t.tau_min, t.tau_max, t.period, cfg.finetune_iters)
+        saacl = cosine(cfg.saacl.tau_min or t.tau_min, t.tau_max, t.period, cfg.finetune_iters)
+    if saacl_fixed is not None:
+        saacl = make_schedule("constant", tau=saacl_fixed)
+    p = cfg.pretrain
+    if t.kind == "step":  # a step schedule is defined in fine-tuning iterations: pre-training stays fixed
+        isd_s, isd_t = make_schedule("constant", tau=p.tau_s), make_schedule("constant", tau=p.tau_t)
+    else:
+        isd_s = cosine(p.tau_s, p.tau_max, p.period, cfg.pretrain_iters)
+        isd_t = cosine(p.tau_t, p.tau_max, p.period, cfg.pretrain_iters)
+    return {"anco": anco, "saacl": saacl, "isd_s": isd_s, "isd_t": isd_t}
+
+
 def _autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager[Any]:
     use = (mode == "bf16") or (mode == "auto" and device.type == "cuda")
     if not use:
@@ -426,9 +507,10 @@ class _Trainer:
         if cfg.method.pretrain:
             from actionpp.losses import MemoryBank
 
+            # the banks hold memory_bank *images*: one global embedding each, and all its local windows
             self.bank_g = MemoryBank(cfg.pretrain.memory_bank, cfg.model.proj_dim, device=device)
-            self.bank_l = MemoryBank(cfg.pretrain.memory_bank, cfg.model.proj_dim, device=device)
-        self.tau_schedule = self._make_tau_schedule()
+            self.bank_l = MemoryBank(cfg.pretrain.memory_bank * windows_per_image(cfg), cfg.model.proj_dim, device=device)
+        self.schedules = temperature_schedules(cfg, self.data.n_u)
 
         # ---- optimiser (re-created at each phase start) and counters
         self.iteration = 0  # completed iterations over both phases
@@ -440,25 +522,9 @@ class _Trainer:
         self.phase_seconds = {p: 0.0 for p in _PHASES}
         self.phase_done_iters = {p: 0 for p in _PHASES}
         self.last_checkpoint: Path | None = None
+        self.diagnostics: dict[str, float] = {}  # filled at log iterations (gradient shares), logged, cleared
 
     # ------------------------------------------------------------------ schedules
-
-    def _make_tau_schedule(self) -> Callable[[int], float]:
-        from actionpp.temperature import make_schedule
-
-        t = self.cfg.temperature
-        if not self.cfg.method.ats or t.kind == "constant":
-            return make_schedule("constant", tau=t.fixed_tau)
-        ft = max(self.cfg.finetune_iters, 1)
-        if t.kind == "cosine":
-            return make_schedule("cosine", tau_min=t.tau_min, tau_max=t.tau_max, period=t.period or ft)
-        if t.kind == "cosine_epoch":
-            epoch = t.epoch_iters or max(self.data.n_u // max(self.cfg.train.batch_unlabelled, 1), 1)
-            period = t.period or max(ft / epoch, 1e-9)
-            return make_schedule(
-                "cosine_epoch", tau_min=t.tau_min, tau_max=t.tau_max, period=period, iters_per_epoch=epoch
-            )
-        return make_schedule("step", milestones=t.step_milestones, values=t.step_values)
 
     def phase_bounds(self) -> list[tuple[str, int, int]]:
         """``(phase, first global iteration, number of iterations)`` for the phases that run."""
@@ -470,9 +536,12 @@ class _Trainer:
                 start += n
         return out
 
-    def _new_optimizer(self) -> torch.optim.Optimizer:
+    def _new_optimizer(self, phase: str) -> torch.optim.Optimizer:
         t = self.cfg.train
-        return torch.optim.SGD(self.student.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        nesterov = t.nesterov_finetune and phase == "finetune"
+        return torch.optim.SGD(
+            self.student.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=nesterov
+        )
 
     # ------------------------------------------------------------------ batches
 
@@ -531,12 +600,18 @@ class _Trainer:
 
     # ------------------------------------------------------------------ steps
 
-    def pretrain_step(self, it: int) -> dict[str, Tensor]:
-        """Supervised + ISD global + local distillation. Returns detached loss terms (incl. ``total``)."""
+    def pretrain_step(self, it: int, phase_it: int, diagnose: bool = False) -> dict[str, Tensor]:
+        """Supervised + ISD global + local distillation. Returns detached loss terms (incl. ``total``).
+
+        With ``diagnose`` (log iterations) each weighted term's gradient on the backbone is
+        measured into ``self.diagnostics`` before the update (see :meth:`_grad_diagnostics`).
+        """
         from actionpp.losses import isd_loss, supervised_loss
 
         cfg = self.cfg
         p = cfg.pretrain
+        tau_s = float(self.schedules["isd_s"](phase_it))
+        tau_t = float(self.schedules["isd_t"](phase_it))
         assert self.teacher is not None and self.bank_g is not None and self.bank_l is not None
         x_l, y_l = self._labelled_batch()
         x_u = self._unlabelled_batch()
@@ -554,14 +629,18 @@ class _Trainer:
             s_l = m.l_pred(m.l_head(feat.decoder[-1]).flatten(0, 1)).float()
             out = {
                 "sup": supervised_loss(logits[:b_l].float(), y_l),
-                "isd_global": isd_loss(s_g, t_g, bank_g, tau_s=p.tau_s, tau_t=p.tau_t),
-                "isd_local": isd_loss(s_l, t_l, bank_l, tau_s=p.tau_s, tau_t=p.tau_t),
+                "isd_global": isd_loss(s_g, t_g, bank_g, tau_s=tau_s, tau_t=tau_t),
+                "isd_local": isd_loss(s_l, t_l, bank_l, tau_s=tau_s, tau_t=tau_t),
             }
             return out
 
         with _autocast(self.device, cfg.runtime.amp):
             terms = self.ddp(x_strong, fn)
-        total = p.sup * terms["sup"] + p.global_weight * terms["isd_global"] + p.local_weight * terms["isd_local"]
+        weights = {"sup": p.sup, "isd_global": p.global_weight, "isd_local": p.local_weight}
+        total = weights["sup"] * terms["sup"] + weights["isd_global"] * terms["isd_global"] \
+            + weights["isd_local"] * terms["isd_local"]
+        if diagnose:
+            self._grad_diagnostics(terms, weights)
         self._backward_step(total)
         self.bank_g.push(t_g)
         self.bank_l.push(t_l)
@@ -569,10 +648,17 @@ class _Trainer:
             self.teacher.update(self.student, cfg.train.ema_momentum)
         out = {k: v.detach() for k, v in terms.items()}
         out["total"] = total.detach()
+        out["tau_s"] = torch.tensor(tau_s)
+        out["tau_t"] = torch.tensor(tau_t)
         return out
 
-    def finetune_step(self, it: int, phase_it: int) -> dict[str, Tensor]:
-        """One fine-tuning iteration (every switched-on term). Returns detached loss terms (incl. ``total``)."""
+    def finetune_step(self, it: int, phase_it: int, diagnose: bool = False) -> dict[str, Tensor]:
+        """One fine-tuning iteration (every switched-on term). Returns detached loss terms (incl. ``total``).
+
+        With ``diagnose`` (log iterations): each weighted term's gradient on the backbone, and
+        the share of the SAACL anchor gradient that its centre term drives under both
+        ``saacl.centre_term`` forms, go to ``self.diagnostics``.
+        """
         from actionpp import losses as L
 
         cfg = self.cfg
@@ -581,7 +667,8 @@ class _Trainer:
         x_l, y_l = self._labelled_batch()
         b_l = x_l.shape[0]
         uses_unlab = m.unsup or m.consistency or m.anco
-        tau = float(self.tau_schedule(phase_it))
+        tau = float(self.schedules["anco"](phase_it))
+        tau_saacl = float(self.schedules["saacl"](phase_it))
         extras: dict[str, Tensor] = {}
 
         x_u = x_u_student = None
@@ -656,27 +743,37 @@ class _Trainer:
                 with torch.no_grad():
                     t_emb = F.normalize(_embed_at(self.teacher.model.rep, t_feat_l, size, idx).float(), dim=1)
                 allocator.update(s_emb.detach(), lab)
-                tau_s = max(tau, cfg.saacl.tau_floor)
                 q_emb, q_lab = queue.embeddings, queue.labels
+                centres = allocator.class_centres()
                 out["saacl"] = L.saacl_loss(
-                    s_emb, lab, t_emb, q_emb, q_lab, allocator.class_centres(), tau=tau_s, lambda_a=cfg.saacl.lambda_a,
+                    s_emb, lab, t_emb, q_emb, q_lab, centres, tau=tau_saacl, lambda_a=cfg.saacl.lambda_a,
+                    centre_term=cfg.saacl.centre_term,
                 )
+                if diagnose:
+                    for form in L.CENTRE_TERMS:
+                        self.diagnostics[f"centre_share/{form}"] = L.centre_gradient_share(
+                            s_emb.detach(), lab, t_emb, q_emb, q_lab, centres, tau=tau_saacl,
+                            lambda_a=cfg.saacl.lambda_a, centre_term=form,
+                        )
+                    same = (q_lab[None, :] == lab[:, None]).sum(1).float() if q_lab.numel() else lab.new_zeros(lab.shape)
+                    self.diagnostics["saacl/positives"] = float(1.0 + same.float().mean())
                 extras["queue_push"] = (t_emb, lab)  # type: ignore[assignment]
             return out
 
         with _autocast(self.device, cfg.runtime.amp):
             terms = self.ddp(x_in, fn)
         lw = cfg.loss
-        total = lw.sup * terms["sup"]
-        if "unsup" in terms:
-            total = total + lw.unsup * terms["unsup"]
-        if "consistency" in terms:
-            w = lw.consistency * sigmoid_rampup(phase_it, lw.consistency_rampup)
-            total = total + w * terms["consistency"]
-        if "anco" in terms:
-            total = total + lw.anco * terms["anco"]
-        if "saacl" in terms:
-            total = total + lw.saacl * terms["saacl"]
+        weights = {
+            "sup": lw.sup, "unsup": lw.unsup,
+            "consistency": lw.consistency * sigmoid_rampup(phase_it, lw.consistency_rampup),
+            "anco": lw.anco, "saacl": lw.saacl,
+        }
+        total = weights["sup"] * terms["sup"]
+        for name in ("unsup", "consistency", "anco", "saacl"):
+            if name in terms:
+                total = total + weights[name] * terms[name]
+        if diagnose:
+            self._grad_diagnostics(terms, weights)
         self._backward_step(total)
         if "queue_push" in extras and self.queue is not None:
             t_emb, lab = extras["queue_push"]  # type: ignore[misc]
@@ -685,9 +782,40 @@ class _Trainer:
             self.teacher.update(self.student, cfg.train.ema_momentum)
         out = {k: v.detach() for k, v in terms.items()}
         out["total"] = total.detach()
-        if m.anco or m.saacl:
+        if m.anco:
             out["tau"] = torch.tensor(tau)
+        if m.saacl:
+            out["tau_saacl"] = torch.tensor(tau_saacl)
         return out
+
+    def _grad_diagnostics(self, terms: Mapping[str, Tensor], weights: Mapping[str, float]) -> None:
+        """Each weighted term's gradient on the backbone (``net``), before the update.
+
+        Into ``self.diagnostics``: ``grad/<term>`` = ||w_k dL_k/dtheta|| and ``share/<term>`` =
+        (w_k g_k . g) / ||g||^2 with g = sum_k w_k g_k the update direction (the shares sum to 1;
+        a negative share pulls against the update). One extra backward per term, at log
+        iterations only; no random numbers are drawn, so the run's trajectory is unchanged.
+        Skipped under DistributedDataParallel (its reducer hooks expect exactly one backward).
+        """
+        if self.info.enabled:
+            return
+        params = [p for p in self.student.net.parameters() if p.requires_grad]
+        flats: dict[str, Tensor] = {}
+        for name, term in terms.items():
+            w = float(weights.get(name, 0.0))
+            if w == 0.0 or not term.requires_grad:
+                continue
+            grads = torch.autograd.grad(w * term, params, retain_graph=True, allow_unused=True)
+            flats[name] = torch.cat([
+                (g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, params)
+            ])
+        if not flats:
+            return
+        g_total = torch.stack(list(flats.values())).sum(0)
+        denom = float(g_total.pow(2).sum())
+        for name, g in flats.items():
+            self.diagnostics[f"grad/{name}"] = float(g.norm())
+            self.diagnostics[f"share/{name}"] = float(g @ g_total) / denom if denom > 0 else 0.0
 
     def _mix(self, x: Tensor, probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """CutMix / ClassMix ``x (B, C, ...)``; the teacher probabilities ``(B, K, ...)`` are mixed alike."""
@@ -744,7 +872,7 @@ class _Trainer:
         self.phase_of_optimizer = None
         self.optimizer = None
         if phase is not None and state.get("optimizer") is not None and self._phase_at(self.iteration) == phase:
-            self.optimizer = self._new_optimizer()
+            self.optimizer = self._new_optimizer(phase)
             self.optimizer.load_state_dict(state["optimizer"])
             self.phase_of_optimizer = phase
         if self.allocator is not None:
@@ -1038,7 +1166,7 @@ def _loop(tr: _Trainer, logger: RunLogger) -> None:
             if tr.iteration >= end:
                 continue
             if tr.phase_of_optimizer != phase or tr.optimizer is None:
-                tr.optimizer = tr._new_optimizer()
+                tr.optimizer = tr._new_optimizer(phase)
                 tr.phase_of_optimizer = phase
             tr.student.train()
             names: list[str] | None = None
@@ -1062,7 +1190,11 @@ def _loop(tr: _Trainer, logger: RunLogger) -> None:
                 lr = poly_lr(cfg.train.lr, pit, n, cfg.train.poly_power)
                 for g in tr.optimizer.param_groups:
                     g["lr"] = lr
-                terms = tr.pretrain_step(it) if phase == "pretrain" else tr.finetune_step(it, pit)
+                diagnose = rt.grad_norms and ((it + 1) % rt.log_every == 0 or it + 1 == end)
+                if phase == "pretrain":
+                    terms = tr.pretrain_step(it, pit, diagnose)
+                else:
+                    terms = tr.finetune_step(it, pit, diagnose)
                 tr.iteration += 1
                 steps_since += 1
                 if names is None:
@@ -1088,10 +1220,9 @@ def _loop(tr: _Trainer, logger: RunLogger) -> None:
                     check(first_bad, bad_terms)
                     entry: dict[str, Any] = {"kind": "train", "phase": phase, "iteration": done, "lr": lr}
                     for k, v in zip(names, means):
-                        if k == "tau":
-                            entry["tau"] = v
-                        else:
-                            entry[f"loss/{k}"] = v
+                        entry[k if k.startswith("tau") else f"loss/{k}"] = v
+                    entry.update(tr.diagnostics)
+                    tr.diagnostics = {}
                     if tr.allocator is not None and phase == "finetune":
                         entry["assignment"] = [int(a) for a in tr.allocator.assignment.tolist()]
                     entry["step_s"] = step_s

@@ -15,6 +15,18 @@ A *grid* is a small YAML file (examples in ``notebooks/grids/``)::
     variants:                        # optional named parameter sets: one more axis
       - {name: ats_only, SAACL: false, ATS: true}
 
+Instead of ``axes`` / ``variants``, a grid may list ``blocks``: each block has its
+own ``axes``, ``variants`` and ``parameters`` (merged over the grid's), and the
+runs are the blocks' runs in block order, so one file can hold a main table over
+three seeds and its ablations over one, and order them (the first block runs
+first)::
+
+    blocks:
+      - axes: {SEED: [0], METHOD: [supervised, actionpp]}
+      - axes: {SEED: [0]}
+        variants: [{name: no_ats, METHOD: actionpp, ATS: "off"}]
+      - axes: {SEED: [1, 2], METHOD: [supervised, actionpp]}
+
 A notebook entry is either a stem / path (``04_train``) or a mapping
 ``{notebook: 05_embeddings, parameters: {RUN_DIRS: ["{run_dir}"]}}``;
 strings in a per-notebook mapping may use ``{run_dir}`` (the run directory) and
@@ -209,6 +221,7 @@ class Grid:
     parameters: Mapping[str, Any]
     axes: Mapping[str, tuple[Any, ...]]
     variants: Mapping[str, Mapping[str, Any]]
+    blocks: tuple["Grid", ...] = ()  # when the file lists blocks: one sub-grid each (axes / variants empty here)
 
 
 @dataclass(frozen=True)
@@ -275,7 +288,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
         base = base or src.parent
     if not isinstance(raw, dict):
         raise GridError(f"{where}: a grid is a mapping with keys notebooks, profile, parameters, axes, variants")
-    allowed = {"name", "notebooks", "profile", "parameters", "axes", "variants", "description"}
+    allowed = {"name", "notebooks", "profile", "parameters", "axes", "variants", "description", "blocks"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise GridError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -303,6 +316,28 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
     params = raw.get("parameters") or {}
     if not isinstance(params, dict):
         raise GridError(f"{where}: 'parameters' must be a mapping")
+
+    if "blocks" in raw:
+        if "axes" in raw or "variants" in raw:
+            raise GridError(f"{where}: a grid lists either 'blocks' or 'axes' / 'variants', not both")
+        blocks_raw = raw["blocks"]
+        if not isinstance(blocks_raw, list) or not blocks_raw:
+            raise GridError(f"{where}: 'blocks' must be a non-empty list of {{axes, variants, parameters}}")
+        blocks = []
+        for i, b in enumerate(blocks_raw):
+            if not isinstance(b, dict) or not set(b) <= {"axes", "variants", "parameters"}:
+                raise GridError(f"{where}: blocks[{i}] must be a mapping with keys axes, variants, parameters")
+            bparams = b.get("parameters") or {}
+            if not isinstance(bparams, dict):
+                raise GridError(f"{where}: blocks[{i}].parameters must be a mapping")
+            sub = {"notebooks": nbs_raw, "profile": profile, "parameters": {**params, **bparams},
+                   "axes": b.get("axes") or {}, "variants": b.get("variants") or []}
+            try:
+                blocks.append(load_grid(sub, base=base))
+            except GridError as exc:
+                raise GridError(f"{where}: blocks[{i}]: {str(exc).removeprefix('grid: ')}") from None
+        return Grid(name=str(raw.get("name") or (src.stem if src else "grid")), source=src, notebooks=tuple(steps),
+                    profile=profile, parameters=params, axes={}, variants={}, blocks=tuple(blocks))
 
     axes_raw = raw.get("axes") or {}
     if not isinstance(axes_raw, dict):
@@ -419,8 +454,18 @@ def expand(grid: Grid) -> list[Run]:
     receive only the names they declare (05_embeddings has no METHOD); the first notebook gets
     everything, and its strict execution turns a typo in the grid into an error.
 
+    A grid of ``blocks`` gives the runs of each block in block order.
+
     Raises :class:`GridError` when two runs get the same id.
     """
+    if grid.blocks:
+        parts = [r for b in grid.blocks for r in expand(b)]
+        ids = [r.run_id for r in parts]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise GridError(f"{grid.source or 'grid'}: several runs share the id(s) {dup}; make axis values distinct")
+        order = {rid: k for k, rid in enumerate(sorted(ids))}
+        return [Run(r.run_id, r.axes, r.notebooks, r.parameters, order[r.run_id]) for r in parts]
     axis_names = list(grid.axes)
     value_lists: list[tuple[Any, ...]] = [grid.axes[k] for k in axis_names]
     names = axis_names

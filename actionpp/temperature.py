@@ -8,8 +8,11 @@ contrastive temperature by a cosine between ``tau_min`` and ``tau_max``:
 ``t`` counts iterations: tau(0) = tau_max, tau(period/4) = the midpoint,
 tau(period/2) = tau_min, tau(period) = tau_max again. The paper uses one cycle over
 the whole run (period = total iterations) between 0.1 and 1.0; the official code
-evaluates it once per epoch with period 0.1 x epochs and floors the SAACL
-temperature at 0.07 (``cosine_epoch``).
+evaluates it once per epoch with period 0.1 x epochs (``cosine_epoch``), and
+gives SAACL its own cosine between 0.07 and 1.0 (the 2D script; the 3D script
+keeps SAACL at a fixed 0.07 and schedules only the anatomical contrast).
+Pre-training schedules the ISD temperatures the same way, each cosine running
+from its configured low value up to 1.0.
 
 Every schedule is a small frozen dataclass with ``__call__(iteration) -> float``,
 ``values(iterations) -> np.ndarray`` (vectorised, for plots) and ``to_dict()``
@@ -120,16 +123,14 @@ class Cosine:
 class CosineEpoch:
     """The official per-epoch ATS: the cosine evaluated at epoch = iteration // iters_per_epoch.
 
-    ``period`` in epochs (official: 0.1 x the number of epochs, ~10 cycles);
-    ``floor`` (optional, official SAACL: 0.07) clamps the result from below:
-    tau = max(floor, cosine(epoch)). Constant within an epoch.
+    ``period`` in epochs (official: 0.1 x the number of epochs, ~10 cycles).
+    Constant within an epoch.
     """
 
     tau_min: float = 0.1
     tau_max: float = 1.0
     period: float = 10
     iters_per_epoch: int = 1
-    floor: float | None = None
 
     kind = "cosine_epoch"
 
@@ -137,13 +138,10 @@ class CosineEpoch:
         _check_range(self.tau_min, self.tau_max, self.period)
         if not isinstance(self.iters_per_epoch, (int, np.integer)) or self.iters_per_epoch < 1:
             raise ValueError(f"iters_per_epoch must be an integer >= 1, got {self.iters_per_epoch!r}")
-        if self.floor is not None:
-            _positive("floor", self.floor)
 
     def values(self, iterations: np.ndarray) -> np.ndarray:
         epoch = np.floor(_as_iters(iterations) / self.iters_per_epoch)
-        tau = _cosine(epoch, self.tau_min, self.tau_max, self.period)
-        return tau if self.floor is None else np.maximum(tau, self.floor)
+        return _cosine(epoch, self.tau_min, self.tau_max, self.period)
 
     def __call__(self, iteration: int) -> float:
         _check_iter(iteration)
@@ -198,7 +196,7 @@ SCHEDULES: dict[str, type] = {"constant": Constant, "cosine": Cosine, "cosine_ep
 
 def make_schedule(kind: str, **params: Any) -> Schedule:
     """Build a schedule by name: ``"constant"`` (tau), ``"cosine"`` (tau_min, tau_max, period),
-    ``"cosine_epoch"`` (tau_min, tau_max, period, iters_per_epoch, floor), ``"step"``
+    ``"cosine_epoch"`` (tau_min, tau_max, period, iters_per_epoch), ``"step"``
     (milestones, values). Unknown kinds or parameter names raise ``ValueError``.
     """
     if kind not in SCHEDULES:

@@ -63,6 +63,16 @@ def test_ema_update_by_hand():
     torch.testing.assert_close(alloc.means[0], expect)
 
 
+def test_the_batch_mean_is_normalised_before_the_ema():
+    """Official TSC.py: phi <- normalise(0.9 phi + 0.1 normalise(batch mean)) (method.md 3)."""
+    alloc = CentreAllocator(torch.eye(3), momentum=0.1, mode="identity")
+    alloc.update(torch.tensor([[1.0, 0, 0]]), torch.tensor([0]))
+    # two unit vectors whose mean (0, 0.6, 0) is only 0.6 long: its direction enters with weight 0.1
+    alloc.update(torch.tensor([[0, 0.6, 0.8], [0, 0.6, -0.8]]), torch.tensor([0, 0]))
+    expect = torch.nn.functional.normalize(torch.tensor([0.9, 0.1, 0.0]), dim=0)  # raw mean: (0.9, 0.06, 0)
+    torch.testing.assert_close(alloc.means[0], expect)
+
+
 def test_absent_classes_keep_stale_means_and_unseen_take_leftover():
     centres = torch.eye(3)
     alloc = CentreAllocator(centres)

@@ -41,7 +41,9 @@ def test_paper_and_official_profiles_follow_method_md_table():
     assert (paper.loss.anco, paper.loss.saacl) == (1.0, 1.0)
     assert paper.augment.labelled_rotate and paper.augment.labelled_flip
     # official column
-    assert (official.model.rep_dim, official.saacl.lambda_a, official.saacl.tau_floor) == (496, 0.1, 0.07)
+    assert (official.model.rep_dim, official.saacl.lambda_a, official.saacl.tau_min) == (496, 0.1, 0.07)
+    assert (official.saacl.centre_term, official.train.nesterov_finetune) == ("averaged", True)
+    assert (paper.saacl.centre_term, paper.train.nesterov_finetune) == ("separate", False)
     assert (official.train.pretrain_iters, official.train.finetune_iters) == (30_000, 30_000)
     assert (official.loss.anco, official.loss.saacl, official.loss.unsup) == (0.01, 0.01, 1.0)
     assert official.temperature.kind == "cosine_epoch"
@@ -51,9 +53,13 @@ def test_paper_and_official_profiles_follow_method_md_table():
     for c in (paper, official):
         assert (c.train.lr, c.train.momentum, c.train.weight_decay, c.train.ema_momentum) == (0.01, 0.9, 1e-4, 0.99)
         assert (c.pretrain.memory_bank, c.pretrain.tau_s, c.pretrain.tau_t) == (36, 0.1, 0.01)
+        assert (c.model.proj_dim, c.pretrain.tau_max) == (512, 1.0)  # official 2D latent_feature_size 512
     la = load_config("la_paper")
     assert (la.model.arch, la.data.num_classes, la.data.crop, la.pretrain.tau_t) == ("vnet3d", 2, (112, 112, 80), 0.6)
     assert (la.train.pretrain_iters, la.train.finetune_iters) == (5000, 15000)
+    la_off = load_config("la_official")  # official 3D: AnCo scheduled, SAACL fixed at 0.07
+    assert la_off.method.ats and la_off.temperature.kind == "cosine_epoch"
+    assert (la_off.saacl.fixed_tau, la_off.saacl.lambda_a, la_off.saacl.centre_term) == (0.07, 0.2, "averaged")
 
 
 def test_every_profile_value_has_a_source_comment():

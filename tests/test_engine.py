@@ -93,6 +93,81 @@ def test_official_per_epoch_schedule_and_ats_off(tmp_path):
     assert taus == pytest.approx([0.3] * 4)
 
 
+def test_ats_schedules_every_contrastive_temperature(tmp_path):
+    """method.md 4: ATS applies to SAACL, AnCo and the ISD pre-training temperatures."""
+    cfg = _cfg("method.name=actionpp", "runtime.log_every=1")
+    train(cfg, run_dir=tmp_path / "paper", progress=False)
+    rows = [e for e in read_jsonl(tmp_path / "paper" / "log.jsonl") if e["kind"] == "train"]
+    pre = [e for e in rows if e["phase"] == "pretrain"]
+    ft = [e for e in rows if e["phase"] == "finetune"]
+    # pre-training, one cycle over its 2 iterations, from pretrain.tau_max = 1.0 down to tau_s = 0.1 / tau_t = 0.01
+    assert [e["tau_s"] for e in pre] == pytest.approx([1.0, 0.1])
+    assert [e["tau_t"] for e in pre] == pytest.approx([1.0, 0.01])
+    assert [e["tau_saacl"] for e in ft] == pytest.approx([1.0, 0.55, 0.1, 0.55])  # the AnCo cosine
+    # the official 2D SAACL cosine has its own low end, 0.07; the official 3D one is fixed at 0.07
+    train(_cfg("method.name=actionpp", "runtime.log_every=1", "saacl.tau_min=0.07"), run_dir=tmp_path / "own",
+          progress=False)
+    ft = [e for e in read_jsonl(tmp_path / "own" / "log.jsonl") if e.get("phase") == "finetune"]
+    assert [e["tau_saacl"] for e in ft] == pytest.approx([1.0, 0.535, 0.07, 0.535])
+    assert [e["tau"] for e in ft] == pytest.approx([1.0, 0.55, 0.1, 0.55])
+    train(_cfg("method.name=actionpp", "runtime.log_every=1", "saacl.fixed_tau=0.07"), run_dir=tmp_path / "fixed",
+          progress=False)
+    ft = [e for e in read_jsonl(tmp_path / "fixed" / "log.jsonl") if e.get("phase") == "finetune"]
+    assert [e["tau_saacl"] for e in ft] == pytest.approx([0.07] * 4)
+    # ACTION (no ATS) keeps ISD's fixed temperatures
+    train(_cfg("method.name=action", "runtime.log_every=1"), run_dir=tmp_path / "action", progress=False)
+    pre = [e for e in read_jsonl(tmp_path / "action" / "log.jsonl") if e.get("phase") == "pretrain"]
+    assert [e["tau_s"] for e in pre] + [e["tau_t"] for e in pre] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+
+
+@pytest.mark.parametrize("bank", [36, 10])
+def test_local_memory_bank_holds_whole_images(tmp_path, bank):
+    # smoke: 32 x 32 maps, windows 16 stride 8 -> 3 x 3 = 9 per image; 4 + 4 images per step, 2 steps = 16 images
+    train(_cfg("method.name=action", f"pretrain.memory_bank={bank}"), run_dir=tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    images = min(bank, 16)
+    assert (state["bank_l"]["size"], state["bank_l"]["count"]) == (bank * 9, images * 9)
+    assert (state["bank_g"]["size"], state["bank_g"]["count"]) == (bank, images)
+
+
+def test_gradient_diagnostics_are_logged_and_do_not_change_the_run(tmp_path):
+    cfg = _cfg("method.name=actionpp")
+    train(cfg, run_dir=tmp_path / "on", progress=False)
+    rows = [e for e in read_jsonl(tmp_path / "on" / "log.jsonl") if e["kind"] == "train"]
+    for e in rows:
+        terms = [k[len("loss/"):] for k in e if k.startswith("loss/") and k != "loss/total"]
+        shares = [e[f"share/{t}"] for t in terms]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-4)  # the shares decompose the update
+        assert e["grad/sup"] > 0 and all(e[f"grad/{t}"] >= 0 for t in terms)
+        if e["phase"] == "finetune":
+            assert 0 < e["centre_share/averaged"] < e["centre_share/separate"] < 1
+            assert e["saacl/positives"] >= 1
+    train(cfg.replace(["runtime.grad_norms=false"]), run_dir=tmp_path / "off", progress=False)
+    assert not any(k.startswith("share/") for e in read_jsonl(tmp_path / "off" / "log.jsonl") for k in e)
+    on, off = load_checkpoint(tmp_path / "on" / "last.pt"), load_checkpoint(tmp_path / "off" / "last.pt")
+    assert all(torch.equal(on["student"][k], off["student"][k]) for k in on["student"])
+
+
+def test_nesterov_only_in_fine_tuning(tmp_path):
+    train(_cfg("method.name=action", "train.nesterov_finetune=true", "runtime.checkpoint_every=1"), run_dir=tmp_path,
+          progress=False)
+    assert load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"][0]["nesterov"] is True
+    import shutil
+
+    shutil.rmtree(tmp_path)
+    train(_cfg("method.name=action", "train.nesterov_finetune=true", "train.finetune_iters=0"), run_dir=tmp_path,
+          progress=False)
+    assert load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"][0]["nesterov"] is False
+
+
+def test_3d_representation_head_reads_all_five_decoder_maps():
+    from actionpp.engine import SegModel
+
+    model = SegModel(load_config("la_official"))
+    assert model.rep.in_channels_list == model.net.feature_channels == [256, 128, 64, 32, 16]
+    assert (model.rep.kernel_size, model.rep.dim, model.rep.spatial_dims) == (3, 128, 3)
+
+
 def test_supervised_loss_falls_on_the_phantom(tmp_path):
     cfg = load_config("phantom_smoke", ["method.name=supervised", "train.finetune_iters=30", "runtime.log_every=10",
                                         "runtime.checkpoint_every=0", "runtime.device=cpu"])
@@ -142,11 +217,11 @@ def test_divergence_after_a_checkpoint_names_it_and_keeps_it_finite(tmp_path, mo
 
     original = E._Trainer.finetune_step
 
-    def corrupt_after_3(self, it, phase_it):
+    def corrupt_after_3(self, it, phase_it, *rest):
         if it == 3:  # poison one weight before the 4th iteration: the forward turns NaN
             with torch.no_grad():
                 self.student.net.out_conv.weight.fill_(float("nan"))
-        return original(self, it, phase_it)
+        return original(self, it, phase_it, *rest)
 
     monkeypatch.setattr(E._Trainer, "finetune_step", corrupt_after_3)
     cfg = _cfg("method.name=supervised", "runtime.log_every=4")

@@ -21,16 +21,21 @@ def tiny():
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.2, 1.0])
-def test_two_anchors_one_queue_entry_two_centres_by_hand(lam):
+@pytest.mark.parametrize("form", ["averaged", "separate"])
+def test_two_anchors_one_queue_entry_two_centres_by_hand(lam, form):
     a, y, t, q, ql, c = tiny()
     e = math.e
     # anchor 0 = (1,0): candidates t0 (cos 1), q (0), centre0 (1), centre1 (-1); positives {t0}
     z0 = e + 1 + e + 1 / e
-    l0 = -((1 - math.log(z0)) + lam * (1 - math.log(z0))) / 1
     # anchor 1 = (0,1): t1 (1), q (1), centre0 (0), centre1 (0); positives {t1, q}; own centre (-1,0): cos 0
     z1 = e + e + 1 + 1
-    l1 = -(2 * (1 - math.log(z1)) + lam * (0 - math.log(z1))) / 2
-    got = saacl_loss(a, y, t, q, ql, c, tau=1.0, lambda_a=lam)
+    if form == "averaged":  # the centre is one more positive: |P| = 1 + 1 and 2 + 1
+        l0 = -((1 - math.log(z0)) + lam * (1 - math.log(z0))) / 2
+        l1 = -(2 * (1 - math.log(z1)) + lam * (0 - math.log(z1))) / 3
+    else:  # centre term outside the average over the positives
+        l0 = -(1 - math.log(z0)) - lam * (1 - math.log(z0))
+        l1 = -(2 * (1 - math.log(z1))) / 2 - lam * (0 - math.log(z1))
+    got = saacl_loss(a, y, t, q, ql, c, tau=1.0, lambda_a=lam, centre_term=form)
     assert float(got) == pytest.approx((l0 + l1) / 2, rel=1e-6)
 
 
@@ -42,19 +47,123 @@ def test_temperature_and_normalisation_by_hand():
     z1 = e2 + e2 + 1 + 1
     l0 = -(2 - math.log(z0))
     l1 = -(2 * (2 - math.log(z1))) / 2
-    got = saacl_loss(3 * a, y, 5 * t, 2 * q, ql, 7 * c, tau=tau, lambda_a=0.0)  # scales do not matter
+    got = saacl_loss(3 * a, y, 5 * t, 2 * q, ql, 7 * c, tau=tau, lambda_a=0.0, centre_term="separate")  # scales do not matter
     assert float(got) == pytest.approx((l0 + l1) / 2, rel=1e-6)
 
 
-def test_centres_not_candidates_by_hand():
+@pytest.mark.parametrize("form", ["averaged", "separate"])
+def test_centres_not_candidates_by_hand(form):
     a, y, t, q, ql, c = tiny()
     e, lam = math.e, 0.5
     z0 = e + 1  # t0, q
-    l0 = -((1 - math.log(z0)) + lam * (1 - math.log(z0 + e)))
     z1 = e + e
-    l1 = -(2 * (1 - math.log(z1)) + lam * (0 - math.log(z1 + 1))) / 2
-    got = saacl_loss(a, y, t, q, ql, c, tau=1.0, lambda_a=lam, include_centres_as_candidates=False)
+    c0, c1 = lam * (1 - math.log(z0 + e)), lam * (0 - math.log(z1 + 1))  # softmax over the others + own centre
+    if form == "averaged":
+        l0, l1 = -((1 - math.log(z0)) + c0) / 2, -(2 * (1 - math.log(z1)) + c1) / 3
+    else:
+        l0, l1 = -(1 - math.log(z0)) - c0, -(2 * (1 - math.log(z1))) / 2 - c1
+    got = saacl_loss(a, y, t, q, ql, c, tau=1.0, lambda_a=lam, include_centres_as_candidates=False, centre_term=form)
     assert float(got) == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def official_saacl(anchors, labels, teacher, queue, qlab, centres, tau, lam):
+    """TSC.py's formula written out densely in float64, independently of actionpp (method.md 3).
+
+    logits = [own teacher view | queue | centres] / tau; positives = own view + same-label
+    queue entries + the matched centre; loss_i = -(sum of log p over the own view and the
+    queue positives + lam * log p(centre)) / (number of positives incl. the centre).
+    """
+    import numpy as np
+
+    def unit(x):
+        x = np.asarray(x, dtype=np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    v, t, c = unit(anchors), unit(teacher), unit(centres)
+    q = unit(queue) if len(queue) else np.zeros((0, v.shape[1]))
+    total = 0.0
+    for i in range(len(v)):
+        cand = np.concatenate([t[i : i + 1], q, c])  # (1 + Q + K, d)
+        logits = cand @ v[i] / tau
+        log_p = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+        mask_class = np.concatenate([[1.0], (np.asarray(qlab) == labels[i]).astype(float), np.zeros(len(c))])
+        mask_centre = np.zeros(len(cand))
+        mask_centre[1 + len(q) + labels[i]] = 1.0
+        n_pos = mask_class.sum() + mask_centre.sum()
+        total += -((mask_class * log_p).sum() + lam * (mask_centre * log_p).sum()) / n_pos
+    return total / len(v)
+
+
+@pytest.mark.parametrize("queue_kind", ["empty", "partial", "class_absent", "single_class"])
+@pytest.mark.parametrize("lam", [0.1, 0.2])
+@pytest.mark.parametrize("tau", [0.07, 0.7])
+def test_averaged_equals_the_official_formula_in_float64(queue_kind, lam, tau):
+    g = torch.Generator().manual_seed(11)
+    k, d, n = 4, 8, 24
+    a = torch.randn(n, d, dtype=torch.float64, generator=g)
+    t = torch.randn(n, d, dtype=torch.float64, generator=g)
+    c = torch.randn(k, d, dtype=torch.float64, generator=g)
+    y = torch.randint(0, k, (n,), generator=g)
+    q = torch.randn(40, d, dtype=torch.float64, generator=g)
+    ql = torch.randint(0, k, (40,), generator=g)
+    if queue_kind == "empty":
+        q, ql = q[:0], ql[:0]
+    elif queue_kind == "partial":
+        q, ql = q[:7], ql[:7]
+    elif queue_kind == "class_absent":  # class 3: a centre, but no anchor and no queue entry
+        y, ql = y % 3, ql % 3
+    else:  # one class everywhere
+        y, ql = torch.zeros_like(y), torch.zeros_like(ql)
+    got = saacl_loss(a, y, t, q, ql, c, tau=tau, lambda_a=lam, centre_term="averaged")
+    want = official_saacl(a.numpy(), y.numpy(), t.numpy(), q.numpy(), ql.numpy(), c.numpy(), tau, lam)
+    assert abs(float(got) - want) <= 1e-10
+
+
+def test_centre_gradient_share_matches_a_separate_derivation():
+    from actionpp.losses import centre_gradient_share
+
+    g = torch.Generator().manual_seed(5)
+    k, d, n = 4, 8, 16
+    a = torch.randn(n, d, dtype=torch.float64, generator=g)
+    t, c = torch.randn(n, d, dtype=torch.float64, generator=g), torch.randn(k, d, dtype=torch.float64, generator=g)
+    y = torch.arange(k).repeat(n // k)
+    q, ql = torch.randn(20, d, dtype=torch.float64, generator=g), torch.arange(k).repeat(5)
+    for form in ("averaged", "separate"):
+        # the centre term alone, written from the module docstring: lam * log p(nu_i) scaled by 1 / (|P_i| + 1)
+        # (averaged) or by 1 (separate), averaged over anchors
+        v = a.clone().requires_grad_(True)
+        vn = torch.nn.functional.normalize(v, dim=1)
+        cand = torch.cat([(vn * torch.nn.functional.normalize(t, dim=1)).sum(1, keepdim=True),
+                          vn @ torch.nn.functional.normalize(q, dim=1).T,
+                          vn @ torch.nn.functional.normalize(c, dim=1).T], 1) / 0.3
+        log_p = torch.log_softmax(cand, 1)
+        n_pos = 1.0 + (ql[None, :] == y[:, None]).sum(1).double()
+        scale = 1.0 / (n_pos + 1.0) if form == "averaged" else torch.ones_like(n_pos)
+        centre = -(0.2 * log_p.gather(1, (1 + q.shape[0] + y)[:, None])[:, 0] * scale).mean()
+        (g_centre,) = torch.autograd.grad(centre, v)
+        full = a.clone().requires_grad_(True)
+        (g_full,) = torch.autograd.grad(saacl_loss(full, y, t, q, ql, c, tau=0.3, lambda_a=0.2, centre_term=form), full)
+        share = centre_gradient_share(a, y, t, q, ql, c, tau=0.3, lambda_a=0.2, centre_term=form)
+        n_c, n_r = float(g_centre.norm()), float((g_full - g_centre).norm())
+        assert share == pytest.approx(n_c / (n_c + n_r), rel=1e-10)
+
+
+def test_a_full_queue_silences_the_averaged_centre_term_but_not_the_separate_one():
+    """method.md 3: with a full, class-balanced queue the official form gives the centres ~nothing."""
+    from actionpp.centers import simplex_centers
+    from actionpp.losses import centre_gradient_share
+
+    g = torch.Generator().manual_seed(3)
+    k, d = 4, 16
+    centres = simplex_centers(k, d, seed=0)
+    y = torch.arange(k).repeat_interleave(64)
+    a = centres[y] + 0.8 * torch.randn(y.numel(), d, generator=g)
+    t = centres[y] + 0.8 * torch.randn(y.numel(), d, generator=g)
+    ql = torch.arange(k).repeat(12_288 // k)  # 3 072 same-class entries per anchor
+    q = centres[ql] + 0.8 * torch.randn(ql.numel(), d, generator=g)
+    averaged = centre_gradient_share(a, y, t, q, ql, centres, tau=0.1, lambda_a=0.2, centre_term="averaged")
+    separate = centre_gradient_share(a, y, t, q, ql, centres, tau=0.1, lambda_a=0.2, centre_term="separate")
+    assert averaged < 0.01 < 0.1 < separate, (averaged, separate)
 
 
 def test_plain_supervised_contrast_ablation_equals_no_centre_candidates():
@@ -115,7 +224,7 @@ def test_degenerate_cases_are_finite_and_backward_works(case):
     if case == "no_anchor":
         a = a[:0].detach().requires_grad_(True)
         t, y = t[:0], y[:0]
-    loss = saacl_loss(a, y, t, q, ql, c, tau=0.1, lambda_a=0.2)
+    loss = saacl_loss(a, y, t, q, ql, c, tau=0.1, lambda_a=0.2, centre_term="separate")
     assert torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(a.grad).all()
@@ -139,6 +248,8 @@ def test_errors():
         saacl_loss(a, torch.tensor([0, 5]), t, q, ql, c, tau=1.0, lambda_a=0.1)
     with pytest.raises(ValueError, match="tau must be > 0"):
         saacl_loss(a, y, t, q, ql, c, tau=0.0, lambda_a=0.1)
+    with pytest.raises(ValueError, match="centre_term must be one of averaged, separate"):
+        saacl_loss(a, y, t, q, ql, c, tau=1.0, lambda_a=0.1, centre_term="inside")
     with pytest.raises(ValueError, match=r"queue must be \(N, 2\)"):
         saacl_loss(a, y, t, torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), c, tau=1.0, lambda_a=0.1)
 

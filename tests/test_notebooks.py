@@ -107,6 +107,10 @@ EXPECTED_METRICS: dict[str, dict[str, Check]] = {
         "allocation_cost.hungarian_le_random": {True},
         # smoke classes [200, 30, 10]: the tail is 1/6 of the pixels, and the queue draws uniformly
         "tail_share_of_queue": (0.05, 0.35),
+        # method.md 3: with a full 12 288-entry queue the official "averaged" centre term is ~1e-4 of the
+        # gradient (lambda_a / |P_i|, |P_i| ~ 3 000); "separate" keeps it at a sizeable share
+        "centre_share_full_queue.averaged": (0.0, 0.01),
+        "centre_share_full_queue.separate": (0.1, 0.9),
     },
     # ---- 04-06: entries owned by the 04-06 notebook engineer ----
     "04_train": {

@@ -27,16 +27,18 @@ def test_constant():
     np.testing.assert_array_equal(s.values(np.arange(3)), [0.5, 0.5, 0.5])
 
 
-def test_cosine_epoch_is_constant_within_an_epoch_and_floored():
-    s = make_schedule("cosine_epoch", tau_min=0.05, tau_max=1.0, period=4, iters_per_epoch=10, floor=0.07)
+def test_cosine_epoch_is_constant_within_an_epoch():
+    # the official 2D SAACL schedule: its own cosine between 0.07 and 1.0 (no floor on the AnCo one)
+    s = make_schedule("cosine_epoch", tau_min=0.07, tau_max=1.0, period=4, iters_per_epoch=10)
     # epoch 0 -> tau_max for iterations 0..9
     np.testing.assert_allclose(s.values(np.arange(10)), np.full(10, 1.0))
-    # epoch 1 = period/4 -> midpoint 0.525; epoch 2 = period/2 -> tau_min 0.05, floored to 0.07
-    assert s(10) == pytest.approx(0.525) and s(19) == pytest.approx(0.525)
-    assert s(20) == pytest.approx(0.07)
+    # epoch 1 = period/4 -> midpoint 0.535; epoch 2 = period/2 -> tau_min 0.07; epoch 4 = a full cycle
+    assert s(10) == pytest.approx(0.535) and s(19) == pytest.approx(0.535)
+    assert s(20) == pytest.approx(0.07) and s(29) == pytest.approx(0.07)
     assert s(40) == pytest.approx(1.0)
-    no_floor = CosineEpoch(tau_min=0.05, tau_max=1.0, period=4, iters_per_epoch=10)
-    assert no_floor(25) == pytest.approx(0.05)
+    assert CosineEpoch(tau_min=0.05, tau_max=1.0, period=4, iters_per_epoch=10)(25) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        make_schedule("cosine_epoch", tau_min=0.05, tau_max=1.0, period=4, iters_per_epoch=10, floor=0.07)
 
 
 def test_step_schedule():
@@ -47,7 +49,7 @@ def test_step_schedule():
 
 @pytest.mark.parametrize(
     "s",
-    [Constant(0.3), Cosine(0.1, 1.0, 500), CosineEpoch(0.1, 1.0, 3, 7, 0.07), Step([5, 9], [1.0, 0.5, 0.2])],
+    [Constant(0.3), Cosine(0.1, 1.0, 500), CosineEpoch(0.07, 1.0, 3, 7), Step([5, 9], [1.0, 0.5, 0.2])],
 )
 def test_to_dict_round_trip_and_values_match_call(s):
     d = s.to_dict()

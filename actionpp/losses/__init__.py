@@ -1,7 +1,7 @@
 """The losses of ACTION++ and what it inherits from ACTION.
 
 - :func:`supervised_loss`, :func:`dice_loss`: 0.5 (CE + soft Dice) on labelled images.
-- :func:`saacl_loss`, :func:`sample_anchors`, :class:`FeatureQueue`: SAACL.
+- :func:`saacl_loss`, :func:`centre_gradient_share`, :func:`sample_anchors`, :class:`FeatureQueue`: SAACL.
 - :func:`anatomical_contrast_loss`, :func:`valid_mask`: ReCo-style anatomical contrast.
 - :func:`isd_loss`, :class:`MemoryBank`, :func:`local_patches`: ISD-style pre-training.
 - :func:`pseudo_label_loss`: confidence-weighted pseudo-label CE.
@@ -16,13 +16,15 @@ from .anatomical import anatomical_contrast_loss, valid_mask
 from .isd import isd_loss, local_patches
 from .pseudo import pseudo_label_loss
 from .queue import FeatureQueue, MemoryBank
-from .saacl import saacl_loss, sample_anchors
+from .saacl import CENTRE_TERMS, centre_gradient_share, saacl_loss, sample_anchors
 from .supervised import dice_loss, supervised_loss
 
 __all__ = [
     "supervised_loss",
     "dice_loss",
     "saacl_loss",
+    "centre_gradient_share",
+    "CENTRE_TERMS",
     "sample_anchors",
     "FeatureQueue",
     "anatomical_contrast_loss",

@@ -7,11 +7,28 @@ assigned to class c). With the softmax over all candidates at temperature tau,
 
     log p_i(u) = v_i . u / tau - log sum_{w in candidates_i} exp(v_i . w / tau)
 
-    loss_i = -(1/|P_i|) [ sum_{p in P_i} log p_i(p) + lambda_a log p_i(nu_i) ]
+and P_i = {t_i} + {q_j : label(q_j) = y_i} (the same-class teacher embeddings),
+nu_i = psi_{y_i} (the matched centre), the loss is the mean over anchors of one
+of two forms, chosen by ``centre_term``:
 
-with P_i = {t_i} + {q_j : label(q_j) = y_i} and nu_i = psi_{y_i}; the loss is the
-mean over anchors. All embeddings (anchors, teacher views, queue, centres) are
-L2-normalised inside, so dot products are cosines.
+- ``"averaged"`` (the official code, TSC.py): the matched centre is one more
+  positive, inside the average over positives and counted in its size:
+
+      loss_i = -(1 / (|P_i| + 1)) [ sum_{p in P_i} log p_i(p) + lambda_a log p_i(nu_i) ]
+
+- ``"separate"``: the centre term is weighted by lambda_a outside that average:
+
+      loss_i = -(1 / |P_i|) sum_{p in P_i} log p_i(p)  -  lambda_a log p_i(nu_i)
+
+Why the two differ so much: with a full, class-balanced queue of 12 288 entries
+an anchor has ~3 000 same-class positives, so under ``"averaged"`` the centre
+term weighs lambda_a / |P_i| ~ 1e-4 and the fixed centres barely act (SAACL is
+then supervised pixel contrast with a queue); under ``"separate"`` they keep the
+weight lambda_a whatever the queue holds. :func:`centre_gradient_share`
+measures the share of the anchors' gradient that the centre term drives.
+
+All embeddings (anchors, teacher views, queue, centres) are L2-normalised
+inside, so dot products are cosines.
 
 Taught in notebooks/03_contrastive_losses.ipynb.
 """
@@ -23,7 +40,9 @@ import torch.nn.functional as F
 
 from ._util import check_2d, check_labels, grad_zero
 
-__all__ = ["saacl_loss", "sample_anchors"]
+__all__ = ["saacl_loss", "sample_anchors", "centre_gradient_share", "CENTRE_TERMS"]
+
+CENTRE_TERMS = ("averaged", "separate")
 
 
 def saacl_loss(
@@ -36,6 +55,7 @@ def saacl_loss(
     tau: float,
     lambda_a: float,
     include_centres_as_candidates: bool = True,
+    centre_term: str = "averaged",
 ) -> torch.Tensor:
     """The SAACL loss (see the module docstring); returns a scalar.
 
@@ -43,7 +63,9 @@ def saacl_loss(
     ``teacher_view`` (N, d) the teacher's embedding of the same pixels; ``queue``
     (Q, d) and ``queue_labels`` (Q,) (Q may be 0, or both None); ``class_centres``
     (K, d) with row c the centre assigned to class c (``CentreAllocator.class_centres()``)
-    or None. ``tau`` > 0; ``lambda_a`` >= 0.
+    or None. ``tau`` > 0; ``lambda_a`` >= 0. ``centre_term``: ``"averaged"`` (official:
+    the centre counts as one of the positives, also when ``lambda_a = 0``) or
+    ``"separate"`` (see the module docstring).
 
     - ``lambda_a = 0`` and ``class_centres=None``: plain supervised pixel contrast
       (the ACTION-like ablation).
@@ -67,6 +89,8 @@ def saacl_loss(
         raise ValueError(f"tau must be > 0, got {tau}")
     if lambda_a < 0:
         raise ValueError(f"lambda_a must be >= 0, got {lambda_a}")
+    if centre_term not in CENTRE_TERMS:
+        raise ValueError(f"centre_term must be one of {', '.join(CENTRE_TERMS)}, got {centre_term!r}")
     if queue is None:
         queue = anchors.new_zeros(0, d)
         queue_labels = anchor_labels.new_zeros(0)
@@ -112,15 +136,16 @@ def saacl_loss(
     n_same = q_cnt[lab.long()]  # N, same-label queue entries per anchor
     pos_logits = (vs * q_sum[lab.long()]).sum(dim=1)  # N, sum of v.q/tau over P_i's queue part
     pos_sum = own - log_z + pos_logits - n_same * log_z  # N, sum over P_i of log softmax
-    n_pos = 1.0 + n_same  # N, |P_i| >= 1
-    total = pos_sum
-    if class_centres is not None and lambda_a > 0:
-        if include_centres_as_candidates:
-            log_p_centre = own_centre - log_z  # N
-        else:
-            log_p_centre = own_centre - torch.logaddexp(log_z, own_centre)  # N
-        total = total + lambda_a * log_p_centre
-    return -(total / n_pos).mean()
+    n_pos = 1.0 + n_same  # N, |P_i| >= 1 (the own teacher view is always a positive)
+    if class_centres is None:
+        return -(pos_sum / n_pos).mean()
+    if include_centres_as_candidates:
+        log_p_centre = own_centre - log_z  # N
+    else:
+        log_p_centre = own_centre - torch.logaddexp(log_z, own_centre)  # N
+    if centre_term == "averaged":  # the centre is one more positive: |P_i| + 1
+        return -((pos_sum + lambda_a * log_p_centre) / (n_pos + 1.0)).mean()
+    return -(pos_sum / n_pos + lambda_a * log_p_centre).mean()
 
 
 def sample_anchors(
@@ -152,3 +177,36 @@ def sample_anchors(
     if not out:
         return torch.zeros(0, dtype=torch.long, device=labels.device)
     return torch.cat(out).to(labels.device)
+
+
+def centre_gradient_share(
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    teacher_view: torch.Tensor,
+    queue: torch.Tensor | None,
+    queue_labels: torch.Tensor | None,
+    class_centres: torch.Tensor,
+    tau: float,
+    lambda_a: float,
+    centre_term: str = "averaged",
+) -> float:
+    """Share of the SAACL gradient on the anchors that the centre term drives, in [0, 1].
+
+    Both forms of the loss are affine in ``lambda_a`` (the denominator of
+    ``"averaged"`` does not depend on it), so the centre term's gradient is
+    g_c = g(lambda_a) - g(0) and the rest's is g_r = g(0). The result is
+    ``||g_c|| / (||g_c|| + ||g_r||)`` (Frobenius norms over all anchors): 0 when the
+    centres do not act, 0.5 when they pull as hard as the positives and negatives
+    together, 0 for a zero gradient. Arguments as :func:`saacl_loss`; nothing is
+    accumulated into ``anchors.grad``.
+    """
+    a = anchors.detach().requires_grad_(True)
+    full = saacl_loss(a, anchor_labels, teacher_view, queue, queue_labels, class_centres, tau=tau,
+                      lambda_a=lambda_a, centre_term=centre_term)
+    (g_full,) = torch.autograd.grad(full, a)
+    a0 = anchors.detach().requires_grad_(True)
+    rest = saacl_loss(a0, anchor_labels, teacher_view, queue, queue_labels, class_centres, tau=tau,
+                      lambda_a=0.0, centre_term=centre_term)
+    (g_rest,) = torch.autograd.grad(rest, a0)
+    n_centre, n_rest = float((g_full - g_rest).norm()), float(g_rest.norm())
+    return n_centre / (n_centre + n_rest) if n_centre + n_rest > 0 else 0.0
