@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # installed before torch) pulls a multi-GB CUDA build. pyproject.toml keeps a range.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all lint strip bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,22 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -m ""
 
+# ruff (lint + import order), mypy (actionpp/), and notebooks stored without outputs
+# (nbstripout --verify: exit 1 if any notebook holds outputs; `make strip` strips them, ids and tags kept).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check actionpp tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/nbstripout --keep-id --verify notebooks/*.ipynb
+
+strip: $(STAMP)
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
+
+# every benchmark; each writes its own section of docs/benchmarks.md
 bench: $(STAMP)
 	$(PY) bench/bench_losses.py
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_augment.py
+	$(PY) bench/bench_models.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

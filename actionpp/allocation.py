@@ -55,9 +55,13 @@ def hungarian_assignment(means: torch.Tensor, centres: torch.Tensor) -> torch.Te
     Returns LongTensor (K,) on ``centres.device``: entry c is the centre index of class c.
     """
     if means.ndim != 2 or centres.ndim != 2 or means.shape[1] != centres.shape[1]:
-        raise ValueError(f"means (K,d) and centres (M,d) must share d, got {tuple(means.shape)} and {tuple(centres.shape)}")
+        raise ValueError(
+            f"means (K,d) and centres (M,d) must share d, got {tuple(means.shape)} and {tuple(centres.shape)}"
+        )
     if centres.shape[0] < means.shape[0]:
-        raise ValueError(f"need at least as many centres as classes, got {centres.shape[0]} centres for {means.shape[0]} classes")
+        raise ValueError(
+            f"need at least as many centres as classes, got {centres.shape[0]} centres for {means.shape[0]} classes"
+        )
     cost = -(means.detach().double() @ centres.detach().double().T)  # K x M
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     out = np.empty(means.shape[0], dtype=np.int64)

@@ -1,5 +1,9 @@
 """Batched, on-device data augmentation for the training loop.
 
+Why one module of this length: every transform comes with its label / target counterpart and
+its exact 2D and 3D cases (flip, rotation, crop, CutMix, ClassMix, jitter, blur), sharing the
+same generator and shape checks; they are one concept, the batched augmentation.
+
 Taught in notebooks/04_train.ipynb.
 
 Every function works on a whole batch at once on the batch's own device (CPU,
@@ -54,8 +58,9 @@ probabilities, labels, confidences) consistently.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -546,7 +551,8 @@ def random_crop(
     out_y: list[Tensor] = []
     for b, xb in enumerate(xs):  # one slice per volume: views, no per-pixel work
         if xb.ndim != len(size) + 1:
-            raise ValueError(f"volume {b} has shape {tuple(xb.shape)}, expected (C, *spatial) with {len(size)} spatial axes")
+            raise ValueError(f"volume {b} has shape {tuple(xb.shape)}, expected (C, *spatial) with {len(size)} "
+                             f"spatial axes")
         yb = ys[b] if ys is not None else None
         if yb is not None and tuple(yb.shape) != tuple(xb.shape[1:]):
             raise ValueError(f"label {b} has shape {tuple(yb.shape)}, image {b} has {tuple(xb.shape)}")
@@ -554,7 +560,8 @@ def random_crop(
         yb = _pad_to(yb, size, 0) if yb is not None else None
         offs = [int(math.floor(float(u[b, i]) * (S - s + 1))) for i, (S, s) in enumerate(zip(xb.shape[1:], size))]
         sl = tuple(slice(o, o + s) for o, s in zip(offs, size))
-        out_x.append(xb[(slice(None), *sl)])
+        index = (slice(None), *sl)  # every channel, the crop window
+        out_x.append(xb[index])
         if yb is not None:
             out_y.append(yb[sl])
     return torch.stack(out_x), (torch.stack(out_y) if ys is not None else None)
@@ -760,13 +767,13 @@ def colour_jitter(
     out = out * c + out.mean(dim=dims, keepdim=True) * (1.0 - c)
     if isinstance(lo, Tensor) and isinstance(hi, Tensor):
         out = torch.minimum(torch.maximum(out, lo), hi)
-    elif lo is not None and hi is not None:
+    elif isinstance(lo, float) and isinstance(hi, float):
         out = out.clamp(lo, hi)
     if gamma > 0.0:
         if lo is None or hi is None:
             lo, hi = out.amin(dim=dims, keepdim=True), out.amax(dim=dims, keepdim=True)
         g = torch.exp(math.log1p(gamma) * (2.0 * u[3] - 1.0))
-        span = (hi - lo)
+        span = hi - lo
         span = span.clamp_min(torch.finfo(x.dtype).tiny) if isinstance(span, Tensor) else span
         curved = lo + span * ((out - lo) / span).clamp(0.0, 1.0) ** _per_sample(g, x)
         out = torch.where(_per_sample(apply, x), curved, out)

@@ -36,6 +36,9 @@ Four generators (``make_centers(..., method=...)``):
   are close to, but not exactly, the best spherical codes; this refinement is
   what the ``TAMMES_DEG`` comparison uses.
 
+Why one module of this length: the closed-form simplex, the optimised energy, the official
+recipe (to show why it stalls) and the Tammes codes are the four answers to one question.
+
 Taught in notebooks/01_class_centers.ipynb.
 """
 
@@ -44,9 +47,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -337,7 +341,10 @@ def _optimize(k: int, d: int, seed: int, t: float, restarts: int | None, max_ite
             x = _sphere_descent(x, _unif_energy_grad(tau), max_iter=max_iter)
         else:  # intermediate anneal stages only need to land in the right basin
             x = _sphere_descent(
-                x, _unif_energy_grad(tau), max_iter=max_iter if last else min(max_iter, 300), gtol=1e-9 if last else 1e-6
+                x,
+                _unif_energy_grad(tau),
+                max_iter=max_iter if last else min(max_iter, 300),
+                gtol=1e-9 if last else 1e-6,
             )
     e, _ = _unif_energy_grad(t)(x)
     return x[int(torch.argmin(e))]

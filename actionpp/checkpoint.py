@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "check_compatible",
     "capture_rng",
     "restore_rng",
+    "find_checkpoint",
     "FORMAT_VERSION",
 ]
 
@@ -57,19 +59,50 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     return path
 
 
+def _unreadable_reason(exc: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` failed, without torch's advice to load unsafely."""
+    import re
+
+    text = str(exc)
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m:
+        return (f"it holds a pickled Python object ({m.group(1)}) that a safe (tensors-only) load refuses; "
+                "actionpp checkpoints hold only tensors and plain values")
+    if isinstance(exc, EOFError):
+        detail = "the file ends early (truncated?)"
+    else:
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+        detail = m.group(1) if m else ("" if "weights_only" in text.lower() else text)
+        detail = " ".join(detail.split())
+        if "weights_only" in detail.lower():  # never pass on the hint to turn the safe load off
+            detail = ""
+        if len(detail) > 200:
+            detail = detail[:200] + "..."
+        detail = type(exc).__name__ + (f": {detail}" if detail else "")
+    return f"not a PyTorch checkpoint, or the file is corrupt ({detail})"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs).
+
+    Raises :class:`CheckpointError` naming the file: missing, empty (0 bytes), not a checkpoint or
+    corrupt, holding pickled objects, not an actionpp checkpoint, or of another format version.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} cannot be read: the file is empty (0 bytes)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file
-        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_unreadable_reason(exc)}") from exc
     if not isinstance(state, dict) or "config" not in state or "iteration" not in state:
         raise CheckpointError(f"checkpoint {path} is not an actionpp checkpoint (no 'config' / 'iteration')")
     if state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}; this version reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has format {state.get('format')!r}; this version reads {FORMAT_VERSION}"
+        )
     return state
 
 
@@ -101,7 +134,7 @@ def check_compatible(state: Mapping[str, Any], cfg: Config, path: str | Path) ->
 def capture_rng(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
     """Every RNG state as tensors / primitives: torch CPU, all CUDA devices, numpy, python, named generators."""
     py_version, py_state, py_gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
@@ -129,7 +162,9 @@ def restore_rng(state: Mapping[str, Any], generators: Mapping[str, torch.Generat
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     for name, g in (generators or {}).items():
@@ -137,3 +172,35 @@ def restore_rng(state: Mapping[str, Any], generators: Mapping[str, torch.Generat
             raise CheckpointError(f"checkpoint has no state for generator {name!r} (has {sorted(state['generators'])})")
         g.set_state(state["generators"][name].cpu())
 
+
+# --------------------------------------------------------------------------- finding a run's checkpoint
+
+
+def find_checkpoint(run_dir_or_checkpoint: str | Path, which: str = "auto") -> Path:
+    """The checkpoint file of a run directory (or the file itself).
+
+    ``which``: ``"best"`` (``best.pt``, falling back to ``last.pt`` for a run that did not
+    validate), ``"last"``, or ``"auto"`` (the run's ``eval.select`` from its ``config.yaml``,
+    ``last`` when there is none). Raises :class:`CheckpointError` naming the folder when it
+    holds no such checkpoint, ``ValueError`` for another ``which``.
+    """
+    p = Path(run_dir_or_checkpoint)
+    if p.is_file():
+        return p
+    if which not in ("best", "last", "auto"):
+        raise ValueError(f"which must be 'best', 'last' or 'auto', got {which!r}")
+    if not p.is_dir():
+        raise CheckpointError(f"{p} is neither a checkpoint file nor a run directory")
+    if which == "auto":
+        import yaml
+
+        cfg_file = p / "config.yaml"
+        which = "last"
+        if cfg_file.is_file():
+            which = str(((yaml.safe_load(cfg_file.read_text()) or {}).get("eval") or {}).get("select", "last"))
+    path = p / f"{which}.pt"
+    if which == "best" and not path.is_file():
+        path = p / "last.pt"  # runs without validation have no best.pt
+    if not path.is_file():
+        raise CheckpointError(f"{p} holds no {which}.pt (is the run finished?)")
+    return path

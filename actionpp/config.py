@@ -21,6 +21,10 @@ value saying where it comes from. :meth:`Config.to_dict` gives plain data and
 :func:`config_hash` a stable 16-hex-digit digest of the settings that change
 results (presentation-only keys such as the progress bar are left out).
 
+Why one module of this length: the whole run schema (one frozen dataclass per section, each
+field with its reason), the method presets and the validation that names the offending key
+belong together; split up, a reader would have to join them again to know what a run is.
+
 Taught in notebooks/04_train.ipynb.
 """
 
@@ -33,9 +37,10 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 
@@ -167,9 +172,9 @@ class SaaclConfig:
     centre_method: Literal["optimize", "simplex", "tsc", "tammes"] = "optimize"
     allocator_momentum: float = 0.1
     assignment: Literal["hungarian", "random", "identity"] = "hungarian"
-    centre_term: Literal["averaged", "separate"] = "averaged"  # losses.saacl: centre counted in |P_i| (official) or weighted apart
-    tau_min: float | None = None  # low end of SAACL's own cosine under ATS (official 2D: 0.07); None = temperature.tau_min
-    fixed_tau: float | None = None  # SAACL at this fixed temperature even under ATS (official 3D: 0.07); None = scheduled
+    centre_term: Literal["averaged", "separate"] = "averaged"
+    tau_min: float | None = None
+    fixed_tau: float | None = None
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,7 @@ class PretrainConfig:
     global_weight: float = 1.0
     local_weight: float = 1.0
     sup: float = 1.0
-    tau_max: float = 1.0  # under ATS tau_s and tau_t each follow a cosine from this down to their own value (official: 1.0)
+    tau_max: float = 1.0
     period: float | None = None  # ATS period in pre-training (iterations, or epochs for cosine_epoch); None = one cycle
 
 
@@ -259,7 +264,7 @@ class Config:
         """Plain nested dict (tuples become lists), YAML / JSON ready."""
         return _plain(dataclasses.asdict(self))
 
-    def replace(self, overrides: Sequence[str] | Mapping[str, Any]) -> "Config":
+    def replace(self, overrides: Sequence[str] | Mapping[str, Any]) -> Config:
         """A new config with dotted overrides applied (``["train.lr=0.1"]`` or ``{"train.lr": 0.1}``).
 
         The method preset is *not* re-expanded: switches keep their current values
@@ -305,7 +310,15 @@ METHOD_PRESETS: dict[str, dict[str, bool]] = {
     # ACTION: pre-training, then pseudo-labels + anatomical contrast at a fixed temperature
     "action": {**_ALL_OFF, "pretrain": True, "teacher": True, "unsup": True, "anco": True},
     # ACTION++: ACTION + SAACL + ATS
-    "actionpp": {**_ALL_OFF, "pretrain": True, "teacher": True, "unsup": True, "anco": True, "saacl": True, "ats": True},
+    "actionpp": {
+        **_ALL_OFF,
+        "pretrain": True,
+        "teacher": True,
+        "unsup": True,
+        "anco": True,
+        "saacl": True,
+        "ats": True,
+    },
     # ablations of the paper (Table 3 on LA): each switch can also be set directly
     "actionpp_no_saacl": {**_ALL_OFF, "pretrain": True, "teacher": True, "unsup": True, "anco": True, "ats": True},
     "actionpp_no_ats": {**_ALL_OFF, "pretrain": True, "teacher": True, "unsup": True, "anco": True, "saacl": True},
@@ -319,8 +332,14 @@ Ablations that are values rather than switches: random assignment
 """
 
 HASH_EXCLUDED_KEYS: frozenset[str] = frozenset(
-    {"runtime.progress", "runtime.tensorboard", "runtime.device", "runtime.log_every", "runtime.grad_norms",
-     "eval.batch"}
+    {
+        "runtime.progress",
+        "runtime.tensorboard",
+        "runtime.device",
+        "runtime.log_every",
+        "runtime.grad_norms",
+        "eval.batch",
+    }
 )
 """Keys that do not change what a run computes; they are left out of :func:`config_hash`,
 so a run may be resumed with another progress-bar, logging or device setting."""
@@ -358,9 +377,17 @@ def _read_profile(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> dic
     if path.resolve() in _seen:
         raise ConfigError(f"config {path}: 'base' chain loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path}: cannot be read ({exc})") from exc
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path}: invalid YAML: {exc}") from exc
+    if raw is None:  # an empty file (or only comments): never "all defaults" by accident
+        raise ConfigError(
+            f"config {path}: the file is empty; a profile must be a mapping of sections (data:, train:, ...)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: the top level must be a mapping, got {type(raw).__name__}")
     base = raw.pop("base", None)
@@ -419,7 +446,9 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: key {key!r} must be section.field (sections: {', '.join(_SECTIONS)})")
     section, name = parts
     if section not in _SECTIONS:
-        raise ConfigError(f"{source}: unknown key {key!r} (unknown section {section!r}; sections: {', '.join(_SECTIONS)})")
+        raise ConfigError(
+            f"{source}: unknown key {key!r} (unknown section {section!r}; sections: {', '.join(_SECTIONS)})"
+        )
     sec = raw.setdefault(section, {})
     if not isinstance(sec, dict):
         raise ConfigError(f"{source}: section {section!r} must be a mapping")
@@ -495,7 +524,8 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(
-            f"unknown key {section}.{unknown[0]!s}" + (f" (and {', '.join(map(str, unknown[1:]))})" if len(unknown) > 1 else "")
+            f"unknown key {section}.{unknown[0]!s}"
+            + (f" (and {', '.join(map(str, unknown[1:]))})" if len(unknown) > 1 else "")
             + f"; {section} has: {', '.join(sorted(names))}"
         )
     kwargs = {name: _coerce(value, hints[name], f"{section}.{name}") for name, value in raw.items()}
@@ -518,8 +548,11 @@ def _check_values(cfg: Config) -> None:
     need(all(c >= 16 and c % 16 == 0 for c in cfg.data.crop), "data.crop", "every side must be a multiple of 16")
     need(cfg.data.val_split != "test", "data.val_split", "the test split is never used for model selection")
     need(cfg.model.rep_dim >= 2, "model.rep_dim", "must be >= 2")
-    need((cfg.model.arch == "unet2d") == (cfg.data.dataset == "acdc"), "model.arch",
-         f"unet2d goes with dataset acdc and vnet3d with la (data.dataset={cfg.data.dataset!r})")
+    need(
+        (cfg.model.arch == "unet2d") == (cfg.data.dataset == "acdc"),
+        "model.arch",
+        f"unet2d goes with dataset acdc and vnet3d with la (data.dataset={cfg.data.dataset!r})",
+    )
     need(cfg.train.pretrain_iters >= 0, "train.pretrain_iters", "must be >= 0")
     need(cfg.train.finetune_iters >= 0, "train.finetune_iters", "must be >= 0")
     need(cfg.train.batch_labelled >= 1, "train.batch_labelled", "must be >= 1")
@@ -528,25 +561,42 @@ def _check_values(cfg: Config) -> None:
     need(0.0 <= cfg.train.ema_momentum <= 1.0, "train.ema_momentum", "must be in [0, 1]")
     need(cfg.total_iters >= 1, "train.finetune_iters", "the run has no iterations (both phases off or zero)")
     needs_unlab = cfg.method.unsup or cfg.method.consistency or cfg.method.pretrain or cfg.method.anco
-    need(not needs_unlab or cfg.train.batch_unlabelled >= 1, "train.batch_unlabelled",
-         f"method {cfg.method.name!r} uses unlabelled images, so it must be >= 1")
-    uses_teacher = cfg.method.unsup or cfg.method.consistency or cfg.method.anco or cfg.method.saacl or cfg.method.pretrain
+    need(
+        not needs_unlab or cfg.train.batch_unlabelled >= 1,
+        "train.batch_unlabelled",
+        f"method {cfg.method.name!r} uses unlabelled images, so it must be >= 1",
+    )
+    uses_teacher = (
+        cfg.method.unsup or cfg.method.consistency or cfg.method.anco or cfg.method.saacl or cfg.method.pretrain
+    )
     need(cfg.method.teacher or not uses_teacher, "method.teacher", "the selected terms need the EMA teacher")
     need(0.0 < cfg.temperature.tau_min <= cfg.temperature.tau_max, "temperature.tau_min", "must be in (0, tau_max]")
     need(cfg.temperature.fixed_tau > 0, "temperature.fixed_tau", "must be > 0")
-    need(cfg.saacl.tau_min is None or 0.0 < cfg.saacl.tau_min <= cfg.temperature.tau_max, "saacl.tau_min",
-         "must be in (0, temperature.tau_max] or null")
+    need(
+        cfg.saacl.tau_min is None or 0.0 < cfg.saacl.tau_min <= cfg.temperature.tau_max,
+        "saacl.tau_min",
+        "must be in (0, temperature.tau_max] or null",
+    )
     need(cfg.saacl.fixed_tau is None or cfg.saacl.fixed_tau > 0, "saacl.fixed_tau", "must be > 0 or null")
-    need(cfg.pretrain.tau_max >= max(cfg.pretrain.tau_s, cfg.pretrain.tau_t), "pretrain.tau_max",
-         "must be >= pretrain.tau_s and pretrain.tau_t")
+    need(
+        cfg.pretrain.tau_max >= max(cfg.pretrain.tau_s, cfg.pretrain.tau_t),
+        "pretrain.tau_max",
+        "must be >= pretrain.tau_s and pretrain.tau_t",
+    )
     need(cfg.pretrain.tau_s > 0 and cfg.pretrain.tau_t > 0, "pretrain.tau_s", "tau_s and tau_t must be > 0")
     need(cfg.pretrain.period is None or cfg.pretrain.period > 0, "pretrain.period", "must be > 0 or null")
     need(cfg.temperature.period is None or cfg.temperature.period > 0, "temperature.period", "must be > 0 or null")
-    need(cfg.temperature.epoch_iters is None or cfg.temperature.epoch_iters >= 1, "temperature.epoch_iters",
-         "must be >= 1 or null")
+    need(
+        cfg.temperature.epoch_iters is None or cfg.temperature.epoch_iters >= 1,
+        "temperature.epoch_iters",
+        "must be >= 1 or null",
+    )
     if cfg.temperature.kind == "step":
-        need(len(cfg.temperature.step_values) == len(cfg.temperature.step_milestones) + 1, "temperature.step_values",
-             "a step schedule needs len(step_milestones) + 1 values")
+        need(
+            len(cfg.temperature.step_values) == len(cfg.temperature.step_milestones) + 1,
+            "temperature.step_values",
+            "a step schedule needs len(step_milestones) + 1 values",
+        )
     need(cfg.saacl.queue_size >= 0, "saacl.queue_size", "must be >= 0")
     need(cfg.saacl.anchors_per_class >= 1, "saacl.anchors_per_class", "must be >= 1")
     need(cfg.anco.queries_per_class >= 1, "anco.queries_per_class", "must be >= 1")
@@ -559,8 +609,11 @@ def _check_values(cfg: Config) -> None:
     need(cfg.runtime.checkpoint_every >= 0, "runtime.checkpoint_every", "must be >= 0 (0 = only at phase ends)")
     need(cfg.eval.every >= 0, "eval.every", "must be >= 0")
     dev = cfg.runtime.device
-    need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "runtime.device",
-         "must be auto, cpu, cuda or cuda:N")
+    need(
+        dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+        "runtime.device",
+        "must be auto, cpu, cuda or cuda:N",
+    )
 
 
 # --------------------------------------------------------------------------- public API
@@ -577,20 +630,23 @@ def config_from_dict(raw: Mapping[str, Any], expand_method: bool = True, source:
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"{source}: unknown key {unknown[0]!r} (sections: {', '.join(_SECTIONS)})")
-    raw = copy.deepcopy(dict(raw))
+    data: dict[str, Any] = copy.deepcopy(dict(raw))
+    raw = data
     if expand_method:
         method = dict(raw.get("method") or {})
         name = method.get("name", MethodConfig.name)
         if not isinstance(name, str) or name not in METHOD_PRESETS:
             raise ConfigError(f"method.name: unknown method {name!r}; known: {', '.join(METHOD_PRESETS)}")
-        raw["method"] = {**METHOD_PRESETS[name], **method}
+        data["method"] = {**METHOD_PRESETS[name], **method}
     sections = {name: _build_section(cls, raw.get(name), name) for name, cls in _SECTIONS.items()}
     cfg = Config(**sections)
     _check_values(cfg)
     return cfg
 
 
-def load_config(path_or_name: str | Path | Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] | None = None) -> Config:
+def load_config(
+    path_or_name: str | Path | Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] | None = None
+) -> Config:
     """Load a profile (bundled name, YAML path, or an already-parsed dict) and apply ``--set`` overrides.
 
     Raises :class:`ConfigError` naming the key for an unknown key, a wrong type or

@@ -15,7 +15,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "resolve_device", "init_distributed", "barrier", "broadcast_object", "cleanup", "RANK_SEED_OFFSET"]
+__all__ = [
+    "DistInfo",
+    "resolve_device",
+    "init_distributed",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "RANK_SEED_OFFSET",
+]
 
 RANK_SEED_OFFSET = 1_000_003
 """Added per rank to the batch-sampling seed, so ranks draw different batches."""

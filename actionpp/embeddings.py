@@ -1,5 +1,9 @@
 """Pixel embeddings of validation images and their head-versus-tail geometry.
 
+Why one module of this length: extraction, the geometry numbers (alignment, uniformity,
+nearest-centre accuracy, angles) and the 2D maps are the three steps of one study, used
+together by notebook 05.
+
 Taught in notebooks/05_embeddings.ipynb.
 
 ACTION++ argues that a supervised pixel-contrastive loss lets the head class
@@ -39,13 +43,18 @@ uniformity of fewer than two points is NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from actionpp import sampling as sampling_
+from actionpp.models.backbone import Backbone
+from actionpp.models.heads import RepresentationHead
 
 __all__ = [
     "Embeddings",
@@ -88,7 +97,10 @@ class Embeddings:
 
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2 or self.labels.shape != (self.vectors.shape[0],):
-            raise ValueError(f"vectors must be (N, d) and labels (N,), got {tuple(self.vectors.shape)} and {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"vectors must be (N, d) and labels (N,), got {tuple(self.vectors.shape)} and "
+                f"{tuple(self.labels.shape)}"
+            )
 
     @property
     def frequencies(self) -> Tensor:
@@ -112,8 +124,8 @@ class RunModel:
     ``config``: the run's :class:`actionpp.config.Config`; ``checkpoint``: the weights' file.
     """
 
-    net: nn.Module
-    head: nn.Module
+    net: Backbone
+    head: RepresentationHead
     centres: Tensor | None
     assignment: Tensor | None
     config: Any
@@ -121,43 +133,36 @@ class RunModel:
 
 
 def load_run(run_dir: str | Any, which: str = "auto", device: str | torch.device = "cpu") -> RunModel:
-    """Load the student backbone *and* its representation head from an engine run directory.
+    """Load the student backbone *and* its representation head from a training run directory.
 
     ``which``: ``"best"``, ``"last"`` or ``"auto"`` (the run's ``eval.select``), as
-    :func:`actionpp.engine.load_model`, which returns the backbone only. The centres and their
-    assignment come from ``last.pt`` (``best.pt`` stores no allocator; the centres are fixed and
-    the assignment is the one at the end of training). Raises ``ValueError`` naming the folder
-    when it holds no checkpoint.
+    :func:`actionpp.models.segmodel.load_model`, which returns the backbone only. The centres
+    and their assignment come from ``last.pt`` (``best.pt`` stores no allocator; the centres are
+    fixed and the assignment is the one at the end of training). Raises
+    :class:`actionpp.checkpoint.CheckpointError` naming the folder when it holds no checkpoint.
     """
     import json
     from pathlib import Path
 
-    from actionpp.checkpoint import load_checkpoint
+    from actionpp.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
     from actionpp.config import config_from_dict
-    from actionpp.engine import SegModel
+    from actionpp.models.segmodel import SegModel
 
     rd = Path(run_dir)
     if not rd.is_dir():
-        raise ValueError(f"run directory {rd} does not exist")
-    if which == "auto":
-        import yaml
-
-        cfg_file = rd / "config.yaml"
-        which = (yaml.safe_load(cfg_file.read_text()) or {}).get("eval", {}).get("select", "last") if cfg_file.is_file() else "last"
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best', 'last' or 'auto', got {which!r}")
-    path = rd / f"{which}.pt"
-    if not path.is_file():
-        path = rd / "last.pt"
-    if not path.is_file():
-        raise ValueError(f"{rd} holds no {which}.pt or last.pt (is the run finished?)")
+        raise CheckpointError(f"run directory {rd} does not exist")
+    path = find_checkpoint(rd, which)
     state = load_checkpoint(path, map_location="cpu")
     cfg = config_from_dict(json.loads(state["config"]), expand_method=False)
     model = SegModel(cfg)
     model.load_state_dict(state["student"])
     model.to(device).eval()
     centres = assignment = None
-    last = state if path.name == "last.pt" else (load_checkpoint(rd / "last.pt", map_location="cpu") if (rd / "last.pt").is_file() else {})
+    last = (
+        state
+        if path.name == "last.pt"
+        else (load_checkpoint(rd / "last.pt", map_location="cpu") if (rd / "last.pt").is_file() else {})
+    )
     alloc = last.get("allocator") if isinstance(last, Mapping) else None
     if alloc is not None:
         assignment = alloc["assignment"].long().cpu()
@@ -172,8 +177,8 @@ def validation_slices(config: Any, split: str = "val", max_volumes: int | None =
     The data folder comes from ``config.data.root`` (``"phantom"``, ``"shared"`` or a path).
     ``max_volumes`` keeps the first volumes only.
     """
+    from actionpp.data.roots import resolve_data_root
     from actionpp.data.tensors import load_volumes, resize_nearest
-    from actionpp.engine import resolve_data_root
 
     if config.data.dataset != "acdc":
         raise ValueError(f"validation_slices supports the 2D ACDC layout only, got dataset {config.data.dataset!r}")
@@ -208,7 +213,8 @@ def sample_pixels(
 
     ``"balanced"``: for every class, ``min(per_class, #pixels of that class)`` pixels without
     replacement, uniformly among that class's pixels (classes in order 0..K-1). ``"natural"``:
-    ``min(total, S*H*W)`` pixels without replacement, uniformly among all pixels. Seeded by
+    ``min(total, S*H*W)`` pixels without replacement, uniformly among all pixels (both drawn by
+    :mod:`actionpp.sampling`, the sampler training uses). Seeded by
     ``seed`` (a CPU generator), so the same labels and seed give the same pixels.
     """
     if labels.ndim != 3:
@@ -221,24 +227,17 @@ def sample_pixels(
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), found {int(flat.min())}..{int(flat.max())}")
     g = torch.Generator().manual_seed(seed)
+    lab_cpu = labels.to("cpu", torch.long)
     if sampling == "natural":
-        k = min(total, flat.numel())
-        chosen = torch.randperm(flat.numel(), generator=g)[:k]
-    else:
-        parts = []
-        for c in range(num_classes):
-            where = torch.nonzero(flat == c).reshape(-1)
-            k = min(per_class, where.numel())
-            parts.append(where[torch.randperm(where.numel(), generator=g)[:k]])
-        chosen = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-    _, h, w = labels.shape
-    return torch.stack([chosen // (h * w), (chosen // w) % h, chosen % w], dim=1)
+        return sampling_.sample_natural(lab_cpu, total, g)
+    idx, _ = sampling_.sample_pixels(lab_cpu, num_classes, per_class, g)
+    return idx
 
 
 @torch.no_grad()
 def extract(
-    model: nn.Module,
-    head: nn.Module,
+    model: Backbone,
+    head: RepresentationHead,
     images: Tensor,
     labels: Tensor,
     num_classes: int,
@@ -257,8 +256,16 @@ def extract(
     put in eval mode for the call and restored after. Returns unit-norm rows on the CPU in the
     order of :func:`sample_pixels`. 3D backbones are not supported (ValueError).
     """
-    if images.ndim != 4 or labels.ndim != 3 or images.shape[0] != labels.shape[0] or images.shape[2:] != labels.shape[1:]:
-        raise ValueError(f"images must be (S, 1, H, W) and labels (S, H, W) of the same S, H, W; got {tuple(images.shape)} and {tuple(labels.shape)}")
+    if (
+        images.ndim != 4
+        or labels.ndim != 3
+        or images.shape[0] != labels.shape[0]
+        or images.shape[2:] != labels.shape[1:]
+    ):
+        raise ValueError(
+            f"images must be (S, 1, H, W) and labels (S, H, W) of the same S, H, W; got {tuple(images.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
     if getattr(head, "spatial_dims", 2) != 2:
         raise ValueError("extract supports 2D models only (the head has spatial_dims=3)")
     idx = sample_pixels(labels, num_classes, sampling, per_class, total, seed)

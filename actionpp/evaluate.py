@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,10 +28,31 @@ from torch import nn
 from actionpp.inference import predict_slices, sliding_window
 from actionpp.metrics import POLICIES, summarise, volume_metrics
 
-__all__ = ["EvalResult", "evaluate", "save_nifti", "DATASETS"]
+__all__ = [
+    "EvalResult",
+    "RunEvaluation",
+    "evaluate",
+    "evaluate_run",
+    "evaluate_checkpoint",
+    "summarise_result",
+    "class_name",
+    "save_nifti",
+    "DATASETS",
+    "CLASS_NAMES",
+]
 
 DATASETS = {"acdc": 4, "la": 2}
 CLASS_NAMES = {"acdc": {1: "RV", 2: "Myo", 3: "LV"}, "la": {1: "LA"}}
+
+
+def class_name(dataset: str, c: Any) -> str:
+    """Name of foreground class ``c`` (an int or its string) of ``dataset``: ``("acdc", 1)`` -> ``"RV"``.
+
+    Anything that is not a known class index of the dataset is returned as a string unchanged.
+    """
+    names = CLASS_NAMES.get(dataset, {})
+    key = str(c)
+    return names.get(int(key), key) if key.isdigit() else key
 
 
 def _json_safe(obj: Any) -> Any:
@@ -146,6 +168,7 @@ def evaluate(
         if out_dir is not None:
             save_nifti(pred, out_dir / f"{vol.name}_pred.nii.gz", spacing)
     summary = summarise(per_volume)
+    inference: dict[str, Any]
     if dataset == "acdc":
         inference = {
             "method": "slice-wise (SSL4MIS)",
@@ -173,3 +196,110 @@ def evaluate(
         "model_mode": "eval (BatchNorm running statistics, no dropout)",
     }
     return EvalResult(per_volume=per_volume, summary=summary, protocol=protocol)
+
+
+def summarise_result(result: EvalResult, dataset: str) -> dict[str, Any]:
+    """Compact JSON-safe summary of an :class:`EvalResult`: mean metrics, per-class Dice, empty masks.
+
+    ``{"dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm", "dice_per_class": {name: ...},
+    "empty": {...}, "n_volumes"}`` (None where a mean is not finite). This is what a run's
+    validation log lines and ``metrics.json`` hold.
+    """
+    s = result.summary
+    out: dict[str, Any] = {}
+    for key in ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm"):
+        v = s["mean"].get(key)
+        out[key] = float(v) if v is not None and math.isfinite(v) else None
+    out["dice_per_class"] = {class_name(dataset, c): float(st["dice"]) for c, st in s["per_class"].items()}
+    out["empty"] = dict(s.get("empty", {}))
+    out["n_volumes"] = int(s.get("n_volumes", len(result.per_volume)))
+    return out
+
+
+@dataclass
+class RunEvaluation:
+    """A checkpoint scored on a split: what :func:`evaluate_run` returns.
+
+    ``network`` (eval mode) and ``volumes`` are kept so a caller can draw predictions
+    without loading them again; ``result`` is the full :class:`EvalResult`.
+    """
+
+    checkpoint: Path
+    config: Any
+    root: Path
+    split: str
+    volumes: list[Any]
+    network: nn.Module
+    result: EvalResult
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return summarise_result(self.result, self.config.data.dataset)
+
+
+def evaluate_run(
+    checkpoint: str | Path,
+    data: str,
+    split: str = "val",
+    which: str = "auto",
+    device: str | torch.device = "auto",
+    save_predictions: str | Path | None = None,
+    progress: bool = False,
+) -> RunEvaluation:
+    """Score a checkpoint (or run directory) on ``split`` of ``data`` (folder, pack, ``phantom`` or ``shared``).
+
+    ``which``: with a run directory, ``best``, ``last`` or ``auto`` (the run's ``eval.select``).
+    The protocol is the run's own (its ``data.size``, crop and class count).
+    """
+    from actionpp.checkpoint import find_checkpoint
+    from actionpp.data.roots import resolve_data_root
+    from actionpp.data.tensors import load_volumes
+    from actionpp.distributed import resolve_device
+    from actionpp.models.segmodel import load_model
+
+    path = find_checkpoint(checkpoint, which)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    net, cfg = load_model(path, device=dev)
+    root = resolve_data_root(data, cfg)
+    vols = load_volumes(root, split)
+    if not vols:
+        raise ValueError(f"{root}: split {split!r} has no volumes")
+    with torch.no_grad():
+        res = evaluate(
+            net,
+            vols,
+            dataset=cfg.data.dataset,
+            size=cfg.data.size,
+            patch=cfg.data.crop,
+            num_classes=cfg.data.num_classes,
+            device=dev,
+            progress=progress,
+            split=split,
+            save_predictions_dir=save_predictions,
+        )
+    return RunEvaluation(path, cfg, Path(root), split, vols, net, res)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str,
+    split: str = "val",
+    which: str = "auto",
+    device: str = "auto",
+    save_predictions: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """:func:`evaluate_run` as JSON-safe data (what ``actionpp evaluate --json`` prints).
+
+    Returns ``{"checkpoint", "data", "split", "volumes", "summary", "result"}`` where
+    ``result`` is the full :class:`EvalResult` as JSON-safe data.
+    """
+    ev = evaluate_run(checkpoint, data, split, which, device, save_predictions, progress)
+    return {
+        "checkpoint": str(ev.checkpoint),
+        "data": str(ev.root),
+        "split": split,
+        "volumes": len(ev.volumes),
+        "summary": ev.summary,
+        "result": json.loads(ev.result.to_json()),
+    }

@@ -29,7 +29,7 @@ dropout stays on; method.md section 8). Taught in notebooks/04_train.ipynb.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -41,10 +41,10 @@ __all__ = ["predict_slices", "sliding_window", "window_starts", "count_windows",
 
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter (or buffer); CPU for a module without either."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for buf in model.buffers():
+        return buf.device
     return torch.device("cpu")
 
 
@@ -180,6 +180,7 @@ def sliding_window(
         model.train(was_training)
     score /= count[None]  # every voxel is covered: the last window touches each far border
     crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, img.shape))
-    probs_out = score[(slice(None), *crop)]
+    index = (slice(None), *crop)  # every class, the unpadded volume
+    probs_out = score[index]
     pred = probs_out.argmax(dim=0).to(torch.uint8)
     return pred.cpu().numpy(), probs_out.cpu().numpy()

@@ -52,7 +52,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -64,6 +65,7 @@ __all__ = [
     "surface_distances",
     "volume_metrics",
     "summarise",
+    "mean_std",
     "time_backends",
 ]
 
@@ -244,12 +246,20 @@ def volume_metrics(
 # ---------------------------------------------------------------- summary
 
 
-def _mean_std(values: Iterable[float]) -> tuple[float, float, int]:
-    v = np.asarray(list(values), dtype=np.float64)
+def mean_std(values: Iterable[float | None], ddof: int = 0) -> tuple[float, float, int]:
+    """``(mean, standard deviation, n)`` of the finite values (None, NaN and inf are left out).
+
+    ``ddof``: 0 for the spread of a population (over the volumes of one evaluation), 1 for
+    the sample standard deviation (over seeds, the field's "mean +- std of 3 runs"). The
+    standard deviation is NaN when fewer than ``ddof + 1`` values remain; everything is NaN
+    (n = 0) when none does.
+    """
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std()), int(v.size)
+    std = float(v.std(ddof=ddof)) if v.size > ddof else math.nan
+    return float(v.mean()), std, int(v.size)
 
 
 def summarise(per_volume: Sequence[Mapping[Any, Any]]) -> dict[str, Any]:
@@ -275,7 +285,7 @@ def summarise(per_volume: Sequence[Mapping[Any, Any]]) -> dict[str, Any]:
         rows = [v[c] for v in vols if c in v]
         stats: dict[str, float] = {}
         for k in METRIC_KEYS:
-            m, s, n = _mean_std(r[k] for r in rows)
+            m, s, n = mean_std(r[k] for r in rows)
             stats[k], stats[k + "_std"], stats[k + "_n"] = m, s, n
         per_class[c] = stats
     overall: dict[str, float] = {}

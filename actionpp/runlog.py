@@ -13,8 +13,9 @@ import platform
 import subprocess
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from actionpp.atomic import atomic_write_json
 
@@ -36,7 +37,7 @@ def _json_default(obj: Any) -> Any:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Every complete line of a JSONL log (a torn last line from a killed run is skipped)."""
-    out = []
+    out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.is_file():
         return out
@@ -137,7 +138,7 @@ class RunLogger:
             self._tb.close()
             self._tb = None
 
-    def __enter__(self) -> "RunLogger":
+    def __enter__(self) -> RunLogger:
         return self
 
     def __exit__(self, *exc: Any) -> None:

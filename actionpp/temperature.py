@@ -23,9 +23,10 @@ Taught in notebooks/02_temperature_schedule.ipynb.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -170,13 +171,14 @@ class Step:
         object.__setattr__(self, "milestones", ms)
         object.__setattr__(self, "values_", vs)
         if len(vs) != len(ms) + 1:
-            raise ValueError(f"step schedule needs len(values) == len(milestones) + 1, got {len(vs)} values for {len(ms)} milestones")
+            raise ValueError(f"step schedule needs len(values) == len(milestones) + 1, got {len(vs)} values for "
+                             f"{len(ms)} milestones")
         if any(m <= 0 for m in ms) or any(b <= a for a, b in zip(ms, ms[1:])):
             raise ValueError(f"milestones must be strictly increasing and > 0, got {list(ms)}")
         for i, v in enumerate(vs):
             _positive(f"values[{i}]", v)
 
-    def values(self, iterations: np.ndarray) -> np.ndarray:  # type: ignore[override]
+    def values(self, iterations: np.ndarray) -> np.ndarray:
         it = _as_iters(iterations)
         idx = np.searchsorted(np.asarray(self.milestones, dtype=np.float64), it, side="right")
         return np.asarray(self.values_, dtype=np.float64)[idx]
@@ -189,7 +191,7 @@ class Step:
         return {"kind": self.kind, "milestones": list(self.milestones), "values": list(self.values_)}
 
 
-Schedule = Union[Constant, Cosine, CosineEpoch, Step]
+Schedule = Constant | Cosine | CosineEpoch | Step
 
 SCHEDULES: dict[str, type] = {"constant": Constant, "cosine": Cosine, "cosine_epoch": CosineEpoch, "step": Step}
 
@@ -202,7 +204,7 @@ def make_schedule(kind: str, **params: Any) -> Schedule:
     if kind not in SCHEDULES:
         raise ValueError(f"unknown temperature schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
     cls = SCHEDULES[kind]
-    allowed = {"milestones", "values"} if cls is Step else set(cls.__dataclass_fields__)
+    allowed = {"milestones", "values"} if cls is Step else {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ValueError(f"schedule {kind!r} got unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")

@@ -27,8 +27,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -48,7 +48,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 # ----------------------------------------------------------------------------- per-sample baseline
 
 
-def _ssl4mis_geometric(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+def _ssl4mis_geometric(
+    image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
     if rng.random() > 0.5:
         k, axis = int(rng.integers(0, 4)), int(rng.integers(0, 2))
         image = np.flip(np.rot90(image, k), axis).copy()
@@ -66,11 +68,13 @@ def _ssl4mis_geometric(image: np.ndarray, label: np.ndarray | None, rng: np.rand
 def baseline_labelled(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     out = [_ssl4mis_geometric(x[b], y[b], rng) for b in range(len(x))]
     xs = torch.stack([torch.from_numpy(i.astype(np.float32))[None] for i, _ in out])
-    ys = torch.stack([torch.from_numpy(np.asarray(l).astype(np.int64)) for _, l in out])
+    ys = torch.stack([torch.from_numpy(np.asarray(lab).astype(np.int64)) for _, lab in out])
     return xs, ys
 
 
-def baseline_unlabelled(x: np.ndarray, probs: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def baseline_unlabelled(
+    x: np.ndarray, probs: np.ndarray, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     b = len(x)
     weak = [_ssl4mis_geometric(x[i], None, rng)[0] for i in range(b)]
     strong = []
@@ -159,12 +163,14 @@ def run(batches: list[int], repeats: int) -> list[dict[str, object]]:
             xt = torch.from_numpy(x)[:, None].to(dev)
             yt = torch.from_numpy(y.astype(np.int64)).to(dev)
             pt = torch.from_numpy(p).to(dev)
-            t_l, base_l = _time_pair(lambda: ours_labelled(xt, yt, g), lambda: baseline_labelled(x, y, rng), repeats, sync)
-            t_u, base_u = _time_pair(lambda: ours_unlabelled(xt, pt, g), lambda: baseline_unlabelled(x, p, rng), repeats, sync)
+            t_l, base_l = _time_pair(
+                lambda: ours_labelled(xt, yt, g), lambda: baseline_labelled(x, y, rng), repeats, sync
+            )
+            t_u, base_u = _time_pair(
+                lambda: ours_unlabelled(xt, pt, g), lambda: baseline_unlabelled(x, p, rng), repeats, sync
+            )
             for name, t, tb in (("labelled", t_l, base_l), ("unlabelled", t_u, base_u)):
-                rows.append(
-                    {"device": dev.type, "batch": b, "pipeline": name, "ours_ms": 1e3 * t, "base_ms": 1e3 * tb}
-                )
+                rows.append({"device": dev.type, "batch": b, "pipeline": name, "ours_ms": 1e3 * t, "base_ms": 1e3 * tb})
     return rows
 
 
@@ -218,7 +224,8 @@ def main() -> None:
     text = (
         "## Augmentation throughput (`bench/bench_augment.py`)\n\n"
         f"256 x 256 slices, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} CPU(s) ({cpu}){gpu}, "
-        f"torch {torch.__version__}, median of {args.repeats} calls after 2 warm-ups, batched and per-sample calls interleaved. "
+        f"torch {torch.__version__}, median of {args.repeats} calls after 2 warm-ups, batched and per-sample calls "
+        f"interleaved. "
         "Labelled = `weak_augment` (image + label); unlabelled = `weak_augment` + `strong_augment` + "
         "`cutmix` + `mix_targets` of (B, 4, H, W) teacher probabilities. Per-sample = the SSL4MIS / ReCo "
         "way in numpy / scipy (rotate and zoom with order 0, gaussian_filter) collated to tensors, always on "

@@ -28,8 +28,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,9 @@ def _build(name: str, device: str) -> Callable[[], None]:
         gen = torch.Generator().manual_seed(1)
 
         def run() -> None:
-            L.anatomical_contrast_loss(e, y, conf, tau=0.5, num_queries=256, num_negatives=512, generator=gen).backward()
+            L.anatomical_contrast_loss(
+                e, y, conf, tau=0.5, num_queries=256, num_negatives=512, generator=gen
+            ).backward()
 
         return run
     if name.startswith("isd"):
@@ -132,7 +134,12 @@ def _run_case(name: str, device: str, repeats: int, warmup: int, threads: int | 
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    return {"case": name, "median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "peak_mib": peak_mib}
+    return {
+        "case": name,
+        "median_ms": 1000 * statistics.median(times),
+        "min_ms": 1000 * min(times),
+        "peak_mib": peak_mib,
+    }
 
 
 def _machine(device: str, threads: int | None) -> str:
@@ -181,8 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     for name in args.cases:
-        cmd = [sys.executable, __file__, "--_case", name, "--device", args.device, "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup)] + (["--threads", str(args.threads)] if args.threads else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_case",
+            name,
+            "--device",
+            args.device,
+            "--repeats",
+            str(args.repeats),
+            "--warmup",
+            str(args.warmup),
+        ] + (["--threads", str(args.threads)] if args.threads else [])
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)
@@ -190,9 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"  {name}: {r['median_ms']:.1f} ms", file=sys.stderr)
-    mem = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "growth of peak RSS (ru_maxrss) over warm-up + timed calls, inputs excluded"
+    mem = (
+        "CUDA max_memory_allocated"
+        if args.device.startswith("cuda")
+        else "growth of peak RSS (ru_maxrss) over warm-up + timed calls, inputs excluded"
+    )
     lines = [
-        f"## Losses, forward + backward (`bench/bench_losses.py`), device `{args.device}`, {args.threads or 'default'} thread(s)",
+        f"## Losses, forward + backward (`bench/bench_losses.py`), device `{args.device}`, "
+        f"{args.threads or 'default'} thread(s)",
         "",
         f"- date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- machine: {_machine(args.device, args.threads)}",

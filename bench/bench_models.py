@@ -28,8 +28,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from actionpp.models import RepresentationHead, UNet2D, VNet3D, count_parameters  # noqa: E402
 from actionpp import benchdoc  # noqa: E402
+from actionpp.models import RepresentationHead, UNet2D, VNet3D, count_parameters  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 CHANNELS = [256, 128, 64, 32, 16]
@@ -172,8 +172,13 @@ def run(repeats: int) -> list[tuple[str, str, str]]:
         pred = np.zeros_like(gt)
         pred[3:] = gt[:-3]
         tb = time_backends(pred, gt, repeats=max(repeats, 3))
-        rows.append(("surface distances, real LA label vs 3-voxel shift, MONAI (KD-tree)", f"{tb['monai'] * 1e3:.0f} ms",
-                     "183 x 140 x 88"))
+        rows.append(
+            (
+                "surface distances, real LA label vs 3-voxel shift, MONAI (KD-tree)",
+                f"{tb['monai'] * 1e3:.0f} ms",
+                "183 x 140 x 88",
+            )
+        )
         rows.append(("surface distances, same pair, own scipy EDT", f"{tb['scipy'] * 1e3:.0f} ms", ""))
     return rows
 

@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +29,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from actionpp import benchdoc  # noqa: E402
 from actionpp.config import load_config  # noqa: E402
 from actionpp.distributed import DistInfo, resolve_device  # noqa: E402
-from actionpp import engine as E  # noqa: E402
-from actionpp import benchdoc  # noqa: E402
+from actionpp.train import prepare  # noqa: E402
+from actionpp.train.batches import BatchSource  # noqa: E402
+from actionpp.train.objective import Objective  # noqa: E402
+from actionpp.train.state import TrainerState  # noqa: E402
+from actionpp.train.steps import finetune_step, pretrain_step  # noqa: E402
 
 METHODS = ("supervised", "mean_teacher", "action", "actionpp")
 
@@ -44,10 +47,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_phase(tr: "E._Trainer", phase: str, warmup: int, iters: int) -> float:
+def _time_phase(tr: TrainerState, batches: BatchSource, objective: Objective, phase: str, warmup: int,
+                iters: int) -> float:
     """Seconds per iteration of ``phase`` (after ``warmup`` untimed iterations)."""
-    tr.optimizer = tr._new_optimizer()
-    step = (lambda i: tr.pretrain_step(i)) if phase == "pretrain" else (lambda i: tr.finetune_step(i, i))
+    tr.optimizer = tr.new_optimizer(phase)
+    fn = pretrain_step if phase == "pretrain" else finetune_step
+
+    def step(i: int) -> dict[str, torch.Tensor]:
+        return fn(tr, batches, objective, i)
+
     for i in range(warmup):
         step(i)
     _sync(tr.device)
@@ -62,14 +70,14 @@ def _time_phase(tr: "E._Trainer", phase: str, warmup: int, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def _time_augment(tr: "E._Trainer", iters: int) -> float:
+def _time_augment(tr: TrainerState, batches: BatchSource, iters: int) -> float:
     """Seconds per batch of the data pipeline alone: sampling, weak + strong augmentation, CutMix."""
     def one() -> None:
-        x_l, _ = tr._labelled_batch()
-        x_u = tr._unlabelled_batch()
+        batches.labelled()
+        x_u = batches.unlabelled()
         probs = torch.softmax(torch.randn(x_u.shape[0], tr.cfg.data.num_classes, *x_u.shape[2:], device=x_u.device), 1)
-        mixed, _ = tr._mix(x_u, probs, probs.argmax(1))
-        tr._photometric(mixed)
+        mixed, _ = batches.mix(x_u, probs, probs.argmax(1))
+        batches.photometric(mixed)
 
     for _ in range(3):
         one()
@@ -110,20 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     phase_s: dict[tuple[int, str, str], float] = {}
     aug_s: dict[int, float] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     for threads in thread_counts:
         torch.set_num_threads(threads)
         for method in args.methods.split(","):
             cfg = load_config(profile, base + [f"method.name={method}"])
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            tr = E._Trainer(cfg, tmp, DistInfo(), device, progress=False)
+            tr, batches, objective, _ = prepare(cfg, device, DistInfo())
             if threads not in aug_s:
-                aug_s[threads] = _time_augment(tr, iters * 2)
+                aug_s[threads] = _time_augment(tr, batches, iters * 2)
             for phase in ("pretrain", "finetune"):
                 if phase == "pretrain" and not cfg.method.pretrain:
                     continue
-                s = _time_phase(tr, phase, warmup, iters)
+                s = _time_phase(tr, batches, objective, phase, warmup, iters)
                 phase_s[(threads, method, phase)] = s
                 peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
                 rows.append((threads, method, phase, s, 1.0 / s, peak))
@@ -156,18 +163,27 @@ def main(argv: list[str] | None = None) -> int:
                      f"{'-' if peak is None else f'{peak:.2f}'} |")
     lines.append("")
     for threads, a in aug_s.items():
-        lines.append(f"- augmentation alone (sampling, weak + strong views, CutMix, jitter, blur), {threads} thread(s): "
-                     f"{a * 1000:.2f} ms per 4 + 4 batch, {bl / a:.0f} images / s")
+        lines.append(
+            f"- augmentation alone (sampling, weak + strong views, CutMix, jitter, blur), {threads} thread(s): "
+            f"{a * 1000:.2f} ms per 4 + 4 batch, {bl / a:.0f} images / s"
+        )
     slower = [k for k in phase_s if k[0] > min(thread_counts) and phase_s[k] > phase_s[(min(thread_counts),) + k[1:]]]
     if slower:
-        lines.append(f"- more threads were slower in {len(slower)} of the rows: other processes shared the cores "
-                     "(see the load average), so the OpenMP threads of one step waited on each other; "
-                     "compare thread counts only on an idle machine")
+        lines.append(
+            f"- more threads were slower in {len(slower)} of the rows: other processes shared the cores "
+            "(see the load average), so the OpenMP threads of one step waited on each other; "
+            "compare thread counts only on an idle machine"
+        )
     for threads in thread_counts:
         if (threads, "actionpp", "pretrain") in phase_s and (threads, "actionpp", "finetune") in phase_s:
-            total = 10_000 * phase_s[(threads, "actionpp", "pretrain")] + 20_000 * phase_s[(threads, "actionpp", "finetune")]
-            lines.append(f"- projected paper ACDC schedule of ACTION++ (10 k pre-training + 20 k fine-tuning) at this size, "
-                         f"{threads} thread(s): {total / 60:.0f} minutes (validation and checkpoints not included)")
+            total = (
+                10_000 * phase_s[(threads, "actionpp", "pretrain")]
+                + 20_000 * phase_s[(threads, "actionpp", "finetune")]
+            )
+            lines.append(
+                f"- projected paper ACDC schedule of ACTION++ (10 k pre-training + 20 k fine-tuning) at this size, "
+                f"{threads} thread(s): {total / 60:.0f} minutes (validation and checkpoints not included)"
+            )
     section = "\n".join(lines) + "\n"
     print(section)
     if not args.no_write:

@@ -23,7 +23,9 @@ import pytest
 def phantom_acdc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from actionpp.data.phantom import ensure_phantom
 
-    return ensure_phantom("acdc", "acdc", patients=6, seed=0, root=tmp_path_factory.getbasetemp() / "phantom_acdc6", nifti=True)
+    return ensure_phantom(
+        "acdc", "acdc", patients=6, seed=0, root=tmp_path_factory.getbasetemp() / "phantom_acdc6", nifti=True
+    )
 
 
 @pytest.fixture(scope="session")

@@ -377,7 +377,8 @@ def test_bench_writes_only_its_own_section(tmp_path) -> None:  # type: ignore[no
     doc = tmp_path / "benchmarks.md"
     bench.write_section("first", doc)  # creates the file
     assert bench.START + "\nfirst\n" + bench.END in doc.read_text()
-    doc.write_text("# B\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n\n" + doc.read_text().split("\n\n", 2)[-1])
+    doc.write_text("# B\n\n<!-- other:start -->\nkeep me\n<!-- other:end "
+                   "-->\n\n" + doc.read_text().split("\n\n", 2)[-1])
     bench.write_section("second", doc)
     text = doc.read_text()
     assert "keep me" in text and "second" in text and "first" not in text

@@ -101,7 +101,9 @@ def _autograd_grad(fn, x):
 @pytest.mark.parametrize("factory", [lambda: C._unif_energy_grad(0.3), lambda: C._softmin_dist_grad(16.0)])
 def test_closed_form_energy_gradients_match_autograd(factory):
     fn = factory()
-    x = torch.nn.functional.normalize(torch.randn(3, 7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), dim=2)
+    x = torch.nn.functional.normalize(
+        torch.randn(3, 7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), dim=2
+    )
     _, g = fn(x)
     ga = _autograd_grad(fn, x)
     # compare tangent parts (radial parts do not matter on the sphere)

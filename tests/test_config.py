@@ -138,7 +138,8 @@ def test_inconsistent_switches_are_rejected():
     with pytest.raises(ConfigError, match="train.batch_unlabelled"):
         load_config("phantom_smoke", ["train.batch_unlabelled=0"])
     # supervised needs no unlabelled images
-    assert load_config("phantom_smoke", ["method.name=supervised", "train.batch_unlabelled=0"]).train.batch_unlabelled == 0
+    cfg = load_config("phantom_smoke", ["method.name=supervised", "train.batch_unlabelled=0"])
+    assert cfg.train.batch_unlabelled == 0
 
 
 def test_to_dict_round_trips_and_hash_is_stable():

@@ -29,7 +29,9 @@ def _first_slice(root: Path) -> Path:
     return root / "data" / "slices" / f"{name}.h5"
 
 
-def _rewrite(path: Path, image: np.ndarray | None = None, label: np.ndarray | None = None, drop: str | None = None) -> None:
+def _rewrite(
+    path: Path, image: np.ndarray | None = None, label: np.ndarray | None = None, drop: str | None = None
+) -> None:
     with h5py.File(path, "r") as f:
         arrays = {k: f[k][()] for k in f}
     if image is not None:

@@ -82,7 +82,13 @@ def test_resize_nearest_hand_values() -> None:
 
 
 def test_first_patients_counts() -> None:
-    names = ["p1_frame01_slice_0", "p1_frame02_slice_0", "p2_frame01_slice_0", "p3_frame01_slice_0", "p3_frame01_slice_1"]
+    names = [
+        "p1_frame01_slice_0",
+        "p1_frame02_slice_0",
+        "p2_frame01_slice_0",
+        "p3_frame01_slice_0",
+        "p3_frame01_slice_1",
+    ]
     assert [first_patients(names, k) for k in (0, 1, 2, 3, None)] == [0, 2, 3, 5, 5]
     with pytest.raises(ValueError, match="only 3"):
         first_patients(names, 4)

@@ -43,7 +43,9 @@ def test_la_split_and_labelled_subsets() -> None:
 @pytest.mark.realdata
 def test_committed_splits_equal_the_real_lists(acdc_root: Path, la_root: Path) -> None:
     assert read_list(acdc_root / "train_slices.list") == _s("acdc_train_slices.list")
-    assert list(dict.fromkeys(patient_of(f) for f in read_list(acdc_root / "train.list"))) == _s("acdc_train_patients.txt")
+    assert list(dict.fromkeys(patient_of(f) for f in read_list(acdc_root / "train.list"))) == _s(
+        "acdc_train_patients.txt"
+    )
     assert sorted({patient_of(f) for f in read_list(acdc_root / "val.list")}) == sorted(_s("acdc_val_patients.txt"))
     assert read_list(la_root / "train.list") == _s("la_train.list")
     assert read_list(la_root / "test.list") == _s("la_test.list")

@@ -18,7 +18,9 @@ def _nb(folder: Path, stem: str, body: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_markdown_cell(f"# {stem}"),
-        nbformat.v4.new_code_cell('SEED: int = 0  # seed\nOUT_DIR: str = "out"  # where', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            'SEED: int = 0  # seed\nOUT_DIR: str = "out"  # where', metadata={"tags": ["parameters"]}
+        ),
         nbformat.v4.new_code_cell(body),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -69,7 +71,12 @@ def test_sequence_goes_on_past_a_failure_and_reports_it(tmp_path: Path) -> None:
 
 def test_key_metrics_of_the_training_notebook() -> None:
     m = {"method": "actionpp", "dice_mean": 0.8, "asd_mean": 1.5, "train_seconds": 10.0, "dice": {"RV": 0.7}}
-    assert demo.key_metrics("04_train", m) == {"method": "actionpp", "dice_mean": 0.8, "asd_mean": 1.5, "train_seconds": 10.0}
+    assert demo.key_metrics("04_train", m) == {
+        "method": "actionpp",
+        "dice_mean": 0.8,
+        "asd_mean": 1.5,
+        "train_seconds": 10.0,
+    }
     emb = {"map": "pca", "runs": {"actionpp": {"tail": "RV", "per_class": {"RV": {"accuracy": 0.9}}}}}
     assert demo.key_metrics("05_embeddings", emb) == {"map": "pca", "actionpp tail acc": 0.9}
 

@@ -11,16 +11,11 @@ import torch
 
 from actionpp.checkpoint import CheckpointError, load_checkpoint
 from actionpp.config import load_config
-from actionpp.engine import (
-    RunDirError,
-    TrainingDiverged,
-    _sample_pixels,
-    load_model,
-    poly_lr,
-    sigmoid_rampup,
-    train,
-)
+from actionpp.losses import sigmoid_rampup
+from actionpp.models.segmodel import load_model
 from actionpp.runlog import read_jsonl
+from actionpp.sampling import sample_pixels
+from actionpp.train import Hooks, RunDirError, TrainingDiverged, poly_lr, train
 
 # phantom_smoke is 32 x 32, batch 4 + 4; shorten it further for the default suite
 FAST = ["train.pretrain_iters=2", "train.finetune_iters=4", "runtime.checkpoint_every=2", "runtime.device=cpu"]
@@ -161,7 +156,7 @@ def test_nesterov_only_in_fine_tuning(tmp_path):
 
 
 def test_3d_representation_head_reads_all_five_decoder_maps():
-    from actionpp.engine import SegModel
+    from actionpp.models.segmodel import SegModel
 
     model = SegModel(load_config("la_official"))
     assert model.rep.in_channels_list == model.net.feature_channels == [256, 128, 64, 32, 16]
@@ -212,21 +207,15 @@ def test_nan_loss_stops_with_iteration_terms_and_no_checkpoint(tmp_path):
     assert not (tmp_path / "last.pt").exists()  # a diverged model is never checkpointed
 
 
-def test_divergence_after_a_checkpoint_names_it_and_keeps_it_finite(tmp_path, monkeypatch):
-    import actionpp.engine as E
-
-    original = E._Trainer.finetune_step
-
-    def corrupt_after_3(self, it, phase_it, *rest):
-        if it == 3:  # poison one weight before the 4th iteration: the forward turns NaN
+def test_divergence_after_a_checkpoint_names_it_and_keeps_it_finite(tmp_path):
+    def poison_before_the_4th_iteration(state):
+        if state.iteration == 3:  # one weight NaN before the 4th iteration: the forward turns NaN
             with torch.no_grad():
-                self.student.net.out_conv.weight.fill_(float("nan"))
-        return original(self, it, phase_it, *rest)
+                state.student.net.out_conv.weight.fill_(float("nan"))
 
-    monkeypatch.setattr(E._Trainer, "finetune_step", corrupt_after_3)
     cfg = _cfg("method.name=supervised", "runtime.log_every=4")
     with pytest.raises(TrainingDiverged) as exc:
-        train(cfg, run_dir=tmp_path, progress=False)
+        train(cfg, run_dir=tmp_path, progress=False, hooks=Hooks(before_step=poison_before_the_4th_iteration))
     assert exc.value.iteration == 4 and exc.value.last_checkpoint == tmp_path / "last.pt"
     assert str(tmp_path / "last.pt") in str(exc.value)
     ck = load_checkpoint(tmp_path / "last.pt")
@@ -235,8 +224,8 @@ def test_divergence_after_a_checkpoint_names_it_and_keeps_it_finite(tmp_path, mo
 
 
 def test_load_model_gives_the_validated_network(tmp_path):
+    from actionpp.data.roots import resolve_data_root
     from actionpp.data.tensors import load_volumes
-    from actionpp.engine import resolve_data_root
     from actionpp.evaluate import evaluate
     from actionpp.models import UNet2D
 
@@ -269,7 +258,8 @@ def test_pixel_sampler_draws_distinct_pixels_of_each_class():
     labels[1, 2:, 2:] = 2  # 4 pixels of class 2
     valid = torch.ones_like(labels, dtype=torch.bool)
     valid[1, 3, 3] = False  # one class-2 pixel excluded
-    idx, lab = _sample_pixels(labels, valid, num_classes=4, per_class=5, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    idx, lab = sample_pixels(labels, num_classes=4, per_class=5, generator=gen, valid=valid)
     counts = torch.bincount(lab, minlength=4).tolist()
     assert counts == [5, 3, 3, 0]  # 25 background pixels -> 5; classes 1 and 2 give all their valid pixels
     assert torch.equal(labels[idx[:, 0], idx[:, 1], idx[:, 2]], lab)
@@ -281,8 +271,21 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     from actionpp.cli import main
 
     rd = tmp_path / "run"
-    rc = main(["train", "phantom_smoke", "--set", "method.name=supervised", "--set", "train.finetune_iters=2",
-               "--set", "runtime.device=cpu", "--run-dir", str(rd), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "phantom_smoke",
+            "--set",
+            "method.name=supervised",
+            "--set",
+            "train.finetune_iters=2",
+            "--set",
+            "runtime.device=cpu",
+            "--run-dir",
+            str(rd),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["iterations"] == 2 and out["method"] == "supervised"

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     import actionpp.runlog as runlog
     from actionpp.config import load_config
-    from actionpp.engine import train
+    from actionpp.train import train
 
     run_dir, kill_at, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     original = runlog.RunLogger.log

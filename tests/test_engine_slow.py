@@ -7,8 +7,8 @@ import math
 import pytest
 
 from actionpp.config import load_config
-from actionpp.engine import train
 from actionpp.runlog import read_jsonl
+from actionpp.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from actionpp.losses import MemoryBank, isd_loss, local_patches
+from actionpp.losses import MemoryBank, isd_loss
+from actionpp.models import local_patches
 
 
 def test_kl_by_hand():

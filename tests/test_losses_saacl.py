@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from actionpp.losses import FeatureQueue, saacl_loss, sample_anchors
+from actionpp.losses import FeatureQueue, saacl_loss
+from actionpp.sampling import sample_pixels
 
 
 def tiny():
@@ -47,7 +48,9 @@ def test_temperature_and_normalisation_by_hand():
     z1 = e2 + e2 + 1 + 1
     l0 = -(2 - math.log(z0))
     l1 = -(2 * (2 - math.log(z1))) / 2
-    got = saacl_loss(3 * a, y, 5 * t, 2 * q, ql, 7 * c, tau=tau, lambda_a=0.0, centre_term="separate")  # scales do not matter
+    got = saacl_loss(
+        3 * a, y, 5 * t, 2 * q, ql, 7 * c, tau=tau, lambda_a=0.0, centre_term="separate"
+    )  # scales do not matter
     assert float(got) == pytest.approx((l0 + l1) / 2, rel=1e-6)
 
 
@@ -133,9 +136,17 @@ def test_centre_gradient_share_matches_a_separate_derivation():
         # (averaged) or by 1 (separate), averaged over anchors
         v = a.clone().requires_grad_(True)
         vn = torch.nn.functional.normalize(v, dim=1)
-        cand = torch.cat([(vn * torch.nn.functional.normalize(t, dim=1)).sum(1, keepdim=True),
-                          vn @ torch.nn.functional.normalize(q, dim=1).T,
-                          vn @ torch.nn.functional.normalize(c, dim=1).T], 1) / 0.3
+        cand = (
+            torch.cat(
+                [
+                    (vn * torch.nn.functional.normalize(t, dim=1)).sum(1, keepdim=True),
+                    vn @ torch.nn.functional.normalize(q, dim=1).T,
+                    vn @ torch.nn.functional.normalize(c, dim=1).T,
+                ],
+                1,
+            )
+            / 0.3
+        )
         log_p = torch.log_softmax(cand, 1)
         n_pos = 1.0 + (ql[None, :] == y[:, None]).sum(1).double()
         scale = 1.0 / (n_pos + 1.0) if form == "averaged" else torch.ones_like(n_pos)
@@ -183,7 +194,9 @@ def test_gradcheck_float64():
     c = torch.randn(3, 3, dtype=torch.float64, generator=g, requires_grad=True)
     y = torch.tensor([0, 1, 2, 1, 0])
     ql = torch.tensor([1, 1, 0, 2])
-    assert torch.autograd.gradcheck(lambda a, t, q, c: saacl_loss(a, y, t, q, ql, c, tau=0.3, lambda_a=0.2), (a, t, q, c))
+    assert torch.autograd.gradcheck(
+        lambda a, t, q, c: saacl_loss(a, y, t, q, ql, c, tau=0.3, lambda_a=0.2), (a, t, q, c)
+    )
 
 
 def test_moving_embeddings_toward_their_centre_lowers_the_loss():
@@ -229,12 +242,20 @@ def test_degenerate_cases_are_finite_and_backward_works(case):
     loss.backward()
     assert torch.isfinite(a.grad).all()
     if case == "no_anchor":
-        assert float(loss) == 0.0
+        assert float(loss.detach()) == 0.0
     if case in ("empty_queue", "none_queue"):
         # only the own teacher view is positive: loss_i = -(log p(t_i) + 0.2 log p(c_y))
         v = torch.nn.functional.normalize(a.detach(), dim=1)
-        logits = torch.cat([(v * torch.nn.functional.normalize(t, dim=1)).sum(1, keepdim=True),
-                            v @ torch.nn.functional.normalize(c, dim=1).T], 1) / 0.1
+        logits = (
+            torch.cat(
+                [
+                    (v * torch.nn.functional.normalize(t, dim=1)).sum(1, keepdim=True),
+                    v @ torch.nn.functional.normalize(c, dim=1).T,
+                ],
+                1,
+            )
+            / 0.1
+        )
         lp = torch.log_softmax(logits, 1)
         expect = -(lp[:, 0] + 0.2 * lp.gather(1, (1 + y).unsqueeze(1)).squeeze(1)).mean()
         assert float(loss.detach()) == pytest.approx(float(expect), rel=1e-5)
@@ -254,15 +275,17 @@ def test_errors():
         saacl_loss(a, y, t, torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), c, tau=1.0, lambda_a=0.1)
 
 
-def test_sample_anchors_counts_classes_and_determinism():
+def test_anchor_sampling_counts_classes_and_determinism():
     labels = torch.tensor([0] * 10 + [1] * 3 + [3] * 7 + [255] * 4)
-    idx = sample_anchors(labels, per_class=5, generator=torch.Generator().manual_seed(0), ignore_index=255)
-    got = labels[idx]
+    valid = labels != 255  # an ignored label is simply not valid
+    idx, lab = sample_pixels(labels, 4, per_class=5, generator=torch.Generator().manual_seed(0), valid=valid)
+    got = labels[idx[:, 0]]
+    assert torch.equal(got, lab)
     assert (got == 0).sum() == 5 and (got == 1).sum() == 3 and (got == 3).sum() == 5 and (got == 255).sum() == 0
-    assert idx.unique().numel() == idx.numel()  # without replacement
-    again = sample_anchors(labels, per_class=5, generator=torch.Generator().manual_seed(0), ignore_index=255)
+    assert idx[:, 0].unique().numel() == idx.shape[0]  # without replacement
+    again, _ = sample_pixels(labels, 4, per_class=5, generator=torch.Generator().manual_seed(0), valid=valid)
     assert torch.equal(idx, again)
-    assert sample_anchors(torch.zeros(0, dtype=torch.long)).numel() == 0
+    assert sample_pixels(torch.zeros(0, dtype=torch.long), 4, per_class=5)[0].numel() == 0
 
 
 def test_feature_queue_fifo_by_hand(tmp_path):

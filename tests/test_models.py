@@ -161,7 +161,8 @@ def test_representation_head_3d_forward_at_equals_dense_including_borders():
     assert dense.shape == (2, 6, 8, 12, 8)
     b = torch.tensor([0, 1, 1, 0, 1, 0])
     ys, xs, zs = torch.tensor([0, 7, 0, 7, 3, 4]), torch.tensor([0, 11, 11, 0, 6, 5]), torch.tensor([7, 0, 0, 7, 4, 3])
-    torch.testing.assert_close(head.forward_at(maps, size, b, ys, xs, zs), dense[b, :, ys, xs, zs], rtol=1e-5, atol=1e-5)
+    sampled = head.forward_at(maps, size, b, ys, xs, zs)
+    torch.testing.assert_close(sampled, dense[b, :, ys, xs, zs], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="zs"):
         head.forward_at(maps, size, b, ys, xs)
 
@@ -201,7 +202,7 @@ def test_local_head_pools_64_windows_at_stride_32():
     assert out.shape == (2, 49, 4)  # (256 - 64) / 32 + 1 = 7 windows per axis
     # window (row 1, col 2) covers rows 32..95, cols 64..127: patch index 1 * 7 + 2
     torch.testing.assert_close(out[1, 9], x[1, :, 32:96, 64:128].mean(dim=(1, 2)))
-    with pytest.raises(ValueError, match="larger than the map"):
+    with pytest.raises(ValueError, match="larger than the feature map"):
         head(torch.zeros(1, 4, 32, 256))
 
 
@@ -280,3 +281,16 @@ def test_ema_update_plain_and_errors():
         ema_update(a, b, 1.5)
     with pytest.raises(ValueError, match="differ"):
         ema_update(a, nn.Linear(1, 1), 0.5)
+
+
+def test_to_sphere3_keeps_vectors_that_live_in_three_dimensions():
+    from actionpp.centers import simplex_centers
+    from actionpp.plotting import to_sphere3
+
+    c3 = simplex_centers(4, 3, seed=0)  # a regular tetrahedron: pairwise cosine -1/3
+    torch.testing.assert_close(to_sphere3(c3), c3.double())
+    c16 = simplex_centers(4, 16, seed=0)  # the same simplex in R^16 spans a 3D subspace: the projection is exact
+    cos = to_sphere3(c16) @ to_sphere3(c16).T
+    torch.testing.assert_close(cos, torch.full((4, 4), -1 / 3, dtype=torch.float64).fill_diagonal_(1.0))
+    two = to_sphere3(torch.tensor([[0.0, 2.0]]))  # padded and normalised
+    torch.testing.assert_close(two, torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64))

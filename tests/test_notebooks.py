@@ -12,7 +12,7 @@ import ast
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import nbformat
 import pytest
@@ -210,7 +210,8 @@ def test_notebook_is_stored_stripped_with_one_parameters_cell(nb):
     problems = nbx.stripped_problems(nb)
     assert not problems, (
         f"{nb.name} is not stored clean: {problems}. Run "
-        f"`.venv/bin/python -c \"from actionpp.notebook import strip_outputs; strip_outputs('{nb.relative_to(repo_root())}')\"`"
+        f"`.venv/bin/python -c \"from actionpp.notebook import strip_outputs; "
+        f"strip_outputs('{nb.relative_to(repo_root())}')\"`"
     )
 
 
@@ -290,8 +291,9 @@ def test_smoke_run_writes_expected_metrics(nb, tmp_path):
         "or (description, predicate)), with bounds a broken implementation could not meet"
     )
     out_dir = tmp_path / "out"
-    executed = nbx.execute(nb, tmp_path / nb.name, {"OUT_DIR": str(out_dir)}, profile="smoke",
-                           cwd=repo_root(), timeout=600)
+    executed = nbx.execute(
+        nb, tmp_path / nb.name, {"OUT_DIR": str(out_dir)}, profile="smoke", cwd=repo_root(), timeout=600
+    )
     metrics = nbx.read_metrics(out_dir)
     failures = []
     for path, check in expected.items():
@@ -318,9 +320,20 @@ def test_data_tour_on_real_acdc_matches_its_readme(acdc_root, tmp_path):
     documented in shared/data/acdc/README.md (96.2 / 1.18 / 1.33 / 1.29 %, 68 and 136 slices)."""
     nb = NOTEBOOK_DIR / "00_data_tour.ipynb"
     out_dir = tmp_path / "out"
-    nbx.execute(nb, tmp_path / nb.name, {"OUT_DIR": str(out_dir), "DATA_ROOT": str(acdc_root),
-                                         "LABELLED_PATIENTS": [3, 7], "MAX_SLICES": 0, "PATIENTS": 20},
-                profile="smoke", cwd=repo_root(), timeout=600)
+    nbx.execute(
+        nb,
+        tmp_path / nb.name,
+        {
+            "OUT_DIR": str(out_dir),
+            "DATA_ROOT": str(acdc_root),
+            "LABELLED_PATIENTS": [3, 7],
+            "MAX_SLICES": 0,
+            "PATIENTS": 20,
+        },
+        profile="smoke",
+        cwd=repo_root(),
+        timeout=600,
+    )
     real = nbx.read_metrics(out_dir)["real"]
     assert real["train_slices"] == 1312 and real["slices_counted"] == 1312
     share = real["class_share"]  # README rounds to 0.1 % (background) and 0.01 % (structures)

@@ -18,7 +18,7 @@ from actionpp.data.phantom import acdc_patient, ensure_phantom, generate_acdc_ph
 RV, MYO, LV = 1, 2, 3
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shares(preset: str, n: int = 20, seed: int = 0) -> np.ndarray:
     counts = np.zeros(4, np.int64)
     for i in range(1, n + 1):

@@ -67,7 +67,11 @@ def _fake_executor(notebook: Path, output: Path, params: dict) -> None:
     output.write_text("{}")
     seed = params["SEED"]
     out = Path(params["OUT_DIR"])
-    (out / "metrics.json").write_text(json.dumps({"dataset": "acdc", "seed": seed, "dice": {"RV": 0.5}}))
+    one = {"RV": 0.5}
+    (out / "metrics.json").write_text(json.dumps({
+        "dataset": "acdc", "seed": seed, "classes": ["RV"], "dice": one, "jaccard": one, "hd95": {"RV": 2.0},
+        "asd": {"RV": 1.0}, "protocol": {"split": "fake"},
+    }))
 
 
 # --------------------------------------------------------------------------- expansion
@@ -255,7 +259,10 @@ def _record(seed: int, method: str = "actionpp", lab: int = 3, rv: float = 0.8, 
 
 
 def test_aggregation_mean_and_sample_std_by_hand() -> None:
-    recs = [_record(0, rv=0.80, hd=2.0), _record(1, rv=0.84, hd=4.0), _record(2, rv=0.88, hd=9.0), _record(0, "supervised", rv=0.5)]
+    recs = [
+        _record(0, rv=0.80, hd=2.0), _record(1, rv=0.84, hd=4.0), _record(2, rv=0.88, hd=9.0),
+        _record(0, "supervised", rv=0.5),
+    ]
     rows = rp.aggregate(recs)
     assert [(r.method, r.labelled, len(r.seeds)) for r in rows] == [("actionpp", 3, 3), ("supervised", 3, 1)]
     st = rows[0].stats

@@ -85,5 +85,7 @@ def test_negative_iteration_rejected():
 
 def test_frozen():
     s = Cosine()
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.tau_min = 0.2  # type: ignore[misc]

@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         err = report["max_abs_cos_error_vs_simplex"]
         print(
-            f"{m['K']} centres in R^{m['d']} ({m['method']}, seed {m['seed']}): min angle {m['min_angle_deg']:.4f} deg, "
+            f"{m['K']} centres in R^{m['d']} ({m['method']}, seed {m['seed']}): min angle {m['min_angle_deg']:.4f} "
+            f"deg, "
             f"max |cos - simplex| {'n/a (K > d + 1)' if err is None else f'{err:.2e}'}, "
             f"energy(t={m['t']}) {m['energy']:.10f}, {m['seconds']:.3f} s"
             + (f", saved to {args.out}" if args.out else "")

@@ -26,35 +26,60 @@ def register(subparsers: Any) -> None:
                     help="class shares: like real ACDC, or with a clearly rarer RV (longtail)")
     ph.add_argument("--patients", type=int, default=None, help="number of synthetic patients (default 20)")
     ph.add_argument("--seed", type=int, default=0, help="random seed (same seed = identical files)")
-    ph.add_argument("--out", default=None,
-                    help="output folder (must not exist); default data/phantom/<kind>-<preset>-<seed>-<patients>, reused if present")
-    ph.add_argument("--nifti", action="store_true", help="also write NIfTI files with voxel spacing (raw-ACDC layout for acdc)")
+    ph.add_argument(
+        "--out",
+        default=None,
+        help="output folder (must not exist); default data/phantom/<kind>-<preset>-<seed>-<patients>, reused if "
+             "present",
+    )
+    ph.add_argument(
+        "--nifti", action="store_true", help="also write NIfTI files with voxel spacing (raw-ACDC layout for acdc)"
+    )
     ph.add_argument("--json", action="store_true", help="print the summary as JSON")
     ph.set_defaults(func=_phantom)
 
-    ck = sub.add_parser("check", help="validate a data set and summarise it",
-                        description="Validate an ACDC (SSL4MIS) or LA (UA-MT) folder or a pack (auto-detected): every "
-                                    "listed file is read once; each problem is reported with its file. Exit 1 on problems.")
+    ck = sub.add_parser(
+        "check",
+        help="validate a data set and summarise it",
+        description="Validate an ACDC (SSL4MIS) or LA (UA-MT) folder or a pack (auto-detected): every "
+        "listed file is read once; each problem is reported with its file. Exit 1 on problems.",
+    )
     ck.add_argument("root", help="dataset folder or pack file")
     ck.add_argument("--json", action="store_true", help="print the summary as JSON")
-    ck.add_argument("--partial", action="store_true",
-                    help="tolerate listed volumes that are absent (a partial copy, e.g. 5 of the 100 LA cases)")
+    ck.add_argument(
+        "--partial",
+        action="store_true",
+        help="tolerate listed volumes that are absent (a partial copy, e.g. 5 of the 100 LA cases)",
+    )
     ck.add_argument("--sha256", action="store_true", help="also verify ROOT/SHA256SUMS")
     ck.set_defaults(func=_check)
 
-    pk = sub.add_parser("pack", help="write a compact lossless single-file cache of a data set",
-                        description="Pack the training slices and the val/test volumes (ACDC) or the available volumes "
-                                    "(LA) into one file, bit-exact, with a SHA-256 of the payload checked on load.")
+    pk = sub.add_parser(
+        "pack",
+        help="write a compact lossless single-file cache of a data set",
+        description="Pack the training slices and the val/test volumes (ACDC) or the available volumes "
+        "(LA) into one file, bit-exact, with SHA-256 digests of the header and the payload "
+        "checked on load. OUT must lie outside ROOT.",
+    )
     pk.add_argument("root", help="dataset folder")
-    pk.add_argument("out", help="pack file to write (e.g. acdc.pack)")
+    pk.add_argument("out", help="pack file to write (e.g. acdc.pack), outside ROOT")
+    pk.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never a file inside ROOT)")
     pk.set_defaults(func=_pack)
 
-    pr = sub.add_parser("prepare-acdc", help="convert the raw ACDC NIfTI release to the SSL4MIS layout",
-                        description="Convert RAW (patientNNN/patientNNN_frameMM.nii.gz + _gt) to the SSL4MIS layout in OUT: "
-                                    "per-volume min-max to [0, 1], slices of training patients, standard split lists.")
+    pr = sub.add_parser(
+        "prepare-acdc",
+        help="convert the raw ACDC NIfTI release to the SSL4MIS layout",
+        description="Convert RAW (patientNNN/patientNNN_frameMM.nii.gz + _gt) to the SSL4MIS layout in OUT: "
+        "per-volume min-max to [0, 1], slices of training patients, standard split lists. "
+        "OUT must lie outside RAW (not RAW itself, inside it or above it).",
+    )
     pr.add_argument("raw", help="folder holding patientNNN/ folders")
-    pr.add_argument("out", help="output folder")
-    pr.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    pr.add_argument("out", help="output folder (written atomically, with a .actionpp-prepare-acdc.json marker)")
+    pr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it exists and was written by prepare-acdc (carries the marker)",
+    )
     pr.set_defaults(func=_prepare)
 
 
@@ -116,7 +141,7 @@ def _pack(args: argparse.Namespace) -> int:
     from actionpp.data.pack import pack_dataset
 
     try:
-        s = pack_dataset(args.root, args.out)
+        s = pack_dataset(args.root, args.out, overwrite=args.overwrite)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -189,7 +189,8 @@ def run_sequence(
 
 def summary_markdown(rows: list[dict[str, Any]], profile: str, total: float, out: Path) -> str:
     """The summary table: notebook, status, seconds, key metrics (or the error)."""
-    lines = [f"# actionpp demo ({profile} profile)", "", "| notebook | status | seconds | key metrics |", "|---|---|---|---|"]
+    lines = [f"# actionpp demo ({profile} "
+             f"profile)", "", "| notebook | status | seconds | key metrics |", "|---|---|---|---|"]
     for r in rows:
         km = ", ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items()) or (r["error"] or "")
         lines.append(f"| {r['notebook']} | {r['status']} | {r['seconds']:.1f} | {km} |")
@@ -214,15 +215,26 @@ def _main(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"demo: {len(nbs)} notebooks, profile {args.profile} -> {out}", flush=True)
     t_all = time.perf_counter()
-    rows = run_sequence(nbs, out, args.profile, html=not args.no_html, cwd=repo_root(),
-                        log=lambda m: print(m, flush=True), cell_timeout=args.cell_timeout)
+    rows = run_sequence(
+        nbs,
+        out,
+        args.profile,
+        html=not args.no_html,
+        cwd=repo_root(),
+        log=lambda m: print(m, flush=True),
+        cell_timeout=args.cell_timeout,
+    )
     total = time.perf_counter() - t_all
     text = summary_markdown(rows, args.profile, total, out)
     (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps({"profile": args.profile, "seconds": total, "notebooks": rows}, indent=2, default=str))
+    (out / "summary.json").write_text(
+        json.dumps({"profile": args.profile, "seconds": total, "notebooks": rows}, indent=2, default=str)
+    )
     print()
     print(text)
     failed = [r for r in rows if r["status"] != "ok"]
     for r in failed:
-        print(f"FAILED {r['notebook']}: {r['error']}\n    notebook: {out / (r['notebook'] + '.ipynb')}", file=sys.stderr)
+        print(
+            f"FAILED {r['notebook']}: {r['error']}\n    notebook: {out / (r['notebook'] + '.ipynb')}", file=sys.stderr
+        )
     return 1 if failed else 0

@@ -11,7 +11,7 @@ import json
 import sys
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="evaluate a trained checkpoint on a split (Dice, Jaccard, HD95, ASD per class per volume)",
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _run(args: argparse.Namespace) -> int:
     from actionpp.checkpoint import CheckpointError
     from actionpp.data.core import DataError
-    from actionpp.engine import evaluate_checkpoint
+    from actionpp.evaluate import evaluate_checkpoint
 
     try:
         report = evaluate_checkpoint(

@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="execute a notebook with a profile and overrides")
     r.add_argument("notebook", type=Path)
     r.add_argument("--profile", default=None, help="smoke, lab, paper_acdc or paper_la (notebooks/params/<profile>/)")
-    r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="override (YAML value); repeatable")
+    r.add_argument(
+        "-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="override (YAML value); repeatable"
+    )
     r.add_argument("--out", type=Path, default=None, help="executed notebook path")
     r.add_argument("--html", action="store_true", help="also write an HTML export next to the executed notebook")
     r.add_argument("--timeout", type=float, default=None, help="per-cell limit in seconds")
@@ -89,8 +91,9 @@ def _main(args: argparse.Namespace) -> int:
 
     out = args.out or runs_dir() / "notebooks" / (args.profile or "default") / args.notebook.name
     try:
-        executed = nbx.execute(args.notebook, out, params, profile=args.profile, progress=args.progress,
-                               timeout=args.timeout)
+        executed = nbx.execute(
+            args.notebook, out, params, profile=args.profile, progress=args.progress, timeout=args.timeout
+        )
     except nbx.ParameterError as exc:
         print(f"actionpp notebook: {exc}", file=sys.stderr)
         return 2

@@ -34,10 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("grid", type=Path, help="grid YAML (see notebooks/grids/)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (one per GPU when GPUs are visible); default 1")
-    p.add_argument("--shard", default=None, metavar="i/n", help="run only shard i of n (0-based), e.g. for a SLURM array")
+    p.add_argument(
+        "--shard", default=None, metavar="i/n", help="run only shard i of n (0-based), e.g. for a SLURM array"
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/replicate/<grid name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs with their status and parameters; run nothing")
-    p.add_argument("--report-only", action="store_true", help="only (re)write results.csv and results.md from finished runs")
+    p.add_argument(
+        "--report-only", action="store_true", help="only (re)write results.csv and results.md from finished runs"
+    )
     p.add_argument("--force", action="store_true", help="re-run finished runs too (their results are overwritten)")
     p.set_defaults(func=_main)
 
@@ -63,18 +67,29 @@ def _main(args: argparse.Namespace) -> int:
     print(f"grid {grid.name}: {len(runs)} runs{shard_txt} -> {out}")
 
     if args.dry_run:
-        print(f"  [shard key] run id  status  parameters of {grid.notebooks[0].stem} (profile {grid.profile}; OUT_DIR = the run folder)")
+        print(
+            f"  [shard key] run id  status  parameters of {grid.notebooks[0].stem} (profile {grid.profile}; OUT_DIR "
+            f"= the run folder)"
+        )
+        from actionpp.replicate.run import run_state
+
         for r in selected:
             shown = {k: v for k, v in r.parameters[0].items() if k != "OUT_DIR"}
-            print(f"  [{r.index:>3}] {r.run_id:<40} {rp.run_status(r, out):<8} {shown}")
+            status, problem = run_state(r, out)
+            print(f"  [{r.index:>3}] {r.run_id:<40} {status:<8} {shown}")
+            if problem:
+                print(f"        will run again: {problem}")
         return 0
 
     outcomes: list = []
     if not args.report_only:
         outcomes = rp.run_grid(selected, out, jobs=args.jobs, force=args.force)
-    records = rp.collect(out, runs)
+    problems: list[str] = []
+    records = rp.collect(out, runs, problems)
     csv_path, md_path = rp.write_results(out, records, title=f"{grid.name}: results")
     print(f"results of {len(records)}/{len(runs)} finished runs: {csv_path}, {md_path}")
+    for problem in problems:
+        print(f"left out of the tables (run it again): {problem}", file=sys.stderr)
     if outcomes:
         print(rp.summary(outcomes))
-    return 1 if any(o.status in ("failed", "stale") for o in outcomes) else 0
+    return 1 if problems or any(o.status in ("failed", "stale") for o in outcomes) else 0

@@ -11,7 +11,7 @@ import json
 import sys
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a method from a config profile (supervised, mean_teacher, action, actionpp, ablations)",
@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     from actionpp.checkpoint import CheckpointError
-    from actionpp.engine import RunDirError, TrainingDiverged, train
+    from actionpp.train import RunDirError, TrainingDiverged, train
 
     try:
         result = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)

@@ -13,6 +13,7 @@ Taught in notebooks/00_data_tour.ipynb.
 
 from __future__ import annotations
 
-from actionpp.data.core import DataError, Volume, open_dataset
+from actionpp.data.core import DataError, Volume
+from actionpp.data.roots import open_dataset, resolve_data_root
 
-__all__ = ["DataError", "Volume", "open_dataset"]
+__all__ = ["DataError", "Volume", "open_dataset", "resolve_data_root"]

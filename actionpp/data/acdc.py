@@ -15,20 +15,25 @@ Taught in notebooks/00_data_tour.ipynb.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import shutil
+import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from actionpp.data.core import DataError, Volume, read_h5_pair, read_h5_volume, read_list
+from actionpp.data.core import DataError, Volume, is_within, read_h5_pair, read_h5_volume, read_list
 
 __all__ = [
     "NUM_CLASSES",
     "CLASS_NAMES",
+    "PREPARE_MARKER",
     "ACDCDataset",
     "patient_of",
     "frame_of",
@@ -40,6 +45,7 @@ __all__ = [
 NUM_CLASSES = 4
 CLASS_NAMES = ("background", "RV", "Myo", "LV")
 SPLITS = ("train", "val", "test")
+PREPARE_MARKER = ".actionpp-prepare-acdc.json"  # written into every folder prepare_acdc writes
 
 
 def patient_of(name: str) -> str:
@@ -97,7 +103,8 @@ class ACDCDataset:
     # lists ------------------------------------------------------------------
     def _list(self, name: str) -> list[str]:
         if name not in self._lists:
-            self._lists[name] = read_list(self.root / name)
+            to_path = self.slice_path if name == "train_slices.list" else self.volume_path
+            self._lists[name] = read_list(self.root / name, root=self.root, entry_path=to_path)
         return self._lists[name]
 
     @property
@@ -158,7 +165,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = cast("nib.spatialimages.SpatialImage", nib.load(str(path)))  # NIfTI: a spatial image
         data = np.asanyarray(img.dataobj)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     except Exception as exc:
@@ -188,10 +195,18 @@ def prepare_acdc(raw: str | Path, out: str | Path, *, overwrite: bool = False) -
     the phantom writes these), else from the committed standard split in ``data/splits``.
     ``train_slices.list`` follows ``data/splits/acdc_train_slices.list`` for the slices it names
     (so the real release reproduces the community list) and appends any other slice in
-    patient/frame/slice order. Written atomically: into ``out.tmp-*`` and then renamed.
+    patient/frame/slice order. Written atomically: into a temporary folder beside ``out``
+    (``.<out>.tmp-*``) and then renamed; the folder carries a marker file, ``PREPARE_MARKER``
+    (source path and time).
+
+    ``out`` must lie outside ``raw``: the same folder, one inside it or one above it is refused
+    (compared on the paths as written and resolved). An existing ``out`` is replaced only with
+    ``overwrite`` and only if it carries the marker (a folder this function wrote); the old folder
+    is moved aside, the new one renamed in, and only then the old one removed.
 
     Returns a summary dict (patients, frames, slices per split, seconds). Raises
-    :class:`DataError` for missing ground truth, shape mismatches or an empty ``raw``.
+    :class:`DataError` for missing ground truth, shape mismatches, an empty ``raw`` or a refused
+    ``out``; then nothing on disk has changed.
     """
     import h5py
 
@@ -199,6 +214,7 @@ def prepare_acdc(raw: str | Path, out: str | Path, *, overwrite: bool = False) -
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise DataError(f"{raw}: raw ACDC folder missing")
+    _check_output(raw, out, overwrite)
     frames: dict[str, list[Path]] = {}
     for pdir in sorted(p for p in raw.iterdir() if p.is_dir() and p.name.startswith("patient")):
         for f in sorted(pdir.iterdir()):
@@ -207,8 +223,6 @@ def prepare_acdc(raw: str | Path, out: str | Path, *, overwrite: bool = False) -
                 frames.setdefault(m.group(1), []).append(f)
     if not frames:
         raise DataError(f"{raw}: no patientNNN/patientNNN_frameMM.nii.gz files found")
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: output folder exists (pass overwrite=True / --overwrite)")
 
     # split
     split_src = "data/splits (standard ACDC split)"
@@ -223,14 +237,17 @@ def prepare_acdc(raw: str | Path, out: str | Path, *, overwrite: bool = False) -
     if unknown:
         raise DataError(f"{raw}: patients {unknown[:5]} are in no split ({split_src})")
 
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "data" / "slices").mkdir(parents=True)
+    new_parent = next((a for a in reversed(out.parent.absolute().parents) if not a.exists()), None)
+    if new_parent is None and not out.parent.exists():
+        new_parent = out.parent.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     lists: dict[str, list[str]] = {s: [] for s in SPLITS}
     slices: list[str] = []
     n_written = 0
     try:
+        _umask_mode(tmp)
+        (tmp / "data" / "slices").mkdir(parents=True)
         for patient in sorted(frames):
             for fpath in frames[patient]:
                 frame = fpath.name.split(".nii")[0]
@@ -266,11 +283,21 @@ def prepare_acdc(raw: str | Path, out: str | Path, *, overwrite: bool = False) -
         for s in SPLITS:
             (tmp / f"{s}.list").write_text("".join(f"{f}\n" for f in lists[s]))
         (tmp / "train_slices.list").write_text("".join(f"{n}\n" for n in known + rest))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        (tmp / PREPARE_MARKER).write_text(json.dumps({
+            "written_by": "actionpp data prepare-acdc", "source": str(raw.resolve()),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }, indent=1) + "\n")
+        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if new_parent is not None:  # folders created for ``out`` only: remove them again if empty
+            for d in [out.parent.absolute(), *out.parent.absolute().parents]:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+                if d == new_parent:
+                    break
         raise
     return {
         "raw": str(raw),
@@ -284,6 +311,55 @@ def prepare_acdc(raw: str | Path, out: str | Path, *, overwrite: bool = False) -
         "preprocessing": "per-volume min-max to [0, 1] in float64, stored float32; labels uint8; no resampling",
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _check_output(raw: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that overlaps ``raw``, is a link or a file, or is a folder prepare_acdc did not write."""
+    for o, r in ((out, raw), (out.resolve(), raw.resolve())):
+        if os.path.abspath(o) == os.path.abspath(r):
+            rel = "is the raw folder"
+        elif is_within(o, r, follow_links=False):
+            rel = "is inside the raw folder"
+        elif is_within(r, o, follow_links=False):
+            rel = "contains the raw folder"
+        else:
+            continue
+        raise DataError(f"{out}: output folder {rel} {raw}; choose an output folder outside it")
+    if out.is_symlink():
+        raise DataError(f"{out}: is a symbolic link; give a real folder (or a new name) as the output folder")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is a file, not a folder; choose another output folder")
+    if out.exists():
+        if not overwrite:
+            raise DataError(f"{out}: output folder exists (pass --overwrite to replace a folder written by "
+                            f"prepare-acdc)")
+        if not (out / PREPARE_MARKER).is_file():
+            raise DataError(
+                f"{out}: refusing to replace this folder: it was not written by prepare-acdc "
+                f"(no {PREPARE_MARKER} marker in it); remove it yourself or choose another output folder"
+            )
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out``; an old ``out`` is moved aside first and removed last."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask_mode(folder: Path) -> None:
+    """Give a ``mkdtemp`` folder (mode 0700) the permissions a plain ``mkdir`` would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
 
 
 def _slice_order(raw: Path) -> list[str]:

@@ -1,9 +1,11 @@
 """Validate a dataset (ACDC SSL4MIS layout, LA UA-MT layout, or a pack) and summarise it.
 
 :func:`check_dataset` reads every listed file once and collects every problem; if any,
-it raises one :class:`DataError` whose message lists them, each starting with the file.
+it raises one :class:`DataError` whose message lists them, each starting with the file
+(a single problem is the one line that names its file).
 Problems: missing or unreadable file, missing key, image/label shape mismatch, label values
-outside the classes, NaN / infinite intensities, empty or missing list.
+outside the classes, NaN / infinite intensities, empty or missing list, a list entry that
+points outside the dataset folder (``../..`` or an absolute path; named with its line number).
 
 :func:`verify_manifest` checks a ``SHA256SUMS`` file (the format ``sha256sum`` writes).
 """
@@ -17,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from actionpp.data.core import DataError, open_dataset
+from actionpp.data.core import DataError
+from actionpp.data.roots import open_dataset
 
 __all__ = ["check_dataset", "verify_manifest", "write_manifest"]
 
@@ -138,9 +141,13 @@ def check_dataset(root: str | Path, *, partial: bool = False) -> dict[str, Any]:
         out["missing"] = {"count": len(missing), "first": missing[:3]}
     out["seconds"] = round(time.perf_counter() - t0, 2)
     if errors:
-        more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        hint = ""
         if not partial and any(e.endswith(": file missing") for e in errors):
-            more += "\n(a partial copy of the data? check it with partial=True / --partial)"
+            hint = "(a partial copy of the data? check it with partial=True / --partial)"
+        if len(errors) == 1:  # one problem: one line, naming its file
+            raise DataError(errors[0] + (f" {hint}" if hint else ""))
+        more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        more += f"\n{hint}" if hint else ""
         raise DataError(f"{len(errors)} problem(s) in {root}:\n" + "\n".join(errors[:20]) + more)
     return out
 

@@ -7,13 +7,17 @@ whose message starts with the offending path.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "Volume", "read_h5_pair", "read_h5_volume", "read_list", "validate_pair", "open_dataset"]
+__all__ = [
+    "DataError", "Volume", "read_h5_pair", "read_h5_volume", "read_list", "validate_pair", "is_within",
+]
 
 
 class DataError(ValueError):
@@ -46,8 +50,28 @@ class Volume:
         return tuple(int(s) for s in self.image.shape)
 
 
-def read_list(path: Path, *, allow_empty: bool = False) -> list[str]:
-    """Non-empty stripped lines of a ``.list`` file; :class:`DataError` if missing or empty."""
+def is_within(path: str | Path, folder: str | Path, *, follow_links: bool = True) -> bool:
+    """Whether ``path`` is ``folder`` itself or lies below it.
+
+    Compared on the absolute paths with ``..`` collapsed (links kept as written) and, with
+    ``follow_links``, also on the fully resolved paths: true if either says so.
+    """
+    pairs = [(os.path.abspath(path), os.path.abspath(folder))]
+    if follow_links:
+        pairs.append((str(Path(path).resolve()), str(Path(folder).resolve())))
+    return any(os.path.commonpath([p, f]) == f for p, f in pairs)
+
+
+def read_list(path: Path, *, allow_empty: bool = False, root: str | Path | None = None,
+              entry_path: Callable[[str], Path] | None = None) -> list[str]:
+    """Non-empty stripped lines of a ``.list`` file; :class:`DataError` if missing or empty.
+
+    With ``root``, every entry must name something inside that dataset folder: ``entry_path(name)``
+    (default ``root / name``) is the file a reader would open for it, and an absolute entry or one
+    whose path leaves ``root`` (``../../elsewhere``) raises :class:`DataError` naming the list file
+    and the 1-based line number. The test is on the path as written (``..`` collapsed, links not
+    followed), so a dataset whose ``data/`` is a link to other storage still reads.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: list file missing")
@@ -58,6 +82,13 @@ def read_list(path: Path, *, allow_empty: bool = False) -> list[str]:
     names = [ln for ln in lines if ln]
     if not names and not allow_empty:
         raise DataError(f"{path}: list is empty")
+    if root is not None:
+        for lineno, name in enumerate(lines, 1):
+            if not name:
+                continue
+            target = entry_path(name) if entry_path is not None else Path(root) / name
+            if os.path.isabs(name) or not is_within(target, root, follow_links=False):
+                raise DataError(f"{path}:{lineno}: entry {name!r} points outside the dataset folder {root}")
     return names
 
 
@@ -85,7 +116,9 @@ def validate_pair(image: np.ndarray, label: np.ndarray, num_classes: int, where:
         raise DataError(f"{where}: label values {set(vals)} outside the classes 0..{num_classes - 1}")
 
 
-def read_h5_pair(path: Path, num_classes: int, *, validate: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def read_h5_pair(
+    path: Path, num_classes: int, *, validate: bool = True
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read ``image`` (as float32) and ``label`` (as uint8) and the file attributes from one HDF5 file.
 
     Raises :class:`DataError` naming ``path`` for a missing or unreadable file, a missing key,
@@ -134,30 +167,3 @@ def read_h5_volume(path: Path, name: str, num_classes: int, axes: str) -> Volume
     if image.ndim != 3:
         raise DataError(f"{path}: expected a 3D volume ({axes}), got shape {image.shape}")
     return Volume(name, image, label, spacing_from_attrs(attrs))
-
-
-def open_dataset(root_or_pack: str | Path) -> Any:
-    """Open a dataset folder (ACDC or LA layout, auto-detected) or a pack file.
-
-    Returns an :class:`~actionpp.data.acdc.ACDCDataset`, :class:`~actionpp.data.la.LADataset`
-    or :class:`~actionpp.data.pack.Pack`; all three offer ``volumes(split)`` and ``read_volume(name)``.
-    """
-    p = Path(root_or_pack)
-    if p.is_file():
-        from actionpp.data.pack import load_pack
-
-        return load_pack(p)
-    if not p.is_dir():
-        raise DataError(f"{p}: no such dataset folder or pack file")
-    if (p / "train_slices.list").exists() or (p / "data" / "slices").is_dir():
-        from actionpp.data.acdc import ACDCDataset
-
-        return ACDCDataset(p)
-    from actionpp.data.la import LA_FOLDER, LADataset
-
-    if (p / LA_FOLDER).is_dir():
-        return LADataset(p)
-    raise DataError(
-        f"{p}: not a dataset: expected train_slices.list (ACDC, SSL4MIS layout) or "
-        f"'{LA_FOLDER}/' (LA, UA-MT layout)"
-    )

@@ -15,6 +15,7 @@ Taught in notebooks/00_data_tour.ipynb.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class LADataset:
         if split not in SPLITS:
             raise ValueError(f"LA split must be one of {SPLITS}, got {split!r}")
         if split not in self._lists:
-            self._lists[split] = read_list(self.root / f"{split}.list")
+            self._lists[split] = read_list(self.root / f"{split}.list", root=self.root, entry_path=self.path)
         return self._lists[split]
 
     def path(self, case: str) -> Path:
@@ -81,7 +82,7 @@ def read_nifti_pair(image_path: str | Path, label_path: str | Path, name: str | 
         if not p.is_file():
             raise DataError(f"{p}: file missing")
         try:
-            img = nib.load(str(p))
+            img = cast("nib.spatialimages.SpatialImage", nib.load(str(p)))  # NIfTI: a spatial image
             arrays.append(np.asanyarray(img.dataobj))
             spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
         except Exception as exc:
@@ -90,4 +91,6 @@ def read_nifti_pair(image_path: str | Path, label_path: str | Path, name: str | 
     if np.issubdtype(label.dtype, np.floating):
         label = np.rint(label).astype(np.int64)
     validate_pair(image, label, NUM_CLASSES, str(label_path))
-    return Volume(name or Path(image_path).name.split("_image")[0], image.astype(np.float32), label.astype(np.uint8), spacing)
+    return Volume(
+        name or Path(image_path).name.split("_image")[0], image.astype(np.float32), label.astype(np.uint8), spacing
+    )

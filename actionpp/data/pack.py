@@ -19,8 +19,13 @@ Encoding (lossless, verified while writing):
   exactness check fails and the float32 fallback takes over: never lossy, only larger.
 
 File format: ``b"ACTPACK1\n"``, an 8-byte little-endian header length, a JSON header
-(dataset kind, lists, one entry per item with offsets, ``payload_sha256``), then the
-payload. :func:`load_pack` verifies the SHA-256 before anything is decoded.
+(format ``version`` 2, dataset kind, classes, lists, one entry per item with offsets,
+``payload_sha256``, and last ``header_sha256``), then the payload. ``header_sha256`` is the
+SHA-256 of the header re-encoded compactly (``json.dumps(..., separators=(",", ":"))``) without
+that key, so every value of the header (``n``, shapes, offsets, lists, ``num_classes``) and,
+through ``payload_sha256``, every payload byte is covered. :func:`load_pack` verifies both
+before anything is decoded; version-1 packs (payload digest only) are refused with a request
+to re-pack.
 """
 
 from __future__ import annotations
@@ -38,11 +43,14 @@ from typing import Any
 import numpy as np
 
 from actionpp.atomic import atomic_path
-from actionpp.data.core import DataError, Volume, open_dataset
+from actionpp.data.acdc import ACDCDataset
+from actionpp.data.core import DataError, Volume, is_within
+from actionpp.data.folders import open_folder
 
-__all__ = ["MAGIC", "Pack", "pack_dataset", "load_pack", "encode_unit", "decode_unit"]
+__all__ = ["MAGIC", "VERSION", "Pack", "pack_dataset", "load_pack", "read_header", "encode_unit", "decode_unit"]
 
 MAGIC = b"ACTPACK1\n"
+VERSION = 2  # 1: payload digest only; 2: header digest too
 _MAX_CODE = 65535
 
 
@@ -128,20 +136,41 @@ def decode_unit(enc: str, n: int, blob: bytes, shape: tuple[int, ...]) -> np.nda
 # writing
 # --------------------------------------------------------------------------------------
 
-def pack_dataset(root: str | Path, out: str | Path, *, verify: bool = True) -> dict[str, Any]:
+def _header_digest(header: dict[str, Any]) -> str:
+    """SHA-256 of the header without its ``header_sha256`` key, compact JSON as written."""
+    body = {k: v for k, v in header.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_output(root: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` inside (or equal to) ``root``, a folder, or an existing file without ``overwrite``."""
+    if is_within(out, root):
+        raise DataError(f"{out}: refusing to write the pack inside the dataset {root}; choose a file outside it")
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder, not a pack file")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise DataError(f"{out}: output file exists (pass --overwrite to replace it)")
+
+
+def pack_dataset(root: str | Path, out: str | Path, *, verify: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Pack a dataset folder into one file ``out`` (written atomically).
 
     ACDC: every training slice of ``train_slices.list`` plus the volumes of ``val.list`` and
     (when present) ``test.list``. LA: every available volume of ``train.list`` and ``test.list``.
     With ``verify`` each encoded image is decoded again and compared bit-exactly.
 
+    ``out`` must not exist unless ``overwrite``, and is never inside ``root`` (not even with
+    ``overwrite``: a pack must not replace a dataset file). Refusals raise :class:`DataError`
+    before anything is read or written.
+
     Returns a summary: counts, encodings used, sizes, seconds.
     """
     t0 = time.perf_counter()
-    ds = open_dataset(root)
-    if isinstance(ds, Pack):
-        raise DataError(f"{root}: already a pack")
     out = Path(out)
+    _check_output(Path(root), out, overwrite)
+    if Path(root).is_file():
+        raise DataError(f"{root}: already a pack (pack a dataset folder)")
+    ds = open_folder(root)
     chunks: list[bytes] = []
     offset = 0
     items: list[dict[str, Any]] = []
@@ -168,7 +197,7 @@ def pack_dataset(root: str | Path, out: str | Path, *, verify: bool = True) -> d
         return n
 
     lists: dict[str, list[str]] = {}
-    if ds.kind == "acdc":
+    if isinstance(ds, ACDCDataset):
         lists["train_slices"] = list(ds.train_slices)
         hints: dict[str, int] = {}
         for name in ds.train_slices:
@@ -192,11 +221,12 @@ def pack_dataset(root: str | Path, out: str | Path, *, verify: bool = True) -> d
                     v = ds.read_volume(case)
                     put(case, "volume", v.image, v.label, v.spacing, None)
     payload = b"".join(chunks)
-    header = {
-        "format": "actionpp-pack", "version": 1, "kind": ds.kind, "num_classes": ds.num_classes,
+    header: dict[str, Any] = {
+        "format": "actionpp-pack", "version": VERSION, "kind": ds.kind, "num_classes": ds.num_classes,
         "source": str(Path(root).resolve()), "lists": lists, "items": items,
         "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
+    header["header_sha256"] = _header_digest(header)
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
@@ -280,7 +310,12 @@ class Pack:
 
 
 def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a pack and the byte offset of its payload."""
+    """The verified JSON header of a pack and the byte offset of its payload.
+
+    Raises :class:`DataError` naming the file for a bad magic, a truncated or corrupt header,
+    a header whose ``header_sha256`` does not match it, or a format version other than
+    :data:`VERSION` (version 1: re-pack).
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -297,11 +332,32 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
         header = json.loads(hbytes)
     except ValueError as exc:
         raise DataError(f"{path}: corrupt pack header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise DataError(f"{path}: corrupt pack header (a JSON {type(header).__name__}, not an object)")
+    stored = header.get("header_sha256")
+    if stored is not None and stored != _header_digest(header):
+        raise DataError(f"{path}: pack header SHA-256 does not match its contents (header damaged or edited); "
+                        "re-pack the dataset")
+    version = header.get("version")
+    repack = f"(actionpp data pack ROOT {path} --overwrite)"
+    if version == 1 and stored is None:
+        raise DataError(f"{path}: pack format version 1 has no header checksum; re-pack the dataset with this "
+                        f"version {repack}")
+    if version != VERSION:
+        raise DataError(
+            f"{path}: pack format version {version!r} is not readable by this version (reads {VERSION}); "
+            f"re-pack the dataset {repack}"
+        )
+    if stored is None:
+        raise DataError(f"{path}: pack header has no header_sha256 (header damaged or edited); re-pack the dataset")
     return header, len(MAGIC) + 8 + hlen
 
 
 def load_pack(path: str | Path) -> Pack:
-    """Read a pack, verify its payload SHA-256 and size; :class:`DataError` naming the file otherwise."""
+    """Read a pack, verify its header SHA-256, payload size and payload SHA-256.
+
+    Raises :class:`DataError` naming the file and the part that failed otherwise.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: pack file missing")
@@ -310,8 +366,12 @@ def load_pack(path: str | Path) -> Pack:
         f.seek(start)
         payload = f.read()
     if len(payload) != header.get("payload_bytes"):
-        raise DataError(f"{path}: payload is {len(payload)} bytes, header says {header.get('payload_bytes')} (truncated?)")
+        raise DataError(
+            f"{path}: payload is {len(payload)} bytes, header says {header.get('payload_bytes')} (truncated?)"
+        )
     digest = hashlib.sha256(payload).hexdigest()
     if digest != header.get("payload_sha256"):
-        raise DataError(f"{path}: payload SHA-256 {digest[:12]}... does not match the header (file damaged or tampered)")
+        raise DataError(
+            f"{path}: payload SHA-256 {digest[:12]}... does not match the header (file damaged or tampered)"
+        )
     return Pack(path, header, payload)

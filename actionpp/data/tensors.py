@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actionpp.data.core import DataError, Volume, open_dataset
+from actionpp.data.core import DataError, Volume
+from actionpp.data.roots import open_dataset
 
 __all__ = ["TrainTensors", "TrainVolumes", "resize_nearest", "load_acdc_training", "load_la_training", "load_volumes"]
 

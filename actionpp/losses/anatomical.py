@@ -49,7 +49,9 @@ def valid_mask(
         mask &= labels != ignore_index
     if teacher_confidence is not None:
         if teacher_confidence.shape != labels.shape:
-            raise ValueError(f"teacher_confidence shape {tuple(teacher_confidence.shape)} != labels shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"teacher_confidence shape {tuple(teacher_confidence.shape)} != labels shape {tuple(labels.shape)}"
+            )
         mask &= teacher_confidence >= threshold
     return mask
 
@@ -75,7 +77,9 @@ def anatomical_contrast_loss(
     check_2d(emb, "emb")
     n, d = emb.shape
     if labels.shape != (n,) or confidence.shape != (n,):
-        raise ValueError(f"labels and confidence must be ({n},), got {tuple(labels.shape)} and {tuple(confidence.shape)}")
+        raise ValueError(
+            f"labels and confidence must be ({n},), got {tuple(labels.shape)} and {tuple(confidence.shape)}"
+        )
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     if num_queries < 1 or num_negatives < 1:

@@ -1,4 +1,4 @@
-"""ISD-style similarity distillation (ACTION pre-training) and patch pooling for its local variant.
+"""ISD-style similarity distillation (ACTION pre-training).
 
 Student and teacher embeddings are compared with a memory bank of past teacher
 embeddings; their similarity distributions over the bank are matched:
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ._util import check_2d, grad_zero
 
-__all__ = ["isd_loss", "local_patches"]
+__all__ = ["isd_loss"]
 
 
 def isd_loss(
@@ -32,7 +32,9 @@ def isd_loss(
 
     ``student`` (B, d), ``teacher`` (B, d), ``bank`` (M, d); all normalised inside.
     loss = mean_b sum_j p_t[b, j] (log p_t[b, j] - log p_s[b, j]) (>= 0, 0 iff the two
-    distributions agree). The teacher is used as given: pass it detached.
+    distributions agree). The teacher is used as given: pass it detached. The local
+    variant compares window embeddings (``actionpp.models.LocalHead``, pooled by
+    ``actionpp.models.local_patches``).
     Empty bank (M = 0) or empty batch gives a grad-carrying 0. M = 1 gives exactly 0
     (both distributions are a single point mass).
     """
@@ -52,31 +54,3 @@ def isd_loss(
     log_ps = torch.log_softmax(s @ m.T / tau_s, dim=1)  # B x M
     log_pt = torch.log_softmax(t @ m.T / tau_t, dim=1)  # B x M
     return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean()
-
-
-def local_patches(
-    feature_map: torch.Tensor,
-    window: int | tuple[int, ...] = 64,
-    stride: int | tuple[int, ...] = 32,
-) -> torch.Tensor:
-    """Average-pooled patch vectors for the local ISD variant.
-
-    ``feature_map`` (B, C, H, W) -> (B * P, C) with P = h' w' patches,
-    h' = (H - window) // stride + 1 (same for W); rows ordered batch-major, then
-    row-major over patch positions. A 3D map (B, C, D, H, W) uses 3D windows.
-    A window larger than the map raises ``ValueError``.
-    """
-    nd = feature_map.ndim - 2
-    if nd not in (2, 3):
-        raise ValueError(f"feature_map must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(feature_map.shape)}")
-    win = (window,) * nd if isinstance(window, int) else tuple(window)
-    st = (stride,) * nd if isinstance(stride, int) else tuple(stride)
-    if len(win) != nd or len(st) != nd or min(st) < 1 or min(win) < 1:
-        raise ValueError(f"window {window} / stride {stride} do not fit a {nd}D map")
-    spatial = tuple(feature_map.shape[2:])
-    if any(w > s for w, s in zip(win, spatial)):
-        raise ValueError(f"window {win} is larger than the feature map's spatial size {spatial}")
-    pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
-    pooled = pool(feature_map, kernel_size=win, stride=st)  # B x C x h' x w' [x ...]
-    c = feature_map.shape[1]
-    return pooled.flatten(2).transpose(1, 2).reshape(-1, c)  # (B*P) x C

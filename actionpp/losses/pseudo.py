@@ -11,7 +11,9 @@ import torch.nn.functional as F
 __all__ = ["pseudo_label_loss"]
 
 
-def pseudo_label_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, threshold: float = 0.97) -> torch.Tensor:
+def pseudo_label_loss(
+    student_logits: torch.Tensor, teacher_probs: torch.Tensor, threshold: float = 0.97
+) -> torch.Tensor:
     """Cross-entropy to the teacher's argmax, weighted per image by its share of confident pixels.
 
     ``student_logits`` (B, C, *spatial); ``teacher_probs`` (B, C, *spatial) softmax

@@ -17,7 +17,9 @@ class _Fifo:
 
     _with_labels = False
 
-    def __init__(self, size: int, dim: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, size: int, dim: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> None:
         if size < 1 or dim < 1:
             raise ValueError(f"{type(self).__name__} needs size >= 1 and dim >= 1, got size={size}, dim={dim}")
         self.size, self.dim = int(size), int(dim)
@@ -31,7 +33,7 @@ class _Fifo:
     def device(self) -> torch.device:
         return self._emb.device
 
-    def to(self, device: torch.device | str) -> "_Fifo":
+    def to(self, device: torch.device | str) -> _Fifo:
         """Move the buffers to ``device`` (in place); returns self."""
         self._emb = self._emb.to(device)
         self._lab = self._lab.to(device)
@@ -45,7 +47,9 @@ class _Fifo:
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise ValueError(f"{type(self).__name__}.push: emb must be (n, {self.dim}), got shape {tuple(emb.shape)}")
         if labels is not None and (labels.ndim != 1 or labels.shape[0] != emb.shape[0]):
-            raise ValueError(f"{type(self).__name__}.push: labels must be ({emb.shape[0]},), got shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}.push: labels must be ({emb.shape[0]},), got shape {tuple(labels.shape)}"
+            )
         n = emb.shape[0]
         if n == 0:
             return
@@ -72,7 +76,13 @@ class _Fifo:
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and ints only (weights-only loadable)."""
-        st: dict[str, Any] = {"embeddings": self._emb.clone(), "ptr": self.ptr, "count": self.count, "size": self.size, "dim": self.dim}
+        st: dict[str, Any] = {
+            "embeddings": self._emb.clone(),
+            "ptr": self.ptr,
+            "count": self.count,
+            "size": self.size,
+            "dim": self.dim,
+        }
         if self._with_labels:
             st["labels"] = self._lab.clone()
         return st
@@ -81,7 +91,8 @@ class _Fifo:
         """Restore :meth:`state_dict`; sizes must match; tensors move to this buffer's device."""
         if int(state.get("size", -1)) != self.size or int(state.get("dim", -1)) != self.dim:
             raise ValueError(
-                f"{type(self).__name__} state has size={state.get('size')}, dim={state.get('dim')}; expected size={self.size}, dim={self.dim}"
+                f"{type(self).__name__} state has size={state.get('size')}, dim={state.get('dim')}; expected "
+                f"size={self.size}, dim={self.dim}"
             )
         if tuple(state["embeddings"].shape) != (self.size, self.dim):
             raise ValueError(f"{type(self).__name__} state embeddings have shape {tuple(state['embeddings'].shape)}")

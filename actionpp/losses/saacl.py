@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ._util import check_2d, check_labels, grad_zero
 
-__all__ = ["saacl_loss", "sample_anchors", "centre_gradient_share", "CENTRE_TERMS"]
+__all__ = ["saacl_loss", "centre_gradient_share", "CENTRE_TERMS"]
 
 CENTRE_TERMS = ("averaged", "separate")
 
@@ -96,7 +96,10 @@ def saacl_loss(
         queue_labels = anchor_labels.new_zeros(0)
     check_2d(queue, "queue", d)
     if queue_labels is None or queue_labels.shape != (queue.shape[0],):
-        raise ValueError(f"queue_labels must be ({queue.shape[0]},), got {None if queue_labels is None else tuple(queue_labels.shape)}")
+        raise ValueError(
+            f"queue_labels must be ({queue.shape[0]},), got "
+            f"{None if queue_labels is None else tuple(queue_labels.shape)}"
+        )
     if anchor_labels.numel() and int(anchor_labels.min()) < 0:
         raise ValueError(f"anchor_labels must be >= 0, got {sorted(set(anchor_labels[anchor_labels < 0].tolist()))}")
     if queue_labels.numel() and int(queue_labels.min()) < 0:
@@ -148,37 +151,6 @@ def saacl_loss(
     return -(pos_sum / n_pos + lambda_a * log_p_centre).mean()
 
 
-def sample_anchors(
-    labels: torch.Tensor,
-    per_class: int = 256,
-    generator: torch.Generator | None = None,
-    ignore_index: int | None = None,
-) -> torch.Tensor:
-    """Indices of up to ``per_class`` positions per class present in ``labels`` (N,).
-
-    Uniform without replacement within each class (all of a class's positions when
-    it has fewer); classes in increasing order, ``ignore_index`` positions skipped.
-    The random draws use ``generator`` (a CPU ``torch.Generator``; None = global RNG).
-    Returns a LongTensor on ``labels.device``; empty when nothing is labelled.
-    """
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be (N,), got shape {tuple(labels.shape)}")
-    if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
-    out = []
-    lab_cpu = labels.detach().cpu()
-    for c in torch.unique(lab_cpu).tolist():  # loop over classes, not pixels
-        if ignore_index is not None and c == ignore_index:
-            continue
-        idx = torch.nonzero(lab_cpu == c, as_tuple=False).squeeze(1)  # n_c
-        if idx.numel() > per_class:
-            idx = idx[torch.randperm(idx.numel(), generator=generator)[:per_class]]
-        out.append(idx)
-    if not out:
-        return torch.zeros(0, dtype=torch.long, device=labels.device)
-    return torch.cat(out).to(labels.device)
-
-
 def centre_gradient_share(
     anchors: torch.Tensor,
     anchor_labels: torch.Tensor,
@@ -201,12 +173,30 @@ def centre_gradient_share(
     accumulated into ``anchors.grad``.
     """
     a = anchors.detach().requires_grad_(True)
-    full = saacl_loss(a, anchor_labels, teacher_view, queue, queue_labels, class_centres, tau=tau,
-                      lambda_a=lambda_a, centre_term=centre_term)
+    full = saacl_loss(
+        a,
+        anchor_labels,
+        teacher_view,
+        queue,
+        queue_labels,
+        class_centres,
+        tau=tau,
+        lambda_a=lambda_a,
+        centre_term=centre_term,
+    )
     (g_full,) = torch.autograd.grad(full, a)
     a0 = anchors.detach().requires_grad_(True)
-    rest = saacl_loss(a0, anchor_labels, teacher_view, queue, queue_labels, class_centres, tau=tau,
-                      lambda_a=0.0, centre_term=centre_term)
+    rest = saacl_loss(
+        a0,
+        anchor_labels,
+        teacher_view,
+        queue,
+        queue_labels,
+        class_centres,
+        tau=tau,
+        lambda_a=0.0,
+        centre_term=centre_term,
+    )
     (g_rest,) = torch.autograd.grad(rest, a0)
     n_centre, n_rest = float((g_full - g_rest).norm()), float(g_rest.norm())
     return n_centre / (n_centre + n_rest) if n_centre + n_rest > 0 else 0.0

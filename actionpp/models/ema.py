@@ -23,7 +23,7 @@ Taught in notebooks/04_train.ipynb.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +73,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 # ---------------------------------------------------------------- teacher
 
 
-class EMATeacher(nn.Module):
+M = TypeVar("M", bound=nn.Module)
+
+
+class EMATeacher(nn.Module, Generic[M]):
     """A frozen deep copy of the student, updated by ``update(student)``.
 
     ``teacher(x)`` and ``teacher.forward_features(x)`` run the copy without
@@ -81,15 +84,17 @@ class EMATeacher(nn.Module):
     back). ``step`` (a buffer, so it is saved in ``state_dict``) counts updates.
     """
 
-    def __init__(self, student: nn.Module) -> None:
+    step: Tensor
+
+    def __init__(self, student: M) -> None:
         super().__init__()
-        self.model = copy.deepcopy(student)
+        self.model: M = copy.deepcopy(student)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.model.eval()
 
-    def train(self, mode: bool = True) -> "EMATeacher":
+    def train(self, mode: bool = True) -> EMATeacher[M]:
         """Keeps the teacher in eval mode whatever ``mode`` is (dropout off, BN running stats)."""
         super().train(False)
         return self
@@ -109,4 +114,5 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def forward_features(self, *args: Any, **kwargs: Any) -> Any:
         """The wrapped model's ``forward_features`` without gradients."""
-        return self.model.forward_features(*args, **kwargs)
+        features: Any = self.model.forward_features  # a Backbone or SegModel.net method
+        return features(*args, **kwargs)

@@ -25,8 +25,9 @@ sampled pixels per class, and the whole head is linear in the decoder maps
 (bilinear up-sampling, concatenation, convolutions). So the embedding at a pixel
 can be computed from the ``k x k`` (3D: ``k x k x k``) neighbourhood of the
 *up-sampled* features at that pixel, and each up-sampled feature is a 4-tap
-bilinear (3D: 8-tap trilinear) combination of the low-resolution maps. ``forward_at`` gathers those taps directly (zero for
-neighbours outside the image, the convolution's zero padding), then applies the
+bilinear (3D: 8-tap trilinear) combination of the low-resolution maps.
+``forward_at`` gathers those taps directly (zero for neighbours outside the
+image, the convolution's zero padding), then applies the
 convolution weights as a matrix product: identical to indexing ``forward`` up to
 float rounding, at a small fraction of the FLOPs (the dense official head costs
 967 GFLOP per 256 x 256 slice, method.md section 9; see bench/bench_models.py).
@@ -36,13 +37,13 @@ Taught in notebooks/03_contrastive_losses.ipynb and notebooks/04_train.ipynb.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ProjectionMLP", "GlobalHead", "LocalHead", "RepresentationHead"]
+__all__ = ["ProjectionMLP", "GlobalHead", "LocalHead", "RepresentationHead", "local_patches"]
 
 
 class ProjectionMLP(nn.Module):
@@ -96,18 +97,39 @@ class LocalHead(nn.Module):
         self.mlp = ProjectionMLP(in_channels, hidden, out_dim)
 
     def forward(self, feature_map: Tensor) -> Tensor:
-        nd = feature_map.ndim - 2
-        if nd not in (2, 3):
-            raise ValueError(f"LocalHead expects (B, C, H, W) or (B, C, X, Y, Z), got {tuple(feature_map.shape)}")
-        win = (self.window,) * nd if isinstance(self.window, int) else tuple(self.window)
-        st = (self.stride,) * nd if isinstance(self.stride, int) else tuple(self.stride)
-        if any(s < w for s, w in zip(feature_map.shape[2:], win)):
-            raise ValueError(f"LocalHead window {win} is larger than the map {tuple(feature_map.shape[2:])}")
-        pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
-        pooled = pool(feature_map, kernel_size=win, stride=st)  # (B, C, *grid)
-        b, c = pooled.shape[:2]
-        patches = pooled.flatten(2).transpose(1, 2)  # (B, P, C)
-        return self.mlp(patches.reshape(-1, c)).reshape(b, patches.shape[1], -1)
+        win = self.window if isinstance(self.window, int) else tuple(self.window)
+        st = self.stride if isinstance(self.stride, int) else tuple(self.stride)
+        patches = local_patches(feature_map, win, st)  # (B * P, C)
+        b = feature_map.shape[0]
+        return self.mlp(patches).reshape(b, patches.shape[0] // b, -1)
+
+
+def local_patches(
+    feature_map: torch.Tensor,
+    window: int | tuple[int, ...] = 64,
+    stride: int | tuple[int, ...] = 32,
+) -> torch.Tensor:
+    """Average-pooled patch vectors for the local ISD variant.
+
+    ``feature_map`` (B, C, H, W) -> (B * P, C) with P = h' w' patches,
+    h' = (H - window) // stride + 1 (same for W); rows ordered batch-major, then
+    row-major over patch positions. A 3D map (B, C, D, H, W) uses 3D windows.
+    A window larger than the map raises ``ValueError``.
+    """
+    nd = feature_map.ndim - 2
+    if nd not in (2, 3):
+        raise ValueError(f"feature_map must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(feature_map.shape)}")
+    win = (window,) * nd if isinstance(window, int) else tuple(window)
+    st = (stride,) * nd if isinstance(stride, int) else tuple(stride)
+    if len(win) != nd or len(st) != nd or min(st) < 1 or min(win) < 1:
+        raise ValueError(f"window {window} / stride {stride} do not fit a {nd}D map")
+    spatial = tuple(feature_map.shape[2:])
+    if any(w > s for w, s in zip(win, spatial)):
+        raise ValueError(f"window {win} is larger than the feature map's spatial size {spatial}")
+    pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
+    pooled = pool(feature_map, kernel_size=win, stride=st)  # B x C x h' x w' [x ...]
+    c = feature_map.shape[1]
+    return pooled.flatten(2).transpose(1, 2).reshape(-1, c)  # (B*P) x C
 
 
 def _bilinear_taps(pos: Tensor, in_size: int, out_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -167,9 +189,7 @@ class RepresentationHead(nn.Module):
             raise ValueError(f"RepresentationHead expects {len(self.in_channels_list)} maps, got {len(maps)}")
         for i, (m, c) in enumerate(zip(maps, self.in_channels_list)):
             if m.ndim != 2 + self.spatial_dims or m.shape[1] != c:
-                raise ValueError(
-                    f"map {i} should be (B, {c}, {self.spatial_dims} spatial dims), got {tuple(m.shape)}"
-                )
+                raise ValueError(f"map {i} should be (B, {c}, {self.spatial_dims} spatial dims), got {tuple(m.shape)}")
         if len(out_size) != self.spatial_dims:
             raise ValueError(f"out_size must have {self.spatial_dims} entries, got {tuple(out_size)}")
 
@@ -210,7 +230,8 @@ class RepresentationHead(nn.Module):
             raise ValueError("forward_at needs zs exactly when the head is 3D")
         size = [int(s) for s in out_size]
         ref = decoder_maps[0]
-        coords = [t.to(device=ref.device, dtype=torch.long).reshape(-1) for t in (ys, xs, zs)[:nd]]
+        given = [ys, xs] if zs is None else [ys, xs, zs]
+        coords = [t.to(device=ref.device, dtype=torch.long).reshape(-1) for t in given]
         b = b.to(device=ref.device, dtype=torch.long).reshape(-1)
         if any(c.shape != b.shape for c in coords):
             raise ValueError(f"b and the coordinates must have the same length, got {[len(t) for t in (b, *coords)]}")
@@ -228,8 +249,8 @@ class RepresentationHead(nn.Module):
         pos = [p.clamp(0, n - 1) for p, n in zip(pos, size)]
         gathered = []
         for m in decoder_maps:
-            c, src = m.shape[1], list(m.shape[2:])
-            flat = m.movedim(1, -1).reshape(-1, c)  # (B * prod(src), C)
+            ch, src = int(m.shape[1]), [int(s) for s in m.shape[2:]]
+            flat = m.movedim(1, -1).reshape(-1, ch)  # (B * prod(src), C)
             taps = [_bilinear_taps(p, s, n) for p, s, n in zip(pos, src, size)]
             strides = [1] * nd
             for a in range(nd - 2, -1, -1):
@@ -251,4 +272,6 @@ class RepresentationHead(nn.Module):
         feats = torch.cat(gathered, dim=-1) * valid[..., None].to(ref.dtype)  # (N, T, C_total)
         w1 = self.conv.weight.reshape(self.hidden, self.in_total, -1).transpose(1, 2)  # (hidden, T, C_total)
         hid = feats.flatten(1) @ w1.reshape(self.hidden, -1).T  # (N, hidden)
-        return hid @ self.proj.weight.reshape(self.dim, self.hidden).T + self.proj.bias  # (N, dim)
+        bias = self.proj.bias
+        assert bias is not None  # the 1x1 convolution has a bias
+        return hid @ self.proj.weight.reshape(self.dim, self.hidden).T + bias  # (N, dim)

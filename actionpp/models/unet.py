@@ -28,27 +28,14 @@ H and W must be multiples of 16 (four 2x poolings). Taught in notebooks/04_train
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from actionpp.models.backbone import Backbone, Features
+
 __all__ = ["Features", "UNet2D", "ConvBlock2D"]
-
-
-@dataclass
-class Features:
-    """Intermediate maps of a segmentation network.
-
-    ``bottleneck``: deepest encoder map, ``(B, C_deep, ...)``.
-    ``decoder``: maps coarse to fine, the first one being the bottleneck (2D U-Net:
-    256, 128, 64, 32, 16 channels; 3D V-Net: see ``VNet3D``). The last entry is
-    the full-resolution map the output convolution reads.
-    """
-
-    bottleneck: Tensor
-    decoder: list[Tensor] = field(default_factory=list)
 
 
 class ConvBlock2D(nn.Sequential):
@@ -86,7 +73,7 @@ class _UpBlock(nn.Module):
         return self.conv(torch.cat([skip, self.up(coarse)], dim=1))
 
 
-class UNet2D(nn.Module):
+class UNet2D(Backbone):
     """SSL4MIS 2D U-Net: ``(B, in_channels, H, W) -> logits (B, num_classes, H, W)``.
 
     With the defaults (in 1, 4 classes) it has 1 813 764 parameters.

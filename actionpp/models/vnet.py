@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from actionpp.models.unet import Features
+from actionpp.models.backbone import Backbone, Features
 
 __all__ = ["VNet3D"]
 
@@ -61,7 +61,7 @@ def _up(c_in: int, c_out: int, norm: str) -> nn.Sequential:
     )
 
 
-class VNet3D(nn.Module):
+class VNet3D(Backbone):
     """UA-MT V-Net: ``(B, in_channels, X, Y, Z) -> logits (B, num_classes, X, Y, Z)``."""
 
     def __init__(

@@ -1,0 +1,297 @@
+"""Executing a grid: each run's notebooks into its run directory, resumable, failures reported.
+
+A run directory ``OUT/<run_id>/`` holds the executed notebooks, the first notebook's
+``metrics.json``, a ``done`` marker written atomically once every notebook succeeded
+(with the run's parameters, so a finished run with other parameters is never
+overwritten) and ``failed.json`` after a failed attempt. A run is finished only when
+its marker matches *and* its ``metrics.json`` passes :func:`actionpp.report.check_run_metrics`;
+anything else is executed again (the training engine resumes from its own checkpoint
+inside the run directory, or returns its finished result at once).
+
+Taught in notebooks/06_replication_report.ipynb.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from actionpp.atomic import atomic_write_text
+from actionpp.replicate.grid import Run, substitute
+from actionpp.report import RunMetricsError, read_run_metrics
+
+__all__ = [
+    "DONE",
+    "FAILED",
+    "METRICS",
+    "RunOutcome",
+    "Executor",
+    "run_status",
+    "run_state",
+    "execute_run",
+    "run_grid",
+    "visible_gpus",
+    "summary",
+]
+
+DONE = "done"
+FAILED = "failed.json"
+METRICS = "metrics.json"
+
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def _marker_params(run: Run) -> list[dict[str, Any]]:
+    return [_jsonable(p) for p in run.parameters]
+
+
+def run_status(run: Run, out: Path) -> str:
+    """``"done"`` (finished, same parameters, valid ``metrics.json``), ``"stale"`` (finished with
+    other parameters), ``"broken"`` (marked done but its ``metrics.json`` is missing, unreadable or
+    incomplete: run again), ``"failed"`` (last attempt failed), ``"partial"`` (started, not
+    finished) or ``"pending"``."""
+    return run_state(run, out)[0]
+
+
+def run_state(run: Run, out: Path) -> tuple[str, str | None]:
+    """``(status, problem)``: :func:`run_status` and, for ``broken``, what is wrong with which file."""
+    rd = run.run_dir(out)
+    marker = rd / DONE
+    if marker.is_file():
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            return "partial", None
+        if data.get("parameters") != _marker_params(run):
+            return "stale", None
+        try:
+            read_run_metrics(rd / METRICS)
+        except RunMetricsError as exc:
+            return "broken", str(exc)
+        return "done", None
+    if (rd / FAILED).is_file():
+        return "failed", None
+    if rd.exists():
+        return "partial", None
+    return "pending", None
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one run: ``status`` is ``done``, ``skipped``, ``failed`` or ``stale``."""
+
+    run_id: str
+    status: str
+    seconds: float = 0.0
+    error: str | None = None
+    notebook: str | None = None  # the executed notebook that failed (holds the traceback)
+
+
+Executor = Callable[[Path, Path, dict[str, Any]], Any]
+
+
+def _declared_parameters(notebook: Path) -> set[str]:
+    from actionpp.notebook import parameters_of
+
+    return set(parameters_of(notebook))
+
+
+def _default_executor(notebook: Path, output: Path, parameters: dict[str, Any]) -> Any:
+    """Strict execution through :func:`actionpp.notebook.execute` (the profile is already merged)."""
+    from actionpp.notebook import execute
+
+    return execute(notebook, output, parameters, None)
+
+
+def _describe_error(exc: BaseException) -> str:
+    ename = getattr(exc, "ename", None)
+    evalue = getattr(exc, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}"
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}".strip()
+
+
+def execute_run(run: Run, out: Path, executor: Executor | None = None, force: bool = False) -> RunOutcome:
+    """Execute every notebook of ``run`` into ``OUT/<run_id>/``; never raises for a notebook error.
+
+    Skips a run whose ``done`` marker matches its parameters (unless ``force``); refuses (status
+    ``stale``) a run directory holding a finished run with *other* parameters, so finished results
+    are never overwritten. On success writes ``done`` atomically and removes ``failed.json``; on
+    failure writes ``failed.json`` with the error and the executed notebook's path. A stale
+    ``metrics.json`` from an interrupted attempt is removed before executing again, so a
+    ``metrics.json`` without ``done`` is never mistaken for a result; everything else (the
+    engine's checkpoints) stays, so training resumes.
+    """
+    out = Path(out).resolve()
+    executor = executor or _default_executor
+    status = run_status(run, out)
+    if status == "done" and not force:
+        return RunOutcome(run.run_id, "skipped")
+    rd = run.run_dir(out)
+    if status == "stale" and not force:
+        return RunOutcome(
+            run.run_id,
+            "stale",
+            error=f"{rd} holds a finished run with different parameters; move it away or use another --out",
+        )
+    rd.mkdir(parents=True, exist_ok=True)
+    for name in (DONE, METRICS):
+        (rd / name).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    mapping = {"run_dir": str(rd), "out": str(out)}
+    for i, (step, params) in enumerate(zip(run.notebooks, run.parameters)):
+        nb_out = run.notebook_out_dir(out, i)
+        nb_out.mkdir(parents=True, exist_ok=True)
+        if i > 0:
+            (nb_out / METRICS).unlink(missing_ok=True)
+        p = substitute(dict(params), mapping)
+        p["OUT_DIR"] = str(nb_out)
+        output = rd / f"{step.stem}.ipynb"
+        try:
+            if i > 0:
+                declared = _declared_parameters(step.path)
+                p = {k: v for k, v in p.items() if k in declared}
+            executor(step.path, output, p)
+            if not (nb_out / METRICS).is_file():
+                raise RuntimeError(f"{step.path.name} finished without writing {nb_out / METRICS}")
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, the grid goes on
+            err = _describe_error(exc)
+            info = {
+                "run_id": run.run_id,
+                "notebook": str(output),
+                "error": err,
+                "traceback": "".join(traceback.format_exception(exc))[-8000:],
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            atomic_write_text(rd / FAILED, json.dumps(info, indent=2))
+            return RunOutcome(run.run_id, "failed", time.perf_counter() - t0, err, str(output))
+    seconds = time.perf_counter() - t0
+    marker = {
+        "run_id": run.run_id,
+        "axes": _jsonable(dict(run.axes)),
+        "notebooks": [str(s.path) for s in run.notebooks],
+        "parameters": _marker_params(run),
+        "seconds": round(seconds, 3),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_text(rd / DONE, json.dumps(marker, indent=2))
+    (rd / FAILED).unlink(missing_ok=True)
+    return RunOutcome(run.run_id, "done", seconds)
+
+
+# Worker side of --jobs N: each pool process takes one device slot for its whole life.
+_SLOT_ENV: dict[str, str] = {}
+
+
+def _init_worker(slots: Any, gpus: list[str], threads: int) -> None:
+    slot = slots.get()
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+
+
+def _worker(run: Run, out: str, force: bool) -> RunOutcome:
+    return execute_run(run, Path(out), force=force)
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids a job may be pinned to: ``CUDA_VISIBLE_DEVICES`` if set, else torch's count."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def run_grid(
+    runs: Sequence[Run],
+    out: str | Path,
+    jobs: int = 1,
+    executor: Executor | None = None,
+    force: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> list[RunOutcome]:
+    """Execute ``runs`` (skipping finished ones), ``jobs`` at a time; outcomes in ``runs`` order.
+
+    ``jobs == 1`` runs in this process (with ``executor``, the strict papermill execution by
+    default). ``jobs > 1`` uses a pool of ``jobs`` spawned processes; when GPUs are visible,
+    pool process k is pinned to GPU ``k mod #gpus`` through ``CUDA_VISIBLE_DEVICES``, and on a
+    CPU each process gets ``OMP_NUM_THREADS = cores // jobs`` (unless already set). A custom
+    ``executor`` requires ``jobs == 1`` (it cannot be sent to another process reliably).
+    """
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda s: None)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    outcomes: dict[str, RunOutcome] = {}
+    total = len(runs)
+
+    def report(k: int, o: RunOutcome) -> None:
+        tail = f" {o.seconds:.1f} s" if o.status == "done" else ""
+        extra = f": {o.error}" if o.error else ""
+        say(f"[{k}/{total}] {o.run_id}: {o.status}{tail}{extra}")
+
+    if jobs == 1:
+        for k, r in enumerate(runs, 1):
+            o = execute_run(r, out, executor, force)
+            outcomes[r.run_id] = o
+            report(k, o)
+    else:
+        if executor is not None:
+            raise ValueError("a custom executor runs only with jobs=1")
+        ctx = mp.get_context("spawn")
+        slots = ctx.Queue()
+        for s in range(jobs):
+            slots.put(s)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        pool = cf.ProcessPoolExecutor(
+            jobs, mp_context=ctx, initializer=_init_worker, initargs=(slots, visible_gpus(), threads)
+        )
+        try:
+            futs = {pool.submit(_worker, r, str(out), force): r for r in runs}
+            for k, fut in enumerate(cf.as_completed(futs), 1):
+                r = futs[fut]
+                try:
+                    o = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a crashed worker is one failed run
+                    o = RunOutcome(r.run_id, "failed", error=_describe_error(exc), notebook=str(r.run_dir(out)))
+                outcomes[r.run_id] = o
+                report(k, o)
+        except BaseException:
+            # Ctrl-C or an error here: drop the queued runs instead of letting the pool finish them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+    return [outcomes[r.run_id] for r in runs]
+
+
+def summary(outcomes: Sequence[RunOutcome]) -> str:
+    """Counts and the failures (error + executed notebook), for the end of a CLI run."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    lines = [", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no runs"]
+    for o in outcomes:
+        if o.status in ("failed", "stale"):
+            lines.append(f"FAILED {o.run_id}: {o.error}" + (f"\n    notebook: {o.notebook}" if o.notebook else ""))
+    return "\n".join(lines)
