@@ -1,16 +1,35 @@
 """The ``actionpp`` command line.
 
 Every module in :mod:`actionpp.commands` that defines ``register(subparsers)``
-adds one sub-command; this file only discovers and dispatches them, so a new
-command is one new file.
+adds one sub-command; this file discovers and dispatches them, so a new command is
+one new file, and it is the one place that turns the project's exceptions into exit
+codes and one-line messages (``error: <what, naming the file or key>``):
+
+====  ==========================================================================
+code  meaning
+====  ==========================================================================
+0     done
+1     the data, a run or a notebook failed (``DataError``, ``NotebookFailed``,
+      ``RunMetricsError``, an unexpected error)
+2     bad usage or configuration: nothing was started (argparse, ``ConfigError``,
+      ``ParameterError``, ``GridError``, ``CheckpointError``, ``RunDirError``, a
+      missing input file)
+3     training diverged (``TrainingDiverged``: the message names the iteration and
+      the last good checkpoint)
+130   interrupted (Ctrl-C)
+====  ==========================================================================
+
+The traceback of an error is printed only with ``--debug`` (or ``ACTIONPP_DEBUG=1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
 
 from actionpp import __version__
@@ -25,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"actionpp {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (or ACTIONPP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     import actionpp.commands as commands
@@ -37,14 +57,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_code(exc: BaseException) -> int:
+    """The exit code of an exception that reached the command line (see the module docstring)."""
+    from actionpp.checkpoint import CheckpointError
+    from actionpp.config import ConfigError
+    from actionpp.data.core import DataError
+    from actionpp.notebook import NotebookFailed, ParameterError
+    from actionpp.replicate import GridError
+    from actionpp.report import RunMetricsError
+    from actionpp.train import RunDirError, TrainingDiverged
+
+    if isinstance(exc, TrainingDiverged):
+        return 3
+    if isinstance(exc, (DataError, NotebookFailed, RunMetricsError)):
+        return 1
+    if isinstance(exc, (ConfigError, ParameterError, GridError, CheckpointError, RunDirError, FileNotFoundError)):
+        return 2
+    return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: its message with line breaks folded (the type name when it has none)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("ACTIONPP_DEBUG", "") not in ("", "0")
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+        code = exit_code(exc)
+        if debug:
+            traceback.print_exc()
+        known = code != 1 or type(exc).__module__.startswith("actionpp")
+        hint = "" if known or debug else f" ({type(exc).__name__}; run with --debug for the traceback)"
+        print(f"error: {one_line(exc)}{hint}", file=sys.stderr)
+        return code
     return int(rc or 0)
 
 

@@ -231,6 +231,7 @@ class RunEvaluation:
     volumes: list[Any]
     network: nn.Module
     result: EvalResult
+    missing: list[str] = field(default_factory=list)  # listed volumes absent from the data (``partial`` only)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -245,15 +246,20 @@ def evaluate_run(
     device: str | torch.device = "auto",
     save_predictions: str | Path | None = None,
     progress: bool = False,
+    partial: bool = False,
 ) -> RunEvaluation:
     """Score a checkpoint (or run directory) on ``split`` of ``data`` (folder, pack, ``phantom`` or ``shared``).
 
     ``which``: with a run directory, ``best``, ``last`` or ``auto`` (the run's ``eval.select``).
-    The protocol is the run's own (its ``data.size``, crop and class count).
+    The protocol is the run's own (its ``data.size``, crop and class count). Refused with a
+    :class:`~actionpp.data.DataError` naming the data: a dataset of another kind or class count
+    than the checkpoint's, a split the data do not list, and (unless ``partial``) a split whose
+    listed volumes are not all present. With ``partial`` the present ones are scored and
+    ``RunEvaluation.missing`` names the others.
     """
     from actionpp.checkpoint import find_checkpoint
-    from actionpp.data.roots import resolve_data_root
-    from actionpp.data.tensors import load_volumes
+    from actionpp.data.core import DataError
+    from actionpp.data.roots import open_dataset, resolve_data_root
     from actionpp.distributed import resolve_device
     from actionpp.models.segmodel import load_model
 
@@ -261,9 +267,25 @@ def evaluate_run(
     dev = resolve_device(device) if isinstance(device, str) else device
     net, cfg = load_model(path, device=dev)
     root = resolve_data_root(data, cfg)
-    vols = load_volumes(root, split)
-    if not vols:
-        raise ValueError(f"{root}: split {split!r} has no volumes")
+    ds = open_dataset(root)
+    if ds.kind != cfg.data.dataset or ds.num_classes != cfg.data.num_classes:
+        raise DataError(
+            f"{root}: holds {ds.kind} data ({ds.num_classes} classes), but {path} was trained on "
+            f"{cfg.data.dataset} ({cfg.data.num_classes} classes)"
+        )
+    if not ds.has_split(split):
+        raise DataError(f"{root}: has no {split}.list (the {split} split is not part of this copy of the data)")
+    listed = list(ds.volumes(split))
+    present = list(ds.available(split))
+    missing = [n for n in listed if n not in set(present)]
+    if missing and not partial:
+        raise DataError(
+            f"{root}: {len(missing)} of the {len(listed)} volumes listed in {split}.list are absent "
+            f"(first: {missing[0]}); score the present ones with --partial"
+        )
+    if not present:
+        raise DataError(f"{root}: none of the {len(listed)} volumes listed in {split}.list is present")
+    vols = [ds.read_volume(n) for n in present]
     with torch.no_grad():
         res = evaluate(
             net,
@@ -277,7 +299,7 @@ def evaluate_run(
             split=split,
             save_predictions_dir=save_predictions,
         )
-    return RunEvaluation(path, cfg, Path(root), split, vols, net, res)
+    return RunEvaluation(path, cfg, Path(root), split, vols, net, res, missing)
 
 
 def evaluate_checkpoint(
@@ -288,18 +310,21 @@ def evaluate_checkpoint(
     device: str = "auto",
     save_predictions: str | Path | None = None,
     progress: bool = False,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """:func:`evaluate_run` as JSON-safe data (what ``actionpp evaluate --json`` prints).
 
-    Returns ``{"checkpoint", "data", "split", "volumes", "summary", "result"}`` where
-    ``result`` is the full :class:`EvalResult` as JSON-safe data.
+    Returns ``{"checkpoint", "data", "split", "volumes", "missing", "summary", "result"}`` where
+    ``result`` is the full :class:`EvalResult` as JSON-safe data and ``missing`` the listed
+    volumes that were absent (only with ``partial``).
     """
-    ev = evaluate_run(checkpoint, data, split, which, device, save_predictions, progress)
+    ev = evaluate_run(checkpoint, data, split, which, device, save_predictions, progress, partial)
     return {
         "checkpoint": str(ev.checkpoint),
         "data": str(ev.root),
         "split": split,
         "volumes": len(ev.volumes),
+        "missing": list(ev.missing),
         "summary": ev.summary,
         "result": json.loads(ev.result.to_json()),
     }

@@ -146,7 +146,7 @@ class RunMetricsError(ValueError):
     """A run's ``metrics.json`` is missing, unreadable or incomplete; the message names the file."""
 
 
-def check_run_metrics(data: Any, path: str | Path = "metrics.json") -> list[str]:
+def check_run_metrics(data: Any) -> list[str]:
     """Problems that keep ``data`` (a parsed ``metrics.json``) out of the tables; empty when it is fine.
 
     Every :data:`REQUIRED_KEYS` entry present with its type, at least one class, and a finite
@@ -154,29 +154,29 @@ def check_run_metrics(data: Any, path: str | Path = "metrics.json") -> list[str]
     Dice and Jaccard within [0, 1].
     """
     if not isinstance(data, Mapping):
-        return [f"{path}: top level is {type(data).__name__}, not a mapping"]
+        return [f"top level is {type(data).__name__}, not a mapping"]
     problems = []
     for key, tp in REQUIRED_KEYS.items():
         if key not in data:
-            problems.append(f"{path}: missing {key!r}")
+            problems.append(f"missing {key!r}")
         elif not isinstance(data[key], tp) or isinstance(data[key], bool):
-            problems.append(f"{path}: {key!r} is {type(data[key]).__name__}")
+            problems.append(f"{key!r} is {type(data[key]).__name__}")
     if problems:
         return problems
     classes = data["classes"]
     if not classes:
-        problems.append(f"{path}: 'classes' is empty")
+        problems.append("'classes' is empty")
     for block in ("dice", "jaccard", "hd95", "asd"):
         for c in classes:
             v = data[block].get(str(c))
             if v is None:
                 if str(c) not in data[block]:
-                    problems.append(f"{path}: {block!r} has no value for class {c!r}")
+                    problems.append(f"{block!r} has no value for class {c!r}")
                 continue
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(float(v)):
-                problems.append(f"{path}: {block}[{c!r}] = {v!r} is not a finite number")
+                problems.append(f"{block}[{c!r}] = {v!r} is not a finite number")
             elif block in ("dice", "jaccard") and not 0.0 <= float(v) <= 1.0:
-                problems.append(f"{path}: {block}[{c!r}] = {v!r} is outside [0, 1]")
+                problems.append(f"{block}[{c!r}] = {v!r} is outside [0, 1]")
     return problems
 
 
@@ -191,7 +191,7 @@ def read_run_metrics(path: str | Path) -> dict[str, Any]:
         raise RunMetricsError(f"{path}: unreadable ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise RunMetricsError(f"{path}: not valid JSON (truncated?): {exc.msg} at line {exc.lineno}") from exc
-    problems = check_run_metrics(data, path)
+    problems = check_run_metrics(data)
     if problems:
-        raise RunMetricsError("; ".join(problems))
+        raise RunMetricsError(f"{path}: " + "; ".join(problems))
     return data

@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.out:
             save_centers(args.out, c)
     except CentersError as exc:
-        print(f"actionpp centers: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     m = c.meta
     report = {

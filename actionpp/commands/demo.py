@@ -205,10 +205,10 @@ def _main(args: argparse.Namespace) -> int:
     try:
         nbs = select_notebooks(folder, args.only)
     except ValueError as e:
-        print(f"actionpp demo: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if not nbs:
-        print(f"actionpp demo: no notebooks in {folder}", file=sys.stderr)
+        print(f"error: no notebooks in {folder}", file=sys.stderr)
         return 2
     out = (args.out or runs_dir() / "demo").resolve()
     os.environ.setdefault("MPLBACKEND", "Agg")

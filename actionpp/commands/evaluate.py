@@ -26,22 +26,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--save-predictions", default=None, metavar="DIR",
                    help="write each predicted volume as NIfTI into DIR")
+    p.add_argument("--partial", action="store_true",
+                   help="score the volumes of the split that are present when some listed ones are absent "
+                        "(they are named in the output); without it such a split is refused")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from actionpp.checkpoint import CheckpointError
-    from actionpp.data.core import DataError
     from actionpp.evaluate import evaluate_checkpoint
 
-    try:
-        report = evaluate_checkpoint(
-            args.checkpoint, data=args.data, split=args.split, which=args.which, device=args.device,
-            save_predictions=args.save_predictions,
-        )
-    except (CheckpointError, DataError, ValueError) as exc:
-        print(f"actionpp evaluate: {exc}", file=sys.stderr)
-        return 2
+    report = evaluate_checkpoint(
+        args.checkpoint, data=args.data, split=args.split, which=args.which, device=args.device,
+        save_predictions=args.save_predictions, partial=args.partial,
+    )
+    if report["missing"]:
+        print(f"warning: partial {args.split} split: {len(report['missing'])} listed volume(s) absent and not "
+              f"scored: {', '.join(report['missing'])}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -85,7 +85,10 @@ def _main(args: argparse.Namespace) -> int:
     try:
         params = _parse_overrides(args.param)
     except ValueError as exc:
-        print(f"actionpp notebook: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.notebook.is_file():
+        print(f"error: {args.notebook}: no such notebook", file=sys.stderr)
         return 2
     from actionpp.paths import runs_dir
 
@@ -95,10 +98,10 @@ def _main(args: argparse.Namespace) -> int:
             args.notebook, out, params, profile=args.profile, progress=args.progress, timeout=args.timeout
         )
     except nbx.ParameterError as exc:
-        print(f"actionpp notebook: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except nbx.NotebookFailed as exc:
-        print(f"actionpp notebook: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"executed {executed}")
     if args.html:

@@ -60,7 +60,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     except ValueError as e:  # GridError is a ValueError
-        print(f"actionpp replicate: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     out = (args.out or runs_dir() / "replicate" / grid.name).resolve()
     shard_txt = f" (shard {args.shard}: {len(selected)} runs)" if args.shard else ""

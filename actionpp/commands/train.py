@@ -31,27 +31,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from actionpp.config import ConfigError, dump_yaml, load_config
+    from actionpp.config import dump_yaml, load_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"actionpp train: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)  # errors become one line and exit 2 (actionpp.cli)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    from actionpp.checkpoint import CheckpointError
-    from actionpp.train import RunDirError, TrainingDiverged, train
+    from actionpp.train import train
 
-    try:
-        result = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
-    except (CheckpointError, RunDirError) as exc:
-        print(f"actionpp train: {exc}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        print(f"actionpp train: {exc}", file=sys.stderr)
-        return 3
+    result = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
     if result.is_main:
+        if result.cached:
+            print(f"note: {result.run_dir} already holds this finished run (config {result.config_hash}); nothing "
+                  "was trained: the result below is the stored one (use another --run-dir to train again)",
+                  file=sys.stderr)
         print(json.dumps(result.summary(), indent=2))
     return 0

@@ -128,6 +128,10 @@ class ACDCDataset:
     def volume_path(self, frame: str) -> Path:
         return self.root / "data" / f"{frame}.h5"
 
+    def available(self, split: str) -> list[str]:
+        """Frames of ``split`` whose volume file exists, in list order."""
+        return [f for f in self.volumes(split) if self.volume_path(f).is_file()]
+
     def read_slice(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(image float32 (H, W), label uint8 (H, W))`` of one training slice."""
         image, label, _ = read_h5_pair(self.slice_path(name), NUM_CLASSES)

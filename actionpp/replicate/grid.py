@@ -109,6 +109,20 @@ def _scalar_ok(v: Any) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _grid_name(raw: Mapping[str, Any], src: Path | None, where: str) -> str:
+    """The grid's ``name``: a plain file name (it names the default output folder ``runs/replicate/<name>``)."""
+    name = str(raw.get("name") or (src.stem if src else "grid"))
+    if not _NAME_RE.fullmatch(name) or ".." in name:
+        raise GridError(
+            f"{where}: name {name!r} must be a plain folder name (letters, digits, '.', '_', '+', '-'; no '/' or "
+            "'..'), since it names the output folder"
+        )
+    return name
+
+
 def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None) -> Grid:
     """Parse and validate a grid from a YAML file (or an already-loaded mapping).
 
@@ -188,7 +202,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
             except GridError as exc:
                 raise GridError(f"{where}: blocks[{i}]: {str(exc).removeprefix('grid: ')}") from None
         return Grid(
-            name=str(raw.get("name") or (src.stem if src else "grid")),
+            name=_grid_name(raw, src, where),
             source=src,
             notebooks=tuple(steps),
             profile=profile,
@@ -232,7 +246,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
         variants[name] = rest
 
     return Grid(
-        name=str(raw.get("name") or (src.stem if src else "grid")),
+        name=_grid_name(raw, src, where),
         source=src,
         notebooks=tuple(steps),
         profile=profile,
