@@ -356,3 +356,56 @@ def test_shipped_grids_expand_and_pass_the_strict_parameter_check(name: str, n_r
         ra = by_id["variant=random_assign_seed=1"]
         assert (ra["ASSIGNMENT"], ra["SAACL"], ra["ATS"], ra["LABELLED_PATIENTS"]) == ("random", "on", "on", 8)
         assert rp.paper_row("la", 8, "random_assign") == {"dice": 88.0, "asd": None}
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+def _fake_training_dir(run_dir: Path, seed: int, pretrain: int) -> None:
+    """What notebook 04's training loop leaves in OUT_DIR/run (config, log, run record, summary)."""
+    train = run_dir / "run"
+    train.mkdir(parents=True, exist_ok=True)
+    (train / "config.yaml").write_text(yaml.safe_dump({"method": {"pretrain": pretrain > 0},
+                                                       "train": {"pretrain_iters": pretrain}}))
+    vals = [(pretrain + 100, 0.4 + 0.1 * seed), (pretrain + 200, 0.6 + 0.1 * seed)]
+    lines = [{"kind": "train", "iteration": 10, "loss/total": 1.0}]
+    lines += [{"kind": "val", "iteration": it, "dice": d, "dice_per_class": {"RV": d}} for it, d in vals]
+    (train / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    (train / "run.json").write_text(json.dumps({"environment": {"git_commit": "abc123", "torch": "2.13.0+cpu"}}))
+    (train / "metrics.json").write_text(json.dumps({
+        "best": {"dice": vals[1][1], "dice_per_class": {"RV": vals[1][1]}}, "best_iteration": vals[1][0],
+        "its_per_s": {"finetune": 2.5},
+    }))
+
+
+def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme(tmp_path: Path) -> None:
+    from actionpp.replicate.publish import best_records, publish, validation_curves
+
+    grid = rp.load_grid(_grid(tmp_path, {"SEED": [0, 1]}))
+    runs = rp.expand(grid)
+    out = tmp_path / "out"
+    rp.run_grid(runs, out, executor=_fake_executor, log=None)
+    for r in runs:
+        _fake_training_dir(r.run_dir(out), r.axes["SEED"], pretrain=50)
+        (r.run_dir(out) / "run" / "last.pt").write_text("a checkpoint is never published")
+    dest = publish(out, runs, grid, tmp_path / "results" / "t", command="actionpp replicate grid.yaml")
+    for r in runs:
+        d = dest / r.run_id
+        assert {p.name for p in d.iterdir()} == {"done", "metrics.json", "run"}
+        assert {p.name for p in (d / "run").iterdir()} == {"config.yaml", "log.jsonl", "run.json", "metrics.json"}
+        assert (d / "run" / "log.jsonl").read_bytes() == (r.run_dir(out) / "run" / "log.jsonl").read_bytes()
+    # the published folder reads back like the grid folder it came from
+    records = rp.collect(dest)
+    assert [r.run_id for r in records] == sorted(r.run_id for r in runs)
+    # validation curves are counted in fine-tuning iterations (pre-training of 50 subtracted)
+    assert [row["finetune_iteration"] for row in validation_curves(records[0])] == [100, 200]
+    # best-checkpoint table: Dice 0.6 and 0.7 for seeds 0 and 1 -> 65.0 +- 7.07 (sample std) in %
+    best = rp.aggregate(best_records(records))
+    mean, std = best[0].stats["dice_mean"]
+    assert mean == pytest.approx(65.0) and std == pytest.approx(100 * 0.1 / 2**0.5)
+    assert "optimistic" in (dest / "results_best.md").read_text()
+    readme = (dest / "README.md").read_text()
+    assert "`abc123` (2 runs)" in readme and "finished runs: 2 of 2" in readme
+    assert "actionpp replicate grid.yaml" in readme
+    assert (dest / "val_dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (dest / "results.csv").read_text().count("\n") == 2

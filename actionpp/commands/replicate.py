@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--report-only", action="store_true", help="only (re)write results.csv and results.md from finished runs"
     )
     p.add_argument("--force", action="store_true", help="re-run finished runs too (their results are overwritten)")
+    p.add_argument("--publish", type=Path, default=None, metavar="DIR",
+                   help="also copy the finished runs' small files (metrics, config, log) with the tables, a "
+                        "validation-curve plot and a README into DIR (e.g. results/<grid name>)")
     p.set_defaults(func=_main)
 
 
@@ -90,6 +93,13 @@ def _main(args: argparse.Namespace) -> int:
     print(f"results of {len(records)}/{len(runs)} finished runs: {csv_path}, {md_path}")
     for problem in problems:
         print(f"left out of the tables (run it again): {problem}", file=sys.stderr)
+    if args.publish is not None:
+        from actionpp.replicate.publish import publish
+
+        flags = " --report-only" if args.report_only else f" --jobs {args.jobs}"
+        command = f"actionpp replicate {args.grid}{flags} --out {args.out or out} --publish {args.publish}"
+        dest = publish(out, runs, grid, args.publish, command=command)
+        print(f"published {len(records)} runs to {dest}")
     if outcomes:
         print(rp.summary(outcomes))
     return 1 if problems or any(o.status in ("failed", "stale") for o in outcomes) else 0

@@ -201,7 +201,9 @@ def aggregate(records: Sequence[RunRecord]) -> list[ResultRow]:
                     protocol[k] = sv
                 elif sv not in str(protocol[k]).split(" | "):
                     protocol[k] = f"{protocol[k]} | {sv}"
-        g = keys[key]
+        g = dict(keys[key])
+        if "METHOD" not in g and first.get("method"):  # e.g. an ablation block whose variants set the method
+            g = {"METHOD": first["method"], **g}
         dataset = first.get("dataset") or next(
             (r.metrics.get("dataset") for r in recs if r.metrics.get("dataset")), None
         )

@@ -1,0 +1,251 @@
+"""Publishing a grid's results next to the code: small text files a reader can check, no checkpoints.
+
+``actionpp replicate GRID --out RUNS --publish DIR`` (or :func:`publish`) writes into ``DIR``:
+
+- ``results.csv`` / ``results.md``: the tables of the selected checkpoints, scored on the runs'
+  evaluation split (:mod:`actionpp.replicate.tables`);
+- ``results_best.csv`` / ``results_best.md``: the same runs at their best validation checkpoint
+  (Dice only: what the training log records). When the evaluation split is the validation split
+  this number is optimistic (selected and scored on the same volumes): the tables say so;
+- ``val_dice.png``: validation Dice against fine-tuning iteration, mean and range over seeds per
+  group (pre-training validations at negative iterations);
+- per run ``<run_id>/``: its ``done`` marker and ``metrics.json`` (what the notebook wrote), and
+  ``run/config.yaml``, ``run/log.jsonl``, ``run/run.json`` (environment, git commit, start times),
+  ``run/metrics.json`` (the training loop's own summary): the grid's own layout without the
+  checkpoints and executed notebooks, so every reader of a grid folder
+  (:func:`~actionpp.replicate.tables.collect`, :func:`best_records`, :func:`validation_curves`,
+  notebook 06) reads a published folder too; nothing is edited, only copied;
+- ``README.md``: the grid file, the command, the commits the runs trained on, dates, wall times.
+
+Everything in ``DIR`` is written by this function from files the runs wrote.
+
+Taught in notebooks/06_replication_report.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from actionpp.atomic import atomic_write_text
+from actionpp.replicate.grid import Grid, Run
+from actionpp.replicate.run import DONE
+from actionpp.replicate.tables import RunRecord, aggregate, collect, results_csv, results_markdown, write_results
+
+__all__ = ["publish", "best_records", "validation_curves", "plot_validation_curves", "TRAIN_DIR"]
+
+TRAIN_DIR = "run"  # the training run directory inside a grid run (04_train: OUT_DIR / "run")
+_COPIED = ("config.yaml", "log.jsonl", "run.json", "metrics.json")  # from the training run directory
+
+
+def _train_summary(record: RunRecord) -> dict[str, Any]:
+    p = record.path / TRAIN_DIR / "metrics.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def best_records(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The runs at their best validation checkpoint: ``dice`` per class and ``dice_mean`` from
+    ``metrics["val_best"]`` (or the training run's own ``metrics.json``); other metrics absent."""
+    out = []
+    for r in records:
+        best = r.metrics.get("val_best") or _train_summary(r).get("best")
+        if not best or not best.get("dice_per_class"):
+            continue
+        per_class = {str(k): float(v) for k, v in best["dice_per_class"].items()}
+        m = {
+            "dataset": r.metrics.get("dataset"),
+            "data": r.metrics.get("data"),
+            "method": r.metrics.get("method"),
+            "labelled_patients": r.metrics.get("labelled_patients"),
+            "classes": list(r.metrics.get("classes") or per_class),
+            "dice": per_class,
+            "dice_mean": float(best["dice"]),
+            "protocol": {
+                **(r.metrics.get("protocol") or {}),
+                "model_selection": "best validation checkpoint (iteration "
+                                   f"{r.metrics.get('val_best_iteration', _train_summary(r).get('best_iteration'))})",
+            },
+        }
+        out.append(RunRecord(r.run_id, r.axes, m, r.path))
+    return out
+
+
+def validation_curves(record: RunRecord) -> list[dict[str, Any]]:
+    """``[{"iteration", "finetune_iteration", "dice", "dice_per_class"}]`` from the run's training log."""
+    log = record.path / TRAIN_DIR / "log.jsonl"
+    if not log.is_file():
+        return []
+    cfg_file = record.path / TRAIN_DIR / "config.yaml"
+    pre = 0
+    if cfg_file.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        if (cfg.get("method") or {}).get("pretrain"):
+            pre = int((cfg.get("train") or {}).get("pretrain_iters", 0))
+    rows = []
+    for line in log.read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if e.get("kind") == "val" and e.get("dice") is not None:
+            rows.append({"iteration": int(e["iteration"]), "finetune_iteration": int(e["iteration"]) - pre,
+                         "dice": float(e["dice"]), "dice_per_class": e.get("dice_per_class") or {}})
+    return rows
+
+
+def _group_key(r: RunRecord) -> str:
+    return ", ".join(f"{k}={v}" for k, v in r.axes.items() if k != "SEED") or r.run_id
+
+
+def _curve_groups(records: Sequence[RunRecord]) -> dict[str, dict[int, list[float]]]:
+    groups: dict[str, dict[int, list[float]]] = {}
+    for r in records:
+        for row in validation_curves(r):
+            groups.setdefault(_group_key(r), {}).setdefault(row["finetune_iteration"], []).append(row["dice"])
+    return groups
+
+
+def _draw_curves(ax: Any, groups: dict[str, dict[int, list[float]]], title: str) -> None:
+    for name, by_it in groups.items():
+        its = sorted(by_it)
+        mean = [statistics.fmean(by_it[i]) for i in its]
+        ax.plot(its, mean, marker="o", ms=3, label=f"{name} (n={max(len(v) for v in by_it.values())})")
+        ax.fill_between(its, [min(by_it[i]) for i in its], [max(by_it[i]) for i in its], alpha=0.15)
+    ax.axvline(0, color="0.6", lw=0.8, ls=":")
+    ax.set(xlabel="fine-tuning iteration (pre-training at negative iterations)", ylabel="validation Dice", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+
+
+def plot_validation_curves(records: Sequence[RunRecord], path: Path, title: str) -> Path | None:
+    """Mean validation Dice over seeds against fine-tuning iteration, one line per group (seed range shaded).
+
+    Runs with a ``VARIANT`` axis (ablations) get a second panel, with the main runs of the same
+    method drawn again there for reference.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = [r for r in records if "VARIANT" not in r.axes]
+    variants = [r for r in records if "VARIANT" in r.axes]
+    if not _curve_groups(records):
+        return None
+    panels = [(main, f"{title}: methods")]
+    if variants:
+        methods = {r.metrics.get("method") for r in variants}
+        ref = [r for r in main if r.axes.get("METHOD") in methods or r.metrics.get("method") in methods]
+        panels.append((ref + variants, f"{title}: ablations (seed 0 unless n says more)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 4.5), squeeze=False)
+    for ax, (recs, t) in zip(axes[0], panels):
+        _draw_curves(ax, _curve_groups(recs), t)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], command: str, dest: Path) -> str:
+    commits: dict[str, list[str]] = {}
+    torch_versions: set[str] = set()
+    lines_runs = []
+    total = 0.0
+    first = last = None
+    for r in records:
+        run_json = r.path / TRAIN_DIR / "run.json"
+        env = json.loads(run_json.read_text()).get("environment", {}) if run_json.is_file() else {}
+        commits.setdefault(str(env.get("git_commit")), []).append(r.run_id)
+        if env.get("torch"):
+            torch_versions.add(str(env["torch"]))
+        marker = json.loads((r.path / DONE).read_text())
+        total += float(marker.get("seconds", 0.0))
+        train = _train_summary(r)
+        fin = marker.get("finished")
+        first = fin if first is None or (fin and fin < first) else first
+        last = fin if last is None or (fin and fin > last) else last
+        its = ", ".join(f"{k} {v:.2f}/s" for k, v in (train.get("its_per_s") or {}).items())
+        lines_runs.append(f"| {r.run_id} | {marker.get('seconds', 0) / 60:.1f} | {its} | {fin} |")
+    out = [
+        f"# {grid.name}: published results",
+        "",
+        "Written by `actionpp replicate --publish` from the runs' own files; nothing here is typed by hand.",
+        "",
+        f"- grid: `{grid.source}`" if grid.source else "- grid: (in memory)",
+        f"- command: `{command}`",
+        f"- finished runs: {len(records)} of {len(runs)} in the grid"
+        + ("" if len(records) == len(runs) else " (the others had not finished when this was written)"),
+        "- trained on commit(s): " + "; ".join(f"`{c}` ({len(v)} runs)" for c, v in commits.items()),
+        f"- torch: {', '.join(sorted(torch_versions)) or 'unknown'}",
+        f"- machine that wrote this folder (and ran the grid): {_machine()}",
+        f"- runs finished between {first} and {last}; wall time of all runs added up: {total / 3600:.2f} h "
+        "(two ran at a time, one torch thread each)",
+        f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "",
+        "Files: `results.md` / `results.csv` (selected checkpoint), `results_best.md` / `results_best.csv` "
+        "(best validation checkpoint), `val_dice.png` (validation Dice along training), and per run its "
+        "`done` marker and `metrics.json` (the notebook's), `run/config.yaml`, `run/log.jsonl`, `run/run.json` "
+        "and `run/metrics.json` (the training loop's).",
+        "",
+        "| run | minutes | iterations / s (per phase) | finished |",
+        "|---|---|---|---|",
+        *lines_runs,
+        "",
+    ]
+    return "\n".join(out)
+
+
+def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, command: str = "") -> Path:
+    """Copy the finished runs' small files and write the tables, the curves and a README into ``dest``.
+
+    Only runs that finished with valid metrics are published (:func:`~actionpp.replicate.tables.collect`).
+    ``dest`` is created; files of runs published earlier are replaced by the current ones.
+    """
+    out, dest = Path(out), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    records = collect(out, runs)
+    write_results(dest, records, title=f"{grid.name}: results (selected checkpoint)")
+    best = best_records(records)
+    rows = aggregate(best)
+    note = ("Best validation checkpoint per run. When the runs are scored on the validation split, this is "
+            "selected and scored on the same volumes: an optimistic number, shown because part of the field "
+            "reports it; the selected-checkpoint table is the one to compare.")
+    atomic_write_text(dest / "results_best.csv", results_csv(rows))
+    md = results_markdown(rows, f"{grid.name}: results (best validation checkpoint)")
+    atomic_write_text(dest / "results_best.md", md.replace("\n\n", f"\n\n{note}\n\n", 1))
+    plot_validation_curves(records, dest / "val_dice.png", f"{grid.name}: validation Dice")
+    for r in records:
+        d = dest / r.run_id
+        (d / TRAIN_DIR).mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.json", DONE):
+            shutil.copyfile(r.path / name, d / name)
+        for name in _COPIED:
+            src = r.path / TRAIN_DIR / name
+            if src.is_file():
+                shutil.copyfile(src, d / TRAIN_DIR / name)
+    atomic_write_text(dest / "README.md", _readme(grid, records, runs, command, dest))
+    return dest
