@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--publish", type=Path, default=None, metavar="DIR",
                    help="also copy the finished runs' small files (metrics, config, log) with the tables, a "
                         "validation-curve plot and a README into DIR (e.g. results/<grid name>)")
+    p.add_argument("--docs", type=Path, default=None, metavar="FILE",
+                   help="with --publish: rewrite the grid's section of this Markdown file (e.g. docs/results.md)")
     p.set_defaults(func=_main)
 
 
@@ -98,7 +100,9 @@ def _main(args: argparse.Namespace) -> int:
 
         flags = " --report-only" if args.report_only else f" --jobs {args.jobs}"
         command = f"actionpp replicate {args.grid}{flags} --out {args.out or out} --publish {args.publish}"
-        dest = publish(out, runs, grid, args.publish, command=command)
+        if args.docs is not None:
+            command += f" --docs {args.docs}"
+        dest = publish(out, runs, grid, args.publish, command=command, docs=args.docs)
         print(f"published {len(records)} runs to {dest}")
     if outcomes:
         print(rp.summary(outcomes))

@@ -9,6 +9,10 @@
   this number is optimistic (selected and scored on the same volumes): the tables say so;
 - ``val_dice.png``: validation Dice against fine-tuning iteration, mean and range over seeds per
   group (pre-training validations at negative iterations);
+- ``loss_shares.md``: per run, the share of the update each loss term drives (``share/<term>``
+  of the training log: (w_k g_k . g) / ||g||^2 on the backbone, the shares sum to 1), averaged over
+  the first and the last quarter of fine-tuning, and the centre term's share of the SAACL anchor
+  gradient under both ``saacl.centre_term`` forms;
 - per run ``<run_id>/``: its ``done`` marker and ``metrics.json`` (what the notebook wrote), and
   ``run/config.yaml``, ``run/log.jsonl``, ``run/run.json`` (environment, git commit, start times),
   ``run/metrics.json`` (the training loop's own summary): the grid's own layout without the
@@ -39,7 +43,7 @@ from actionpp.replicate.grid import Grid, Run
 from actionpp.replicate.run import DONE
 from actionpp.replicate.tables import RunRecord, aggregate, collect, results_csv, results_markdown, write_results
 
-__all__ = ["publish", "best_records", "validation_curves", "plot_validation_curves", "TRAIN_DIR"]
+__all__ = ["publish", "best_records", "validation_curves", "plot_validation_curves", "loss_shares", "TRAIN_DIR"]
 
 TRAIN_DIR = "run"  # the training run directory inside a grid run (04_train: OUT_DIR / "run")
 _COPIED = ("config.yaml", "log.jsonl", "run.json", "metrics.json")  # from the training run directory
@@ -158,6 +162,55 @@ def plot_validation_curves(records: Sequence[RunRecord], path: Path, title: str)
     return path
 
 
+def _finetune_log(record: RunRecord) -> list[dict[str, Any]]:
+    log = record.path / TRAIN_DIR / "log.jsonl"
+    rows = []
+    for line in (log.read_text().splitlines() if log.is_file() else []):
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if e.get("kind") == "train" and e.get("phase") == "finetune":
+            rows.append(e)
+    return rows
+
+
+def loss_shares(records: Sequence[RunRecord]) -> str:
+    """Markdown: per run, mean ``share/<term>`` over the first and last quarter of fine-tuning, and
+    the mean centre share of the SAACL gradient (``centre_share/averaged`` / ``separate``)."""
+    lines = ["# Which loss term drives the update", "",
+             "Share of the update on the backbone that each weighted loss term drives, (w_k g_k . g) / ||g||^2 "
+             "with g the sum of the weighted gradients (the shares add up to 1; a negative share pulls against "
+             "the update), read from the training logs (every `runtime.log_every` iterations) and averaged over "
+             "the first and the last quarter of fine-tuning. `centre`: the centre term's share of the SAACL "
+             "gradient on the anchors, ||g_c|| / (||g_c|| + ||g_rest||), under the official `averaged` form and "
+             "the `separate` form, on the same embeddings (the run trains with one of them: its config says which).",
+             ""]
+    header = "| run | window | " + " | ".join(["sup", "unsup", "consistency", "anco", "saacl"]) + \
+        " | centre (averaged) | centre (separate) |"
+    lines += [header, "|" + "---|" * 9]
+    for r in records:
+        rows = _finetune_log(r)
+        if not rows or not any(k.startswith("share/") for k in rows[0]):
+            continue
+        last_it = max(int(e["iteration"]) for e in rows)
+        first_it = min(int(e["iteration"]) for e in rows)
+        span = max(last_it - first_it, 1)
+        windows = {
+            "first quarter": [e for e in rows if int(e["iteration"]) <= first_it + span / 4],
+            "last quarter": [e for e in rows if int(e["iteration"]) >= last_it - span / 4],
+        }
+        for wname, sel in windows.items():
+            def mean(key: str, sel: list[dict[str, Any]] = sel) -> str:
+                vals = [float(e[key]) for e in sel if e.get(key) is not None]
+                return f"{statistics.fmean(vals):.3f}" if vals else "-"
+
+            cells = [mean(f"share/{t}") for t in ("sup", "unsup", "consistency", "anco", "saacl")]
+            cells += [mean("centre_share/averaged"), mean("centre_share/separate")]
+            lines.append(f"| {r.run_id} | {wname} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -207,7 +260,8 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "",
         "Files: `results.md` / `results.csv` (selected checkpoint), `results_best.md` / `results_best.csv` "
-        "(best validation checkpoint), `val_dice.png` (validation Dice along training), and per run its "
+        "(best validation checkpoint), `val_dice.png` (validation Dice along training), `loss_shares.md` "
+        "(which loss term drives the update), and per run its "
         "`done` marker and `metrics.json` (the notebook's), `run/config.yaml`, `run/log.jsonl`, `run/run.json` "
         "and `run/metrics.json` (the training loop's).",
         "",
@@ -219,11 +273,41 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
     return "\n".join(out)
 
 
-def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, command: str = "") -> Path:
+def docs_section(dest: Path, docs: Path, grid: Grid) -> str:
+    """The Markdown that :func:`publish` writes into ``docs`` between ``<!-- grid:<name>:start/end -->``:
+    the published tables (selected and best checkpoint), the validation-curve figure and the loss shares."""
+    rel = Path(os.path.relpath(dest, docs.parent))
+
+    def body(name: str) -> str:
+        text = (dest / name).read_text().split("\n", 1)[1].strip()  # without its title line
+        return text.replace("\n# ", "\n#### ")
+
+    return "\n".join([
+        f"_Written by `actionpp replicate --publish {dest.name} --docs` from `{rel}/`; "
+        f"provenance (commits, machine, wall times): [`{rel}/README.md`]({rel}/README.md)._",
+        "",
+        "#### Selected checkpoint (as the grid's profile selects it)",
+        "",
+        body("results.md"),
+        "",
+        "#### Best validation checkpoint",
+        "",
+        body("results_best.md"),
+        "",
+        f"![validation Dice along training]({rel}/val_dice.png)",
+        "",
+        f"Which loss term drives the update: [`{rel}/loss_shares.md`]({rel}/loss_shares.md).",
+    ])
+
+
+def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, command: str = "",
+            docs: str | Path | None = None) -> Path:
     """Copy the finished runs' small files and write the tables, the curves and a README into ``dest``.
 
     Only runs that finished with valid metrics are published (:func:`~actionpp.replicate.tables.collect`).
-    ``dest`` is created; files of runs published earlier are replaced by the current ones.
+    ``dest`` is created; files of runs published earlier are replaced by the current ones. With
+    ``docs`` (a Markdown file, e.g. ``docs/results.md``) the grid's section of that file is rewritten
+    (:func:`docs_section`); the rest of the file is left as it is.
     """
     out, dest = Path(out), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -238,6 +322,7 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
     md = results_markdown(rows, f"{grid.name}: results (best validation checkpoint)")
     atomic_write_text(dest / "results_best.md", md.replace("\n\n", f"\n\n{note}\n\n", 1))
     plot_validation_curves(records, dest / "val_dice.png", f"{grid.name}: validation Dice")
+    atomic_write_text(dest / "loss_shares.md", loss_shares(records))
     for r in records:
         d = dest / r.run_id
         (d / TRAIN_DIR).mkdir(parents=True, exist_ok=True)
@@ -248,4 +333,8 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
             if src.is_file():
                 shutil.copyfile(src, d / TRAIN_DIR / name)
     atomic_write_text(dest / "README.md", _readme(grid, records, runs, command, dest))
+    if docs is not None:
+        from actionpp.benchdoc import write_section
+
+        write_section(Path(docs), f"grid:{grid.name}", docs_section(dest, Path(docs), grid))
     return dest
