@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # installed before torch) pulls a multi-GB CUDA build. pyproject.toml keeps a range.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-all lint strip bench clean
+.PHONY: setup demo test test-all lint strip bench gpu-carry gpu-dry-run clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,23 @@ bench: $(STAMP)
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_augment.py
 	$(PY) bench/bench_models.py
+
+# The folder bench/gpu_suite.py takes to a GPU machine (bench/README.md): real ACDC packed (~53 MiB) and the
+# wheels the GPU image lacks (GPU_WHEELS="name==version ...", pinned, pure Python; none is needed today),
+# then what a device call would send, checked against its 64 MiB.
+GPU_DATA   ?= $(or $(ACTIONPP_SHARED),../shared)/data/acdc
+GPU_WHEELS ?=
+gpu-carry: $(STAMP)
+	mkdir -p .gpu_carry
+	test -f .gpu_carry/acdc.pack || $(VENV)/bin/actionpp data pack $(GPU_DATA) .gpu_carry/acdc.pack
+	$(if $(strip $(GPU_WHEELS)),$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .gpu_carry/whl $(GPU_WHEELS),@echo "no wheels to carry (GPU_WHEELS is empty)")
+	$(PY) bench/gpu_suite.py --check-carry
+
+# every stage of the GPU suite at the smallest sizes on the CPU (about a minute)
+gpu-dry-run: $(STAMP)
+	$(PY) bench/gpu_suite.py --dry-run
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,35 +2,62 @@
 
 On CUDA: the ``acdc_paper`` recipe (256 x 256, batch 4 + 4, bf16 autocast) and a
 projection of the paper's 10 k + 20 k ACTION++ schedule. On a CPU: the
-``phantom_lab`` size (128 x 128, batch 4 + 4, fp32). Data: real ACDC when
-``../shared/data/acdc`` exists (``--data shared``), else the phantom (the step cost
-does not depend on the image content).
+``phantom_lab`` size (128 x 128, batch 4 + 4, fp32). Data: the phantom by default
+(``--data shared``, a folder or a pack file for real ACDC; the step cost barely depends
+on the image content).
 
-Writes its section of ``docs/benchmarks.md`` between ``<!-- bench_train:start -->`` and
-``<!-- bench_train:end -->`` (other benchmarks keep theirs); ``--no-write`` only prints.
+Options the GPU suite (``bench/gpu_suite.py``) uses:
+
+- ``--compile both``: every row eager and with ``torch.compile`` of the U-Net
+  (``--compile-backend aot_eager`` traces with dynamo + AOT autograd but skips inductor's
+  code generation: the CPU dry run's way to exercise the compile path in seconds);
+- ``--ssl4mis``: the 1x reference in the same command, an SSL4MIS-style mean-teacher loop
+  (per-sample numpy / scipy augmentation in a ``DataLoader``, fp32, a host read of every
+  loss term every iteration, a Python loop over the parameters for the EMA), at the same
+  batch and image size;
+- ``--profile FILE``: where the time of an ACTION++ step goes (per-stage host and GPU time
+  from ``torch.profiler``, kernels per step, host synchronisations per step and where they
+  happen, the Hungarian matching's host time), written as text;
+- ``--json FILE``: every number as JSON; ``--budget S``: rows that would start after S
+  seconds are skipped (and say so).
+
+Writes its section of ``docs/benchmarks.md`` (``bench_train`` on a CPU, ``bench_train:cuda``
+on CUDA; other benchmarks keep theirs); ``--no-write`` only prints.
 
     python bench/bench_train.py                  # CUDA if available, else CPU with torch's default threads
     python bench/bench_train.py --threads 1,2    # CPU: one set of rows per thread count
+    python bench/bench_train.py --compile both --ssl4mis --profile runs/profile.txt   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import datetime as _dt
+import functools
+import json
 import math
 import os
 import platform
 import sys
 import time
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from actionpp import benchdoc  # noqa: E402
-from actionpp.config import load_config  # noqa: E402
+from actionpp.config import Config, load_config  # noqa: E402
 from actionpp.distributed import DistInfo, resolve_device  # noqa: E402
 from actionpp.train import prepare  # noqa: E402
 from actionpp.train.batches import BatchSource  # noqa: E402
@@ -39,7 +66,8 @@ from actionpp.train.state import TrainerState  # noqa: E402
 from actionpp.train.steps import finetune_step, pretrain_step  # noqa: E402
 
 METHODS = ("supervised", "mean_teacher", "action", "actionpp")
-
+PAPER_PRETRAIN, PAPER_FINETUNE = 10_000, 20_000  # the paper's ACDC schedule
+SSL4MIS_ITERS = 30_000  # SSL4MIS's ACDC schedule (max_iterations)
 
 
 def _sync(device: torch.device) -> None:
@@ -47,30 +75,69 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_phase(tr: TrainerState, batches: BatchSource, objective: Objective, phase: str, warmup: int,
-                iters: int) -> float:
-    """Seconds per iteration of ``phase`` (after ``warmup`` untimed iterations)."""
+# =========================================================================== configs and compile
+
+
+def bench_overrides(data: str, size: int, device: torch.device, compile_on: bool, method: str,
+                    extra: list[str] | None = None) -> list[str]:
+    """The overrides of one benchmark row (batch 4 + 4, no progress bar)."""
+    base = [f"data.root={data}", f"data.size={size}", "train.batch_labelled=4", "train.batch_unlabelled=4",
+            f"runtime.device={device}", f"runtime.compile={str(compile_on).lower()}", "runtime.progress=false",
+            f"method.name={method}"]
+    if size < 256:  # local ISD windows scaled with the image (64 / 32 of 256)
+        base += [f"pretrain.patch={max(size // 4, 4)}", f"pretrain.stride={max(size // 8, 2)}"]
+    return base + list(extra or [])
+
+
+@contextlib.contextmanager
+def compile_backend(backend: str | None) -> Iterator[None]:
+    """Within the block, ``torch.compile`` uses ``backend`` (None: torch's default, inductor)."""
+    if backend is None or backend == "inductor":
+        yield
+        return
+    original = torch.compile
+    torch.compile = functools.partial(original, backend=backend)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.compile = original  # type: ignore[assignment]
+
+
+def _reset_compiled() -> None:
+    with contextlib.suppress(Exception):
+        import torch._dynamo
+
+        torch._dynamo.reset()
+
+
+# =========================================================================== timing our loop
+
+
+def time_phase(tr: TrainerState, batches: BatchSource, objective: Objective, phase: str, warmup: int,
+               iters: int) -> dict[str, float]:
+    """Seconds per iteration of ``phase`` after ``warmup`` untimed ones, and the first step's seconds."""
     tr.optimizer = tr.new_optimizer(phase)
     fn = pretrain_step if phase == "pretrain" else finetune_step
-
-    def step(i: int) -> dict[str, torch.Tensor]:
-        return fn(tr, batches, objective, i)
-
-    for i in range(warmup):
-        step(i)
+    t0 = time.perf_counter()
+    fn(tr, batches, objective, 0)
+    _sync(tr.device)
+    first = time.perf_counter() - t0
+    for i in range(1, warmup):
+        fn(tr, batches, objective, i)
     _sync(tr.device)
     t0 = time.perf_counter()
     out: dict[str, torch.Tensor] = {}
     for i in range(warmup, warmup + iters):
-        out = step(i)
+        out = fn(tr, batches, objective, i)
     total = float(out["total"])  # one host read, as at a log interval
     _sync(tr.device)
+    s = (time.perf_counter() - t0) / iters
     if not math.isfinite(total):
         raise RuntimeError(f"{tr.cfg.method.name} {phase}: non-finite loss {total} after {warmup + iters} iterations")
-    return (time.perf_counter() - t0) / iters
+    return {"s": s, "first_s": first, "loss": total}
 
 
-def _time_augment(tr: TrainerState, batches: BatchSource, iters: int) -> float:
+def time_augment(tr: TrainerState, batches: BatchSource, iters: int) -> float:
     """Seconds per batch of the data pipeline alone: sampling, weak + strong augmentation, CutMix."""
     def one() -> None:
         batches.labelled()
@@ -89,111 +156,602 @@ def _time_augment(tr: TrainerState, batches: BatchSource, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--data", default=None, help="phantom | shared | a folder (default: phantom)")
-    ap.add_argument("--size", type=int, default=None, help="image size (default: 256 on CUDA, 128 on CPU)")
-    ap.add_argument("--iters", type=int, default=None, help="timed iterations per method and phase")
-    ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--threads", default=None,
-                    help="CPU: comma-separated torch thread counts, one set of rows each (e.g. 1,2)")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--compile", action="store_true", help="torch.compile the U-Net (CUDA)")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
-    args = ap.parse_args(argv)
+# =========================================================================== the SSL4MIS-style 1x
 
+
+def _ssl4mis_random_generator(image: np.ndarray, label: np.ndarray, size: int,
+                              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """SSL4MIS ``RandomGenerator``: rot90 + flip (p 1/2), else rotate by -20..20 deg (p 1/2), zoom to size."""
+    from scipy import ndimage
+
+    if rng.random() > 0.5:
+        k, axis = int(rng.integers(0, 4)), int(rng.integers(0, 2))
+        image, label = np.flip(np.rot90(image, k), axis).copy(), np.flip(np.rot90(label, k), axis).copy()
+    elif rng.random() > 0.5:
+        angle = int(rng.integers(-20, 20))
+        image = ndimage.rotate(image, angle, order=0, reshape=False)
+        label = ndimage.rotate(label, angle, order=0, reshape=False)
+    h, w = image.shape
+    image = ndimage.zoom(image, (size / h, size / w), order=0)
+    label = ndimage.zoom(label, (size / h, size / w), order=0)
+    return image, label
+
+
+class _SliceSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """SSL4MIS ``BaseDataSets`` over in-memory slices (labelled first), augmented per sample in the worker."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, size: int, seed: int) -> None:
+        self.images, self.labels, self.size, self.seed = images, labels, size, seed
+        self.rng: np.random.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rng is None:
+            info = torch.utils.data.get_worker_info()
+            self.rng = np.random.default_rng(self.seed + (info.id if info is not None else 0))
+        image, label = _ssl4mis_random_generator(self.images[i], self.labels[i], self.size, self.rng)
+        return torch.from_numpy(image.astype(np.float32))[None], torch.from_numpy(label.astype(np.uint8))
+
+
+def _two_stream_batches(n_l: int, n_total: int, b_l: int, b_u: int, count: int, seed: int) -> list[list[int]]:
+    """SSL4MIS ``TwoStreamBatchSampler``: each batch ``b_l`` labelled then ``b_u`` unlabelled indices."""
+    rng = np.random.default_rng(seed)
+    return [list(rng.choice(n_l, b_l, replace=n_l < b_l)) + list(n_l + rng.choice(n_total - n_l, b_u,
+                                                                                      replace=n_total - n_l < b_u))
+            for _ in range(count)]
+
+
+def _ssl4mis_dice(soft: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """SSL4MIS ``DiceLoss``: a Python loop over the classes of a one-hot target."""
+    loss = soft.new_zeros(())
+    for c in range(k):
+        t = (target == c).float()
+        s = soft[:, c]
+        intersect, y_sum, z_sum = (s * t).sum(), (t * t).sum(), (s * s).sum()
+        loss = loss + 1 - (2 * intersect + 1e-5) / (z_sum + y_sum + 1e-5)
+    return loss / k
+
+
+def time_ssl4mis(cfg: Config, batches: BatchSource, device: torch.device, warmup: int, iters: int,
+                 workers: int) -> dict[str, float]:
+    """Seconds per iteration of an SSL4MIS-style mean-teacher loop on the same data, batch and size.
+
+    SSL4MIS ``train_mean_teacher_2D.py`` as it runs: a ``DataLoader`` (``workers`` processes) over a
+    dataset that augments each slice with numpy / scipy, the batch copied to the device, fp32,
+    CE + Dice (class loop) + MSE consistency with the clipped input noise, SGD, the EMA teacher as a
+    Python loop over the parameters, the poly learning rate, and a host read (``.item()``) of every
+    logged loss every iteration. The slices are held in memory (SSL4MIS reads an HDF5 file per
+    sample), which favours the reference.
+    """
+    from actionpp.models import UNet2D
+
+    data = batches.data
+    k, size = cfg.data.num_classes, cfg.data.size
+    x_l = data.x_l.detach().cpu().numpy()[:, 0]
+    y_l = data.y_l.detach().cpu().numpy().astype(np.uint8)
+    x_u = data.x_u.detach().cpu().numpy()[:, 0]
+    images = np.concatenate([x_l, x_u])
+    labels = np.concatenate([y_l, np.zeros((len(x_u), *x_u.shape[1:]), dtype=np.uint8)])
+    b_l, b_u = cfg.train.batch_labelled, cfg.train.batch_unlabelled
+    dataset = _SliceSet(images, labels, size, cfg.runtime.seed)
+    sampler = _two_stream_batches(len(x_l), len(images), b_l, b_u, warmup + iters, cfg.runtime.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    torch.manual_seed(cfg.runtime.seed)
+    model = UNet2D(1, k).to(device)
+    ema = copy.deepcopy(model)
+    for p in ema.parameters():
+        p.detach_()
+    model.train()
+    ema.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    logged: list[float] = []
+    t0 = time.perf_counter()
+    for it, (volume, label) in enumerate(loader):
+        if it == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        volume, label = volume.to(device), label.to(device)  # SSL4MIS: volume_batch.cuda()
+        unlab = volume[b_l:]
+        noise = torch.clamp(torch.randn_like(unlab) * 0.1, -0.2, 0.2)
+        out = model(volume)
+        soft = torch.softmax(out, dim=1)
+        with torch.no_grad():
+            ema_soft = torch.softmax(ema(unlab + noise), dim=1)
+        loss_ce = F.cross_entropy(out[:b_l], label[:b_l].long())
+        loss_dice = _ssl4mis_dice(soft[:b_l], label[:b_l], k)
+        w = 0.1 * math.exp(-5.0 * (1.0 - min(it // 150, 200) / 200) ** 2)  # sigmoid ramp-up over "epochs"
+        consistency = torch.mean((soft[b_l:] - ema_soft) ** 2)
+        loss = 0.5 * (loss_ce + loss_dice) + w * consistency
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        alpha = min(1 - 1 / (it + 1), 0.99)
+        with torch.no_grad():
+            for ep, p in zip(ema.parameters(), model.parameters()):
+                ep.mul_(alpha).add_(p, alpha=1 - alpha)
+        lr = 0.01 * (1.0 - it / SSL4MIS_ITERS) ** 0.9
+        for g in opt.param_groups:
+            g["lr"] = lr
+        logged = [loss.item(), loss_ce.item(), loss_dice.item(), consistency.item()]  # writer.add_scalar each iteration
+    _sync(device)
+    s = (time.perf_counter() - t0) / iters
+    if not all(math.isfinite(v) for v in logged):
+        raise RuntimeError(f"SSL4MIS-style loop: non-finite loss {logged}")
+    return {"s": s, "loss": logged[0], "workers": float(workers)}
+
+
+# =========================================================================== where the time goes
+
+
+_STAGES = {
+    "batch + weak view": ("batches", ("labelled", "unlabelled")),
+    "strong view (mix, jitter, blur)": ("batches", ("mix", "photometric")),
+    "loss terms": ("objective", ("finetune_terms", "pretrain_terms")),
+    "EMA teacher update": ("teacher", ("update",)),
+}
+
+
+@contextlib.contextmanager
+def _instrumented(tr: TrainerState, batches: BatchSource, objective: Objective,
+                  host_s: dict[str, float]) -> Iterator[None]:
+    """Wrap the stages of a step in ``torch.profiler.record_function`` ranges (instance attributes only)."""
+    from torch.profiler import record_function
+
+    import actionpp.allocation as allocation
+    import actionpp.train.steps as steps_mod
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def inner(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            with record_function(name):
+                out = fn(*a, **kw)
+            host_s[name] = host_s.get(name, 0.0) + time.perf_counter() - t
+            return out
+        return inner
+
+    owners = {"batches": batches, "objective": objective, "teacher": tr.teacher}
+    patched: list[tuple[Any, str, bool, Any]] = []  # (object, attribute, had an instance attribute, old value)
+
+    def patch(obj: Any, attr: str, name: str) -> None:
+        had = attr in vars(obj) if hasattr(obj, "__dict__") else False
+        old = getattr(obj, attr)
+        patched.append((obj, attr, had, old))
+        setattr(obj, attr, wrap(name, old))
+
+    for stage, (owner, attrs) in _STAGES.items():
+        obj = owners[owner]
+        if obj is None:
+            continue
+        for attr in attrs:
+            patch(obj, attr, stage)
+    patch(steps_mod, "sample_pixels", "pixel sampling")
+    patch(steps_mod, "_optimise", "backward + SGD step")
+    patch(allocation, "linear_sum_assignment", "Hungarian matching (host)")
+    patch(tr, "ddp", "student forward")
+    if tr.teacher is not None:
+        patch(tr.teacher.model.net, "forward_features", "teacher forward")
+    try:
+        yield
+    finally:
+        for obj, attr, had, old in reversed(patched):
+            if had:
+                setattr(obj, attr, old)
+            else:
+                delattr(obj, attr)
+
+
+def count_sync_warnings(fn: Callable[[], Any]) -> Counter[str]:
+    """Warnings about synchronising CUDA operations while ``fn`` runs, counted per innermost project frame.
+
+    With ``torch.cuda.set_sync_debug_mode("warn")`` every host synchronisation (``.item()``,
+    ``.cpu()``, a boolean mask index, a blocking copy) raises such a warning in the calling frame.
+    """
+    sites: Counter[str] = Counter()
+    original = warnings.showwarning
+
+    def hook(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if "synchroniz" not in str(message):
+            return
+        where = "outside the project"
+        for fr in reversed(traceback.extract_stack()[:-1]):
+            if ("/actionpp/" in fr.filename or "/bench/" in fr.filename) and fr.name not in (
+                    "inner", "hook", "count_sync_warnings", "_sync_sites", "run"):
+                where = f"{Path(fr.filename).parent.name}/{Path(fr.filename).name}:{fr.lineno} {fr.name}: {fr.line}"
+                break
+        sites[where] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = hook
+        try:
+            fn()
+        finally:
+            warnings.showwarning = original
+    return sites
+
+
+def _sync_sites(fn: Callable[[], Any], device: torch.device) -> Counter[str] | None:
+    """:func:`count_sync_warnings` under the CUDA sync debug mode (None on other devices)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        return count_sync_warnings(fn)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        _sync(device)
+
+
+def _evt(e: Any, *names: str) -> float:
+    for n in names:
+        v = getattr(e, n, None)
+        if v is not None:
+            return float(v)
+    return 0.0
+
+
+def profile_phase(tr: TrainerState, batches: BatchSource, objective: Objective, phase: str, warmup: int,
+                  steps: int) -> dict[str, Any]:
+    """Where the time of ``steps`` iterations of ``phase`` goes (see the module docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = tr.device.type == "cuda"
+    tr.optimizer = tr.new_optimizer(phase)
+    fn = pretrain_step if phase == "pretrain" else finetune_step
+    counter = [0]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            fn(tr, batches, objective, counter[0])
+            counter[0] += 1
+
+    run(warmup)
+    _sync(tr.device)
+    t0 = time.perf_counter()
+    run(steps)
+    _sync(tr.device)
+    wall = (time.perf_counter() - t0) / steps
+    sites = _sync_sites(lambda: run(steps), tr.device)
+    host_s: dict[str, float] = {}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with _instrumented(tr, batches, objective, host_s), profile(activities=activities) as prof:
+        run(steps)
+        _sync(tr.device)
+    from torch.autograd import DeviceType
+
+    avgs = prof.key_averages()
+    stage_names = set(list(_STAGES) + ["pixel sampling", "backward + SGD step", "Hungarian matching (host)",
+                                       "student forward", "teacher forward"])
+    stages = {}
+    for e in avgs:
+        if e.key in stage_names:
+            stages[e.key] = {
+                "calls_per_step": e.count / steps,
+                "cpu_ms_per_step": _evt(e, "cpu_time_total") / 1000 / steps,
+                "gpu_ms_per_step": _evt(e, "device_time_total", "cuda_time_total") / 1000 / steps,
+            }
+
+    def on_device(e: Any) -> bool:  # a kernel, copy or memset (as torch's own table totals them)
+        return getattr(e, "device_type", None) == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+
+    host_ops = [e for e in avgs if e.key not in stage_names and not on_device(e)]
+    device_ops = [e for e in avgs if on_device(e)]
+    dev_events = [ev for ev in prof.events() if on_device(ev)] if cuda else []
+    gpu_total = sum(_evt(ev, "self_device_time_total", "self_cuda_time_total") for ev in dev_events) / 1000 / steps
+    kernels = len(dev_events)
+    top_cpu = sorted(host_ops, key=lambda e: -_evt(e, "self_cpu_time_total"))[:15]
+    top_gpu = sorted(device_ops, key=lambda e: -_evt(e, "self_device_time_total", "self_cuda_time_total"))[:15]
+    return {
+        "method": tr.cfg.method.name,
+        "phase": phase,
+        "steps": steps,
+        "wall_ms_per_step": wall * 1000,
+        "gpu_kernel_ms_per_step": gpu_total if cuda else None,
+        "gpu_busy_share": (gpu_total / (wall * 1000)) if cuda and wall > 0 else None,
+        "kernels_per_step": kernels / steps if cuda else None,
+        "syncs_per_step": (sum(sites.values()) / steps) if sites is not None else None,
+        "sync_sites": {k: v / steps for k, v in sites.most_common(20)} if sites is not None else None,
+        "stages": stages,
+        "hungarian_host_ms_per_step": host_s.get("Hungarian matching (host)", 0.0) * 1000 / steps,
+        "top_cpu_ops": [(e.key, _evt(e, "self_cpu_time_total") / 1000 / steps, e.count / steps) for e in top_cpu],
+        "top_gpu_ops": [(e.key, _evt(e, "self_device_time_total", "self_cuda_time_total") / 1000 / steps,
+                         e.count / steps) for e in top_gpu],
+    }
+
+
+def format_profile(profiles: list[dict[str, Any]]) -> str:
+    """The profile reports as text (one block per method and phase)."""
+    out = []
+    for p in profiles:
+        out.append(f"== {p['method']} {p['phase']}: {p['steps']} profiled steps")
+        out.append(f"wall (not profiled): {p['wall_ms_per_step']:.2f} ms / step")
+        if p["gpu_kernel_ms_per_step"] is not None:
+            out.append(f"GPU kernel time: {p['gpu_kernel_ms_per_step']:.2f} ms / step "
+                       f"(the GPU is busy {100 * p['gpu_busy_share']:.0f} % of the wall time); "
+                       f"{p['kernels_per_step']:.0f} kernels / step")
+            out.append(f"host synchronisations: {p['syncs_per_step']:.1f} / step; where (per step):")
+            for site, n in (p["sync_sites"] or {}).items():
+                out.append(f"  {n:6.1f}  {site}")
+        else:
+            out.append("GPU kernel time, kernel and synchronisation counts: CUDA only")
+        out.append(f"Hungarian matching on the host: {p['hungarian_host_ms_per_step']:.3f} ms / step")
+        out.append("stage                               calls/step   host ms/step   GPU ms/step")
+        for name, s in sorted(p["stages"].items(), key=lambda kv: -kv[1]["cpu_ms_per_step"]):
+            out.append(f"  {name:34s} {s['calls_per_step']:8.1f} {s['cpu_ms_per_step']:14.2f} "
+                       f"{s['gpu_ms_per_step']:13.2f}")
+        out.append("top ops by host (self CPU) time:  ms/step  calls/step")
+        for key, ms, n in p["top_cpu_ops"]:
+            out.append(f"  {ms:8.3f} {n:7.1f}  {key[:90]}")
+        if p["top_gpu_ops"]:
+            out.append("top ops by GPU (self device) time:  ms/step  calls/step")
+            for key, ms, n in p["top_gpu_ops"]:
+                out.append(f"  {ms:8.3f} {n:7.1f}  {key[:90]}")
+        out.append("")
+    return "\n".join(out)
+
+
+# =========================================================================== the whole benchmark
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every row of the benchmark as a JSON-ready dict (``rows``, ``augment``, ``ssl4mis``, ``profiles``)."""
+    start = time.perf_counter()
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     size = args.size or (256 if cuda else 128)
     iters = args.iters or (50 if cuda else 8)
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
     data = args.data or "phantom"
-    profile = "acdc_paper" if cuda else "phantom_lab"
-    base = [f"data.root={data}", f"data.size={size}", "train.batch_labelled=4", "train.batch_unlabelled=4",
-            f"runtime.device={device}", f"runtime.compile={str(args.compile).lower()}", "runtime.progress=false"]
-    if size < 256:
-        base += [f"pretrain.patch={size // 4}", f"pretrain.stride={size // 8}"]
+    profile = args.config or ("acdc_paper" if cuda else "phantom_lab")
+    extra = list(args.set or [])
+    compile_modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
-    rows = []
-    phase_s: dict[tuple[int, str, str], float] = {}
+    methods = args.methods.split(",")
+    compile_methods = args.compile_methods.split(",") if args.compile_methods else methods
+    rows: list[dict[str, Any]] = []
     aug_s: dict[int, float] = {}
+    ssl: list[dict[str, Any]] = []
+    profiles: list[dict[str, Any]] = []
+
+    def over_budget(need: float = 0.0) -> bool:
+        return args.budget is not None and time.perf_counter() - start + need > args.budget
+
+    compile_need = 90.0 if cuda else 10.0  # a compile's first step, until one is measured
+    compiled_once = False
+
     for threads in thread_counts:
-        torch.set_num_threads(threads)
-        for method in args.methods.split(","):
-            cfg = load_config(profile, base + [f"method.name={method}"])
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            tr, batches, objective, _ = prepare(cfg, device, DistInfo())
-            if threads not in aug_s:
-                aug_s[threads] = _time_augment(tr, batches, iters * 2)
-            for phase in ("pretrain", "finetune"):
-                if phase == "pretrain" and not cfg.method.pretrain:
+        if not cuda:
+            torch.set_num_threads(threads)
+        for compile_on in compile_modes:
+            for method in (compile_methods if compile_on else methods):
+                cfg = load_config(profile, bench_overrides(data, size, device, compile_on, method, extra))
+                phases = [p for p in ("pretrain", "finetune") if p == "finetune" or cfg.method.pretrain]
+                if over_budget(compile_need if compile_on else 0.0):
+                    rows += [{"threads": threads, "method": method, "phase": p, "compile": compile_on,
+                              "status": "skipped (time budget)"} for p in phases]
                     continue
-                s = _time_phase(tr, batches, objective, phase, warmup, iters)
-                phase_s[(threads, method, phase)] = s
-                peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
-                rows.append((threads, method, phase, s, 1.0 / s, peak))
-                print(f"threads {threads} {method:13s} {phase:9s} {s * 1000:8.1f} ms/it {1.0 / s:7.2f} it/s"
-                      + (f"  peak {peak:.2f} GiB" if peak is not None else ""), flush=True)
-            del tr
-    bl = 8
+                _reset_compiled()
+                with compile_backend(args.compile_backend if compile_on else None):
+                    tr, batches, objective, _ = prepare(cfg, device, DistInfo())
+                if threads not in aug_s and not compile_on:
+                    aug_s[threads] = time_augment(tr, batches, iters * 2)
+                for phase in phases:
+                    row: dict[str, Any] = {"threads": threads, "method": method, "phase": phase,
+                                           "compile": compile_on}
+                    if over_budget():
+                        rows.append({**row, "status": "skipped (time budget)"})
+                        continue
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats(device)
+                    try:
+                        t = time_phase(tr, batches, objective, phase, max(warmup, 3 if compile_on else 1), iters)
+                    except Exception as exc:  # noqa: BLE001 - a failing row is reported, the others still run
+                        rows.append({**row, "status": f"failed: {type(exc).__name__}: {exc}"[:400]})
+                        print(f"threads {threads} {method} {phase} compile={compile_on}: FAILED\n"
+                              + traceback.format_exc(), flush=True)
+                        continue
+                    if compile_on:  # the first measured compile replaces the guess; later ones can only raise it
+                        compile_need = t["first_s"] + 5.0 if not compiled_once else max(compile_need,
+                                                                                          t["first_s"] + 5.0)
+                        compiled_once = True
+                    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+                    rows.append({**row, "status": "ok", "s_per_it": t["s"], "its_per_s": 1.0 / t["s"],
+                                 "first_step_s": t["first_s"], "peak_gib": peak})
+                    print(f"threads {threads} {method:13s} {phase:9s} compile={str(compile_on):5s} "
+                          f"{t['s'] * 1000:8.1f} ms/it {1.0 / t['s']:7.2f} it/s  first step {t['first_s']:.1f} s"
+                          + (f"  peak {peak:.2f} GiB" if peak is not None else ""), flush=True)
+                if args.profile and not compile_on and method == "actionpp" and threads == thread_counts[0]:
+                    for phase in phases:
+                        if over_budget():
+                            break
+                        try:
+                            profiles.append(profile_phase(tr, batches, objective, phase, 2, args.profile_steps))
+                        except Exception as exc:  # noqa: BLE001
+                            profiles.append({"method": method, "phase": phase,
+                                             "error": f"{type(exc).__name__}: {exc}"[:400]})
+                            print("profile FAILED\n" + traceback.format_exc(), flush=True)
+                if args.ssl4mis and not compile_on and method == methods[-1] and threads == thread_counts[0]:
+                    workers = args.ssl4mis_workers if args.ssl4mis_workers is not None else (
+                        min(16, os.cpu_count() or 1) if cuda else 1)
+                    if over_budget():
+                        ssl.append({"status": "skipped (time budget)", "workers": workers})
+                    else:
+                        try:
+                            r = time_ssl4mis(cfg, batches, device, max(warmup, 2), iters, workers)
+                            ssl.append({"status": "ok", "s_per_it": r["s"], "its_per_s": 1.0 / r["s"],
+                                        "workers": workers})
+                            print(f"SSL4MIS-style mean teacher ({workers} loader workers): {r['s'] * 1000:8.1f} ms/it "
+                                  f"{1.0 / r['s']:7.2f} it/s", flush=True)
+                        except Exception as exc:  # noqa: BLE001
+                            ssl.append({"status": f"failed: {type(exc).__name__}: {exc}"[:400], "workers": workers})
+                            print("SSL4MIS-style loop FAILED\n" + traceback.format_exc(), flush=True)
+                del tr, batches, objective
+                if cuda:
+                    torch.cuda.empty_cache()
     machine = (torch.cuda.get_device_name(device) if cuda else
                f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs")
-    cmd = "python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    env_threads = os.environ.get("OMP_NUM_THREADS")
-    if env_threads:
-        cmd = f"OMP_NUM_THREADS={env_threads} " + cmd
+    cmd = "python bench/bench_train.py " + " ".join(args.argv)
+    if os.environ.get("OMP_NUM_THREADS"):
+        cmd = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " + cmd
+    result = {
+        "device": str(device), "cuda": cuda, "machine": machine, "torch": torch.__version__,
+        "date": _dt.date.today().isoformat(), "command": cmd.strip(), "profile": profile, "data": data,
+        "size": size, "iters": iters, "warmup": warmup, "compile_backend": args.compile_backend,
+        "load_average": os.getloadavg()[0], "rows": rows, "augment_s": aug_s, "ssl4mis": ssl,
+        "profiles": profiles, "seconds": time.perf_counter() - start,
+    }
+    result["projections"] = projections(result)
+    return result
+
+
+def _row(result: dict[str, Any], method: str, phase: str, compile_on: bool, threads: int | None = None
+         ) -> dict[str, Any] | None:
+    for r in result["rows"]:
+        if (r["method"], r["phase"], r["compile"]) == (method, phase, compile_on) and r["status"] == "ok" and (
+                threads is None or r["threads"] == threads):
+            return r
+    return None
+
+
+def projections(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper schedule of ACTION++ (10 k + 20 k) per thread count and compile mode, and the 1x ratios."""
+    out = []
+    ssl = next((s for s in result["ssl4mis"] if s["status"] == "ok"), None)
+    for threads in sorted({r["threads"] for r in result["rows"]}):
+        for compile_on in (False, True):
+            pre = _row(result, "actionpp", "pretrain", compile_on, threads)
+            ft = _row(result, "actionpp", "finetune", compile_on, threads)
+            if pre is None or ft is None:
+                continue
+            total = PAPER_PRETRAIN * pre["s_per_it"] + PAPER_FINETUNE * ft["s_per_it"]
+            p: dict[str, Any] = {"threads": threads, "compile": compile_on, "minutes": total / 60,
+                                 "mean_its_per_s": (PAPER_PRETRAIN + PAPER_FINETUNE) / total}
+            mt = _row(result, "mean_teacher", "finetune", compile_on, threads)
+            if ssl is not None:
+                p["ssl4mis_minutes_30k"] = SSL4MIS_ITERS * ssl["s_per_it"] / 60
+                p["speedup_actionpp_vs_ssl4mis"] = ssl["s_per_it"] / (total / (PAPER_PRETRAIN + PAPER_FINETUNE))
+                if mt is not None:
+                    p["speedup_mean_teacher_vs_ssl4mis"] = ssl["s_per_it"] / mt["s_per_it"]
+            out.append(p)
+    return out
+
+
+def format_section(result: dict[str, Any]) -> str:
+    """The Markdown section of ``docs/benchmarks.md`` (and of the GPU suite's summary)."""
+    cuda = result["cuda"]
+    any_compile = any(r["compile"] for r in result["rows"])
     lines = [
-        f"### Training loop ({'CUDA' if cuda else 'CPU'}, {size} x {size}, batch 4 + 4, "
-        f"{'bf16 autocast' if cuda else 'fp32'}{', torch.compile' if args.compile else ''})",
+        f"### Training loop ({'CUDA' if cuda else 'CPU'}, {result['size']} x {result['size']}, batch 4 + 4, "
+        f"{'bf16 autocast' if cuda else 'fp32'}{', with and without torch.compile' if any_compile else ''})",
         "",
-        f"- machine: {machine}; torch {torch.__version__}; date {_dt.date.today().isoformat()}"
-        + (f"; load average at the end {os.getloadavg()[0]:.1f} (a shared machine inflates CPU times)"
+        f"- machine: {result['machine']}; torch {result['torch']}; date {result['date']}"
+        + (f"; load average at the end {result['load_average']:.1f} (a shared machine inflates CPU times)"
            if not cuda else ""),
-        f"- command: `{cmd.strip()}`",
-        f"- profile `{profile}` on data `{data}`; {warmup} warm-up + {iters} timed iterations per row "
-        "(one host read at the end, as at a log interval)",
+        f"- command: `{result['command']}`",
+        f"- profile `{result['profile']}` on data `{result['data']}`; {result['warmup']} warm-up + {result['iters']} "
+        "timed iterations per row (one host read at the end, as at a log interval); first step = the first "
+        "iteration's seconds (compile time with torch.compile"
+        + (f", backend {result['compile_backend']}" if result.get("compile_backend") else "") + ")",
         "",
-        "| torch threads | method | phase | ms / iteration | iterations / s | peak GPU memory (GiB) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| torch threads | method | phase | compile | ms / iteration | iterations / s | first step (s) | "
+        "peak GPU memory (GiB) |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for threads, method, phase, s, its, peak in rows:
-        lines.append(f"| {threads} | {method} | {phase} | {s * 1000:.1f} | {its:.2f} | "
-                     f"{'-' if peak is None else f'{peak:.2f}'} |")
+    for r in result["rows"]:
+        c = "yes" if r["compile"] else "no"
+        if r["status"] != "ok":
+            lines.append(f"| {r['threads']} | {r['method']} | {r['phase']} | {c} | {r['status']} | | | |")
+            continue
+        peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+        lines.append(f"| {r['threads']} | {r['method']} | {r['phase']} | {c} | {r['s_per_it'] * 1000:.1f} | "
+                     f"{r['its_per_s']:.2f} | {r['first_step_s']:.1f} | {peak} |")
     lines.append("")
-    for threads, a in aug_s.items():
+    for s in result["ssl4mis"]:
+        if s["status"] == "ok":
+            lines.append(f"- SSL4MIS-style mean teacher (the 1x: per-sample numpy / scipy augmentation in a DataLoader "
+                         f"with {s['workers']} worker(s), fp32, `.item()` of every logged loss each iteration): "
+                         f"{s['s_per_it'] * 1000:.1f} ms / iteration, {s['its_per_s']:.2f} iterations / s")
+        else:
+            lines.append(f"- SSL4MIS-style mean teacher: {s['status']}")
+    for threads, a in result["augment_s"].items():
         lines.append(
             f"- augmentation alone (sampling, weak + strong views, CutMix, jitter, blur), {threads} thread(s): "
-            f"{a * 1000:.2f} ms per 4 + 4 batch, {bl / a:.0f} images / s"
+            f"{a * 1000:.2f} ms per 4 + 4 batch, {8 / a:.0f} images / s"
         )
-    slower = [k for k in phase_s if k[0] > min(thread_counts) and phase_s[k] > phase_s[(min(thread_counts),) + k[1:]]]
+    rows = {(r["threads"], r["method"], r["phase"], r["compile"]): r for r in result["rows"] if r["status"] == "ok"}
+    lowest = min((r["threads"] for r in result["rows"]), default=1)
+    slower = [k for k in rows if k[0] > lowest and (lowest,) + k[1:] in rows
+              and rows[k]["s_per_it"] > rows[(lowest,) + k[1:]]["s_per_it"]]
     if slower:
         lines.append(
             f"- more threads were slower in {len(slower)} of the rows: other processes shared the cores "
             "(see the load average), so the OpenMP threads of one step waited on each other; "
             "compare thread counts only on an idle machine"
         )
-    for threads in thread_counts:
-        if (threads, "actionpp", "pretrain") in phase_s and (threads, "actionpp", "finetune") in phase_s:
-            total = (
-                10_000 * phase_s[(threads, "actionpp", "pretrain")]
-                + 20_000 * phase_s[(threads, "actionpp", "finetune")]
-            )
-            lines.append(
-                f"- projected paper ACDC schedule of ACTION++ (10 k pre-training + 20 k fine-tuning) at this size, "
-                f"{threads} thread(s): {total / 60:.0f} minutes (validation and checkpoints not included)"
-            )
-    section = "\n".join(lines) + "\n"
+    for p in result["projections"]:
+        what = f"{p['threads']} thread(s), " if not cuda else ""
+        what += "torch.compile" if p["compile"] else "eager"
+        line = (f"- projected paper ACDC schedule of ACTION++ (10 k pre-training + 20 k fine-tuning) at this size, "
+                f"{what}: {p['minutes']:.1f} minutes, {p['mean_its_per_s']:.1f} iterations / s on average "
+                "(validation and checkpoints not included)")
+        if "speedup_actionpp_vs_ssl4mis" in p:
+            line += (f"; {p['speedup_actionpp_vs_ssl4mis']:.1f}x the SSL4MIS-style loop per iteration"
+                     + (f" (our mean teacher: {p['speedup_mean_teacher_vs_ssl4mis']:.1f}x)"
+                        if "speedup_mean_teacher_vs_ssl4mis" in p else "")
+                     + f"; the SSL4MIS-style loop's own 30 k iterations: {p['ssl4mis_minutes_30k']:.0f} minutes")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--config", default=None, help="profile (default: acdc_paper on CUDA, phantom_lab on CPU)")
+    ap.add_argument("--data", default=None, help="phantom | shared | a folder or pack file (default: phantom)")
+    ap.add_argument("--size", type=int, default=None, help="image size (default: 256 on CUDA, 128 on CPU)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
+    ap.add_argument("--iters", type=int, default=None, help="timed iterations per method and phase")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--threads", default=None,
+                    help="CPU: comma-separated torch thread counts, one set of rows each (e.g. 1,2)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--compile", nargs="?", const="on", default="off", choices=("off", "on", "both"),
+                    help="torch.compile the U-Net: off, on (bare --compile) or both (every row twice)")
+    ap.add_argument("--compile-methods", default=None, help="methods timed with compile (default: all of --methods)")
+    ap.add_argument("--compile-backend", default=None,
+                    help="torch.compile backend (default inductor; aot_eager: tracing only, for a CPU dry run)")
+    ap.add_argument("--ssl4mis", action="store_true", help="also time the SSL4MIS-style loop (the 1x)")
+    ap.add_argument("--ssl4mis-workers", type=int, default=None,
+                    help="DataLoader workers of the SSL4MIS-style loop (default: min(16, CPUs) on CUDA, 1 on CPU)")
+    ap.add_argument("--profile", default=None, metavar="FILE", help="profile ACTION++ steps into FILE (text)")
+    ap.add_argument("--profile-steps", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=None, help="skip rows that would start after this many seconds")
+    ap.add_argument("--json", default=None, metavar="FILE", help="write every number as JSON")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    args.argv = argv
+    result = run(args)
+    section = format_section(result)
     print(section)
+    if args.profile and result["profiles"]:
+        Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.profile).write_text(format_profile([p for p in result["profiles"] if "error" not in p]))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     if not args.no_write:
-        _write_section(REPO / "docs" / "benchmarks.md", section)
+        name = "bench_train:cuda" if result["cuda"] else "bench_train"
+        benchdoc.write_section(REPO / "docs" / "benchmarks.md", name, section)
     return 0
-
-
-def _write_section(path: Path, section: str) -> None:
-    """Replace (or append) the text between this benchmark's markers; other sections are kept."""
-    benchdoc.write_section(path, "bench_train", section)
 
 
 if __name__ == "__main__":

@@ -168,3 +168,10 @@ def test_total_iterations_follow_the_phase_switches():
     cfg = load_config("phantom_smoke")
     assert cfg.total_iters == cfg.train.pretrain_iters + cfg.train.finetune_iters == 12
     assert load_config("phantom_smoke", ["method.name=supervised"]).total_iters == 8  # no pre-training
+
+
+def test_off_and_on_reach_a_literal_as_the_words_not_booleans():
+    # YAML 1.1 parses "off" as False: runtime.amp=off must still mean the literal "off"
+    assert load_config("phantom_smoke", ["runtime.amp=off"]).runtime.amp == "off"
+    with pytest.raises(ConfigError, match="runtime.amp"):
+        load_config("phantom_smoke", ["runtime.amp=true"])

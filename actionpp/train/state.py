@@ -212,7 +212,8 @@ class TrainerState:
             raise CheckpointError(
                 f"checkpoint was written by {len(rngs)} process(es); this run has {self.info.world_size}"
             )
-        restore_rng(rngs[self.info.rank], self.generators)
+        # the RNG states must be CPU tensors: a checkpoint read with map_location=cuda holds CUDA copies
+        restore_rng(_to_cpu(rngs[self.info.rank]), self.generators)
         best = state.get("best") or {}
         score = best.get("score")
         self.best_score = float(score) if score is not None else -math.inf
@@ -221,6 +222,17 @@ class TrainerState:
         timing = state.get("timing") or {}
         self.phase_seconds.update(timing.get("seconds", {}))
         self.phase_done_iters.update(timing.get("iters", {}))
+
+
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor inside (dicts, lists, tuples) moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, Mapping):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def _gather_objects(obj: Any, info: DistInfo) -> list[Any]:

@@ -158,7 +158,8 @@ def finetune_step(
         out: SegOutput = st.ddp(x_in, embed=queries)
     if m.saacl:
         assert st.teacher is not None and t_maps_l is not None
-        with torch.no_grad():
+        # under the same autocast as the student's head: with bf16 the teacher's maps are bf16 (a no-op in fp32)
+        with torch.no_grad(), autocast(st.device, cfg.runtime.amp):
             t_emb = F.normalize(embed_at(st.teacher.model.rep, t_maps_l, size, s_idx).float(), dim=1)
         saacl = SaaclBatch(s_lab, t_emb)
 
