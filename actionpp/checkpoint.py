@@ -33,6 +33,7 @@ __all__ = [
     "capture_rng",
     "restore_rng",
     "find_checkpoint",
+    "tensors_to",
     "FORMAT_VERSION",
 ]
 
@@ -153,6 +154,21 @@ def capture_rng(generators: Mapping[str, torch.Generator] | None = None) -> dict
         "generators": {name: g.get_state() for name, g in (generators or {}).items()},
     }
     return out
+
+
+def tensors_to(obj: Any, device: str | torch.device) -> Any:
+    """``obj`` with every tensor inside (dicts, lists, tuples) moved to ``device``; other values as they are.
+
+    RNG states must be CPU tensors when restored, but a checkpoint read with ``map_location="cuda"``
+    holds CUDA copies of them.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {k: tensors_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tensors_to(v, device) for v in obj)
+    return obj
 
 
 def restore_rng(state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None) -> None:

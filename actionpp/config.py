@@ -61,6 +61,7 @@ __all__ = [
     "Config",
     "METHOD_PRESETS",
     "HASH_EXCLUDED_KEYS",
+    "HASH_OMITTED_WHEN",
     "load_config",
     "config_from_dict",
     "config_hash",
@@ -135,6 +136,8 @@ class TrainConfig:
     poly_power: float = 0.9  # lr = lr0 * (1 - it / max_it) ** poly_power
     ema_momentum: float = 0.99
     nesterov_finetune: bool = False  # Nesterov momentum in fine-tuning (official 2D and 3D fine-tuning scripts)
+    finetune_forward: Literal["joint", "separate"] = "joint"  # student forward of labelled + unlabelled: one batch, or two (official)
+    teacher_mode: Literal["eval", "train"] = "eval"  # EMA teacher's BatchNorm / dropout: eval (ours) or train (official ema_model.train())
 
 
 @dataclass(frozen=True)
@@ -343,6 +346,11 @@ HASH_EXCLUDED_KEYS: frozenset[str] = frozenset(
 )
 """Keys that do not change what a run computes; they are left out of :func:`config_hash`,
 so a run may be resumed with another progress-bar, logging or device setting."""
+
+HASH_OMITTED_WHEN: dict[str, Any] = {"train.finetune_forward": "joint", "train.teacher_mode": "eval"}
+"""Keys added after runs were published, left out of :func:`config_hash` while they hold the value that
+reproduces those runs: a run of an older version keeps its hash, so it is still found finished, or
+resumed, by this one."""
 
 _SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
 
@@ -683,6 +691,10 @@ def _hashed_dict(cfg: Config | Mapping[str, Any]) -> dict[str, Any]:
     for key in HASH_EXCLUDED_KEYS:
         section, name = key.split(".")
         if isinstance(d.get(section), dict):
+            d[section].pop(name, None)
+    for key, legacy in HASH_OMITTED_WHEN.items():
+        section, name = key.split(".")
+        if isinstance(d.get(section), dict) and d[section].get(name, legacy) == legacy:
             d[section].pop(name, None)
     return d
 

@@ -175,3 +175,15 @@ def test_off_and_on_reach_a_literal_as_the_words_not_booleans():
     assert load_config("phantom_smoke", ["runtime.amp=off"]).runtime.amp == "off"
     with pytest.raises(ConfigError, match="runtime.amp"):
         load_config("phantom_smoke", ["runtime.amp=true"])
+
+
+def test_keys_added_later_keep_old_hashes_while_they_hold_the_old_behaviour():
+    from actionpp.config import HASH_OMITTED_WHEN
+
+    cfg = load_config("phantom_smoke", ["train.teacher_mode=eval", "train.finetune_forward=joint"])
+    old = cfg.to_dict()
+    for key in HASH_OMITTED_WHEN:  # a config written before these keys existed
+        section, name = key.split(".")
+        del old[section][name]
+    assert config_hash(old) == config_hash(cfg)
+    assert config_hash(cfg.replace(["train.teacher_mode=train"])) != config_hash(cfg)

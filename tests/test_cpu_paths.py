@@ -214,13 +214,13 @@ def test_the_ops_without_a_deterministic_cuda_kernel_are_the_two_loop_py_names()
 
 
 def test_deterministic_context_is_warn_only_on_request_and_restores_the_flags():
-    from actionpp.train.loop import _deterministic
+    from actionpp.train.loop import deterministic
 
     assert not torch.are_deterministic_algorithms_enabled()
-    with _deterministic(True, warn_only=True):
+    with deterministic(True, warn_only=True):
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
-    with _deterministic(True):
+    with deterministic(True):
         assert not torch.is_deterministic_algorithms_warn_only_enabled()
     assert not torch.are_deterministic_algorithms_enabled()
     assert not torch.is_deterministic_algorithms_warn_only_enabled()
@@ -233,16 +233,16 @@ def test_rng_states_of_a_checkpoint_are_moved_to_the_cpu_before_they_are_restore
     """A checkpoint read with ``map_location=cuda`` holds the RNG states as CUDA tensors (numpy's keys then
     failed in ``.numpy()``); ``TrainerState.load_state_dict`` moves them back first (tests/test_gpu.py resumes
     on CUDA)."""
-    from actionpp.train.state import _to_cpu
+    from actionpp.checkpoint import tensors_to
 
     cfg = load_config("phantom_smoke", SMOKE + ["method.name=actionpp"])
     st, _, _, _ = prepare(cfg, CPU)
     state = st.state_dict()
-    moved = _to_cpu(state["rng"])
+    moved = tensors_to(state["rng"], "cpu")
     assert isinstance(moved, list) and isinstance(moved[0]["python"]["state"], torch.Tensor)
     assert torch.equal(moved[0]["numpy"]["keys"], state["rng"][0]["numpy"]["keys"])
     assert moved[0]["python"]["gauss"] == state["rng"][0]["python"]["gauss"]
-    assert _to_cpu({"a": (1, "x", None)}) == {"a": (1, "x", None)}
+    assert tensors_to({"a": (1, "x", None)}, "cpu") == {"a": (1, "x", None)}
     st.load_state_dict(state)  # the same path a resume takes
 
 

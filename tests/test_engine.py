@@ -155,6 +155,31 @@ def test_nesterov_only_in_fine_tuning(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"][0]["nesterov"] is False
 
 
+def test_separate_forward_normalises_the_labelled_and_unlabelled_batches_apart():
+    from actionpp.models.segmodel import SegModel
+
+    torch.manual_seed(0)
+    model = SegModel(load_config("phantom_smoke")).train()
+    x = torch.randn(6, 1, 32, 32)
+    x[4:] = 3 * x[4:] + 1  # an "unlabelled" part with other statistics
+    with torch.no_grad():  # the same seed before each: the same dropout masks
+        torch.manual_seed(1)
+        joint = model(x).logits
+        torch.manual_seed(1)
+        split = model(x, split=4).logits
+        torch.manual_seed(1)
+        apart = torch.cat([model.net.forward_features(x[:4])[0], model.net.forward_features(x[4:])[0]])
+    torch.testing.assert_close(split, apart)  # exactly two BatchNorm batches
+    assert not torch.allclose(split, joint)  # which is not one batch of six
+
+
+def test_official_teacher_and_forward_switches_train(tmp_path):
+    cfg = _cfg("method.name=actionpp", "train.teacher_mode=train", "train.finetune_forward=separate")
+    res = train(cfg, run_dir=tmp_path, progress=False)
+    rows = [e for e in read_jsonl(tmp_path / "log.jsonl") if e["kind"] == "train"]
+    assert res.iterations == cfg.total_iters and all(math.isfinite(e["loss/total"]) for e in rows)
+
+
 def test_3d_representation_head_reads_all_five_decoder_maps():
     from actionpp.models.segmodel import SegModel
 

@@ -267,6 +267,20 @@ def test_ema_teacher_is_frozen_and_stays_in_eval_mode():
     torch.testing.assert_close(teacher(x), y)  # dropout off, BN on running statistics: deterministic
 
 
+def test_ema_teacher_with_batch_statistics_stays_in_train_mode_as_the_official_scripts():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    parent = nn.ModuleDict({"student": student, "teacher": EMATeacher(student, batch_statistics=True)})
+    parent.eval()  # a parent's mode does not move the teacher out of its own
+    teacher = parent["teacher"]
+    assert teacher.model.training and teacher.model[1].training
+    x = torch.randn(6, 3)
+    with torch.no_grad():
+        z = student[0](x)
+        expect = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-5)  # this batch's statistics
+    torch.testing.assert_close(teacher(x), expect * student[1].weight + student[1].bias)
+
+
 def test_ema_update_plain_and_errors():
     a, b = _Scalar(), _Scalar()
     with torch.no_grad():

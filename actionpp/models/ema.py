@@ -79,24 +79,30 @@ M = TypeVar("M", bound=nn.Module)
 class EMATeacher(nn.Module, Generic[M]):
     """A frozen deep copy of the student, updated by ``update(student)``.
 
-    ``teacher(x)`` and ``teacher.forward_features(x)`` run the copy without
-    gradients and in eval mode (``train()`` on a parent module does not switch it
-    back). ``step`` (a buffer, so it is saved in ``state_dict``) counts updates.
+    ``teacher(x)`` and ``teacher.forward_features(x)`` run the copy without gradients.
+    ``batch_statistics=False`` (default): always in eval mode (dropout off, BatchNorm with
+    its running statistics, copied from the student at each update; ``train()`` on a parent
+    module does not switch it back). ``batch_statistics=True``: always in train mode, as the
+    official ACTION / ACTION++ scripts call ``ema_model.train()``: BatchNorm normalises each
+    teacher batch with that batch's statistics, and dropout is on. ``step`` (a buffer, so it
+    is saved in ``state_dict``) counts updates.
     """
 
     step: Tensor
 
-    def __init__(self, student: M) -> None:
+    def __init__(self, student: M, batch_statistics: bool = False) -> None:
         super().__init__()
         self.model: M = copy.deepcopy(student)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.model.eval()
+        self.batch_statistics = bool(batch_statistics)
+        self.model.train(self.batch_statistics)
 
     def train(self, mode: bool = True) -> EMATeacher[M]:
-        """Keeps the teacher in eval mode whatever ``mode`` is (dropout off, BN running stats)."""
+        """Keeps the teacher in its one mode whatever ``mode`` is (see the class docstring)."""
         super().train(False)
+        self.model.train(self.batch_statistics)
         return self
 
     @torch.no_grad()

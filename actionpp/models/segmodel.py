@@ -104,9 +104,23 @@ class SegModel(nn.Module):
             maps = [f[: query.rows] for f in maps]
         return embed_at(self.rep, maps, size, query.idx)
 
-    def forward(self, x: Tensor, embed: Mapping[str, PixelQuery] | None = None, isd: bool = False) -> SegOutput:
-        """Logits and features of ``x``; the head at each query of ``embed``; the ISD predictions if ``isd``."""
-        logits, features = self.net.forward_features(x)
+    def forward(
+        self, x: Tensor, embed: Mapping[str, PixelQuery] | None = None, isd: bool = False, split: int | None = None,
+    ) -> SegOutput:
+        """Logits and features of ``x``; the head at each query of ``embed``; the ISD predictions if ``isd``.
+
+        ``split``: run the backbone on ``x[:split]`` and ``x[split:]`` separately (two BatchNorm
+        batches, as the official fine-tuning scripts do with the labelled and the unlabelled batch)
+        and concatenate the outputs; None = one forward of the whole batch.
+        """
+        if split is None or split <= 0 or split >= x.shape[0]:
+            logits, features = self.net.forward_features(x)
+        else:
+            la, fa = self.net.forward_features(x[:split])
+            lb, fb = self.net.forward_features(x[split:])
+            logits = torch.cat([la, lb])
+            features = Features(torch.cat([fa.bottleneck, fb.bottleneck]),
+                                [torch.cat([a, b]) for a, b in zip(fa.decoder, fb.decoder)])
         out = SegOutput(logits, features)
         size = tuple(logits.shape[2:])
         for name, query in (embed or {}).items():

@@ -99,6 +99,7 @@ __all__ = [
     "Hooks",
     "train",
     "prepare",
+    "deterministic",
     "default_run_dir",
     "poly_lr",
 ]
@@ -240,7 +241,7 @@ def train(
     cfg = config if isinstance(config, Config) else load_config(config)
     info, device = init_distributed(cfg.runtime.device)
     try:
-        with _deterministic(cfg.runtime.deterministic, warn_only=device.type == "cuda"):
+        with deterministic(cfg.runtime.deterministic, warn_only=device.type == "cuda"):
             return _run(cfg, Path(run_dir) if run_dir is not None else default_run_dir(cfg), resume, progress,
                         info, device, hooks or Hooks())
     finally:
@@ -514,7 +515,7 @@ def _truncate_log(path: Path, iteration: int) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic(on: bool, warn_only: bool = False) -> Iterator[None]:
+def deterministic(on: bool, warn_only: bool = False) -> Iterator[None]:
     """``torch.use_deterministic_algorithms(True)`` for the run when ``on``.
 
     ``warn_only`` (set on CUDA): some ops of a step have no deterministic CUDA kernel and would raise

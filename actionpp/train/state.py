@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from actionpp.allocation import CentreAllocator
-from actionpp.checkpoint import FORMAT_VERSION, CheckpointError, capture_rng, restore_rng
+from actionpp.checkpoint import FORMAT_VERSION, CheckpointError, capture_rng, restore_rng, tensors_to
 from actionpp.config import Config, config_hash
 from actionpp.distributed import RANK_SEED_OFFSET, DistInfo
 from actionpp.losses import FeatureQueue, MemoryBank
@@ -82,7 +82,9 @@ class TrainerState:
         # ---- models: identical initial weights on every rank
         torch.manual_seed(seed)
         self.student = SegModel(cfg).to(device)
-        self.teacher: EMATeacher[SegModel] | None = EMATeacher(self.student).to(device) if cfg.method.teacher else None
+        self.teacher: EMATeacher[SegModel] | None = None
+        if cfg.method.teacher:
+            self.teacher = EMATeacher(self.student, batch_statistics=cfg.train.teacher_mode == "train").to(device)
         self.ddp: nn.Module = self.student
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -213,7 +215,7 @@ class TrainerState:
                 f"checkpoint was written by {len(rngs)} process(es); this run has {self.info.world_size}"
             )
         # the RNG states must be CPU tensors: a checkpoint read with map_location=cuda holds CUDA copies
-        restore_rng(_to_cpu(rngs[self.info.rank]), self.generators)
+        restore_rng(tensors_to(rngs[self.info.rank], "cpu"), self.generators)
         best = state.get("best") or {}
         score = best.get("score")
         self.best_score = float(score) if score is not None else -math.inf
@@ -222,17 +224,6 @@ class TrainerState:
         timing = state.get("timing") or {}
         self.phase_seconds.update(timing.get("seconds", {}))
         self.phase_done_iters.update(timing.get("iters", {}))
-
-
-def _to_cpu(obj: Any) -> Any:
-    """``obj`` with every tensor inside (dicts, lists, tuples) moved to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, Mapping):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 def _gather_objects(obj: Any, info: DistInfo) -> list[Any]:

@@ -155,7 +155,8 @@ def finetune_step(
 
     # ---- student
     with autocast(st.device, cfg.runtime.amp):
-        out: SegOutput = st.ddp(x_in, embed=queries)
+        split = b_l if cfg.train.finetune_forward == "separate" and x_u_student is not None else None
+        out: SegOutput = st.ddp(x_in, embed=queries, split=split)
     if m.saacl:
         assert st.teacher is not None and t_maps_l is not None
         # under the same autocast as the student's head: with bf16 the teacher's maps are bf16 (a no-op in fp32)
