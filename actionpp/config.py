@@ -136,8 +136,10 @@ class TrainConfig:
     poly_power: float = 0.9  # lr = lr0 * (1 - it / max_it) ** poly_power
     ema_momentum: float = 0.99
     nesterov_finetune: bool = False  # Nesterov momentum in fine-tuning (official 2D and 3D fine-tuning scripts)
-    finetune_forward: Literal["joint", "separate"] = "joint"  # student forward of labelled + unlabelled: one batch, or two (official)
-    teacher_mode: Literal["eval", "train"] = "eval"  # EMA teacher's BatchNorm / dropout: eval (ours) or train (official ema_model.train())
+    # student forward of the labelled + unlabelled batch: one BatchNorm batch, or two (official fine-tuning)
+    finetune_forward: Literal["joint", "separate"] = "joint"
+    # EMA teacher's BatchNorm / dropout: eval (running statistics) or train (official ema_model.train())
+    teacher_mode: Literal["eval", "train"] = "eval"
 
 
 @dataclass(frozen=True)
