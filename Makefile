@@ -34,6 +34,15 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -m ""
 
+# the sliders of notebooks 01 and 02 in JupyterLab + headless Chromium (skips without /usr/bin/chromium)
+test-browser: $(STAMP)
+	$(PY) -m pytest -m browser
+
+# the student version of the lab: every solution replaced by a stub (actionpp lab export, actionpp/lab/)
+LAB_STUDENT ?= runs/lab-student
+lab-student: $(STAMP)
+	$(VENV)/bin/actionpp lab export --student $(LAB_STUDENT)
+
 # ruff (lint + import order), mypy (actionpp/), and notebooks stored without outputs
 # (nbstripout --verify: exit 1 if any notebook holds outputs; `make strip` strips them, ids and tags kept).
 lint: $(STAMP)

@@ -26,7 +26,8 @@ This module measures that claim on a trained model:
   nearest normalised class mean) and :func:`mean_angles` (degrees between normalised
   class means: 180 for antipodal means, 90 for orthogonal ones).
 - :func:`geometry` gathers these per class with the class frequency, so a table
-  reads head (most frequent) against tail (rarest).
+  reads head (most frequent) against tail (rarest); :func:`seed_difference` puts a standard
+  error next to a difference between two methods' per-seed numbers.
 - :func:`umap_2d` fits one UMAP on the embeddings *and* the centres together, so both
   land in the same 2D map (:func:`pca_2d` does the same linearly, in milliseconds, for
   smoke runs: UMAP's numba compilation alone costs ~30 s per process on a 2-core CPU);
@@ -69,6 +70,7 @@ __all__ = [
     "nearest_centre_accuracy",
     "mean_angles",
     "geometry",
+    "seed_difference",
     "umap_2d",
     "pca_2d",
     "map_2d",
@@ -438,6 +440,26 @@ def geometry(
         "head": names[order[-1]],
         "tail": names[order[0]],
     }
+
+
+def seed_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """``b - a`` for two methods' per-seed values: the difference of the means and its standard error.
+
+    Returns ``{"difference": mean(b) - mean(a), "se": sqrt(s_a^2 / n_a + s_b^2 / n_b), "n_a", "n_b"}``
+    with the sample variances (``ddof=1``, as the "mean +- std over seeds" of the tables); non-finite
+    values are left out, and ``se`` is NaN when a side has fewer than two values. A difference of
+    more than about two standard errors is unlikely to be seed noise alone; with three seeds a
+    side the standard error is itself a rough estimate, so read it as a scale, not a test.
+    """
+    va = np.asarray([x for x in a if x is not None], dtype=np.float64)
+    vb = np.asarray([x for x in b if x is not None], dtype=np.float64)
+    va, vb = va[np.isfinite(va)], vb[np.isfinite(vb)]
+    diff = float(vb.mean() - va.mean()) if va.size and vb.size else math.nan
+    if va.size < 2 or vb.size < 2:
+        se = math.nan
+    else:
+        se = math.sqrt(float(va.var(ddof=1)) / va.size + float(vb.var(ddof=1)) / vb.size)
+    return {"difference": diff, "se": se, "n_a": int(va.size), "n_b": int(vb.size)}
 
 
 # ---------------------------------------------------------------------------------------------

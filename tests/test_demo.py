@@ -81,7 +81,8 @@ def test_key_metrics_of_the_training_notebook() -> None:
     assert demo.key_metrics("05_embeddings", emb) == {"map": "pca", "actionpp tail acc": 0.9}
 
 
-def test_embeddings_notebook_reads_the_run_the_training_notebook_trained(tmp_path: Path) -> None:
+def test_embeddings_notebook_trains_its_own_comparison_not_the_run_of_04(tmp_path: Path) -> None:
+    """05 compares methods over seeds (issue 12): the demo no longer hands it 04's single run."""
     src = tmp_path / "nbs"
     src.mkdir()
     write = (
@@ -90,7 +91,6 @@ def test_embeddings_notebook_reads_the_run_the_training_notebook_trained(tmp_pat
     )
     nbs = [_nb(src, "04_train", write.format("1"))]
     nb05 = _nb(src, "05_embeddings", write.format("RUN_DIRS"))
-    # give 05 the RUN_DIRS parameter (empty by default: it would train its own runs)
     import nbformat as nbf
 
     nb = nbf.read(nb05, as_version=4)
@@ -99,8 +99,24 @@ def test_embeddings_notebook_reads_the_run_the_training_notebook_trained(tmp_pat
     out = tmp_path / "demo"
     rows = demo.run_sequence([*nbs, nb05], out, profile="lab", html=False, log=lambda m: None)
     assert [r["status"] for r in rows] == ["ok", "ok"]
-    seen = json.loads((out / "05_embeddings" / "metrics.json").read_text())["seen"]
-    assert seen == [str(out / "04_train" / "run")]
-    # when 04 failed (or did not run), 05 keeps its own default and trains its runs
-    rows = demo.run_sequence([nb05], tmp_path / "alone", profile="lab", html=False, log=lambda m: None)
-    assert json.loads((tmp_path / "alone" / "05_embeddings" / "metrics.json").read_text())["seen"] == []
+    assert json.loads((out / "05_embeddings" / "metrics.json").read_text())["seen"] == []
+
+
+def test_background_runs_are_the_plan_of_05_and_only_when_04_runs_first(tmp_path: Path, monkeypatch) -> None:
+    from actionpp.lab import runs as R
+    from actionpp.paths import repo_root
+
+    started: list = []
+    monkeypatch.setattr(R, "start_background", lambda plan: started.append(plan) or None)
+    nbs = [repo_root() / "notebooks" / f"{s}.ipynb" for s in ("04_train", "05_embeddings")]
+    assert demo.background_runs(nbs, tmp_path, "smoke", log=lambda m: None) is None
+    (plan,) = started
+    # the smoke profile of 05: two methods x two seeds, in 05's own OUT_DIR/runs
+    assert [(r.method, r.seed) for r in plan] == [(m, s) for m in ("supervised", "actionpp") for s in (0, 1)]
+    assert all(r.run_dir.parent == tmp_path / "05_embeddings" / "runs" for r in plan)
+    same = R.comparison_plan(["supervised", "actionpp"], [0, 1], "phantom_smoke", tmp_path / "05_embeddings" / "runs",
+                             32, 2, 4, [], "cpu")
+    assert [r.config.hash() for r in plan] == [r.config.hash() for r in same]  # 05 finds them finished
+    started.clear()
+    assert demo.background_runs(nbs[1:], tmp_path, "smoke", log=lambda m: None) is None  # nothing to overlap
+    assert started == []

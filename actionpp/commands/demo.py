@@ -6,6 +6,8 @@ the parameters cells' own values, sized for a laptop CPU) and ``OUT_DIR = OUT/<s
 The executed notebooks and their HTML exports land in ``OUT`` (``runs/demo``); a failed
 notebook is reported and the sequence goes on. At the end a table gives each notebook's
 status, wall time and key metrics (also written to ``OUT/summary.md`` and ``summary.json``).
+The runs ``05_embeddings`` compares (two methods, three seeds) are trained in a background
+process on the second core while ``04_train`` trains on the first; 05 waits for them.
 
 Examples::
 
@@ -100,8 +102,12 @@ def key_metrics(stem: str, metrics: dict[str, Any]) -> dict[str, Any]:
     if stem == "05_embeddings" and isinstance(metrics.get("runs"), dict):
         for label, r in metrics["runs"].items():
             tail = r.get("tail")
-            acc = _dig(r, f"per_class.{tail}.accuracy") if tail else None
-            out[f"{label} tail acc"] = acc
+            per = _dig(r, f"per_class.{tail}") if tail else None
+            per = per if isinstance(per, dict) else {}
+            # the nearest-class-mean accuracy: the same rule for every method (05 since issue 12)
+            out[f"{label} tail acc"] = per.get("accuracy_class_means", per.get("accuracy"))
+            if "dice" in per:
+                out[f"{label} tail Dice"] = per["dice"]
     return out
 
 
@@ -111,19 +117,36 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _chained(stem: str, out: Path, declared: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Parameters that hand an earlier notebook's result of this sequence to a later one.
+def background_runs(nbs: list[Path], out: Path, profile: str | None, log: Any) -> Any:
+    """Start training the runs ``05_embeddings`` will compare, in a background process, when
+    ``04_train`` comes before it in this sequence; None otherwise (or when they are finished).
 
-    ``05_embeddings`` explores the model that ``04_train`` has just trained (``RUN_DIRS``),
-    instead of training its own three tiny runs: the demo then shows the geometry of a
-    properly trained ACTION++ model and saves about two and a half minutes. The side-by-side
-    comparison of methods is what ``actionpp replicate notebooks/grids/phantom_small.yaml``
-    (04 then 05 on every run) is for.
+    04 trains on one core for most of the demo's time; these runs use the other one (an idle
+    2-core CPU does both in about 04's time), and 05 then finds them finished (``train`` returns a
+    finished run of the same configuration at once). The plan is the one 05 computes from the
+    same parameters (:func:`actionpp.lab.runs.plan_of_notebook`): its defaults, the profile's file
+    and ``OUT_DIR``. Any problem here only means that 05 trains its runs itself.
     """
-    trained = any(r["notebook"] == "04_train" and r["status"] == "ok" for r in rows)
-    if stem.startswith("05") and "RUN_DIRS" in declared and trained:
-        return {"RUN_DIRS": [str(out / "04_train" / "run")]}
-    return {}
+    from actionpp import notebook as nbmod
+    from actionpp.lab import runs as R
+
+    stems = [nb.stem for nb in nbs]
+    nb05 = next((nb for nb in nbs if nb.stem.startswith("05")), None)
+    if nb05 is None or not any(s.startswith("04") for s in stems[: stems.index(nb05.stem)]):
+        return None
+    try:
+        params: dict[str, Any] = {n: p.default for n, p in nbmod.parameters_of(nb05).items()}
+        if profile is not None and nbmod.profile_path(nb05, profile).is_file():
+            params.update(nbmod.load_profile(nb05, profile))
+        params["OUT_DIR"] = str(out / nb05.stem)
+        plan = R.plan_of_notebook(params)
+        bg = R.start_background(plan) if plan else None
+    except Exception as exc:  # noqa: BLE001 - only an optimisation: 05 trains its runs itself
+        log(f"   ({nb05.stem}'s runs not started in the background: {exc}; it trains them itself)")
+        return None
+    if bg is not None:
+        log(f"   training the {len(bg.plan)} runs {nb05.stem} compares in the background (second core)")
+    return bg
 
 
 def run_sequence(
@@ -143,48 +166,65 @@ def run_sequence(
     same by convention) and fails otherwise. HTML pages are exported for every executed
     notebook, failed ones included (they show the traceback). ``cell_timeout``: seconds per
     cell (None = no limit); a cell over it fails its notebook and the sequence goes on.
-    A later notebook may receive an earlier one's result (:func:`_chained`: 05 reads the run
-    that 04 trained).
+    The runs ``05_embeddings`` compares are trained in a background process while the notebooks
+    before it run (:func:`background_runs`); 05 waits for them before it starts.
     """
-    from actionpp import notebook as nbmod
-
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for nb in nbs:
-        stem = nb.stem
-        output = out / f"{stem}.ipynb"
-        nb_out = out / stem
-        prof: str | None = profile
-        if profile == "lab" and not nbmod.profile_path(nb, profile).is_file():
-            prof = None
-        row: dict[str, Any] = {"notebook": stem, "status": "ok", "seconds": 0.0, "metrics": {}, "error": None}
-        log(f"-> {stem} ...")
-        t0 = time.perf_counter()
-        try:
-            declared = nbmod.parameters_of(nb)
-            params = {"OUT_DIR": str(nb_out)} if "OUT_DIR" in declared else {}
-            params.update(_chained(stem, out, declared, rows))
-            nbmod.execute(nb, output, params, prof, cwd=cwd, timeout=cell_timeout)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - report and go on with the next notebook
-            row["status"] = "FAILED"
-            row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        row["seconds"] = time.perf_counter() - t0
-        if row["status"] == "ok":
-            try:
-                row["metrics"] = key_metrics(stem, nbmod.read_metrics(nb_out))
-            except (OSError, ValueError) as exc:
-                row["status"] = "FAILED"
-                row["error"] = f"no readable metrics.json in {nb_out}: {exc}"
-        if html and output.is_file():
-            try:
-                nbmod.export_html(output, out / f"{stem}.html")
-            except Exception as exc:  # noqa: BLE001 - a missing HTML page is not a failed notebook
-                row["html_error"] = str(exc)
-        log(f"   {stem}: {row['status']}{': ' + row['error'] if row['error'] else ''} ({row['seconds']:.1f} s)")
-        rows.append(row)
+    background = background_runs(nbs, out, profile, log)
+    try:
+        for nb in nbs:
+            if background is not None and nb.stem.startswith("05"):
+                t_wait = time.perf_counter()
+                ok = background.wait()
+                log(f"   background runs of {nb.stem}: {'done' if ok else 'FAILED (it trains them itself)'}, "
+                    f"waited {time.perf_counter() - t_wait:.1f} s")
+                background = None
+            rows.append(_run_one(nb, out, profile, html, cwd, log, cell_timeout))
+    finally:
+        if background is not None:
+            background.stop()
     return rows
+
+
+def _run_one(
+    nb: Path, out: Path, profile: str, html: bool, cwd: Path | None, log: Any, cell_timeout: float | None,
+) -> dict[str, Any]:
+    """One notebook of :func:`run_sequence`: execute, read its metrics, export HTML; its row."""
+    from actionpp import notebook as nbmod
+
+    stem = nb.stem
+    output = out / f"{stem}.ipynb"
+    nb_out = out / stem
+    prof: str | None = profile
+    if profile == "lab" and not nbmod.profile_path(nb, profile).is_file():
+        prof = None
+    row: dict[str, Any] = {"notebook": stem, "status": "ok", "seconds": 0.0, "metrics": {}, "error": None}
+    log(f"-> {stem} ...")
+    t0 = time.perf_counter()
+    try:
+        declared = nbmod.parameters_of(nb)
+        params = {"OUT_DIR": str(nb_out)} if "OUT_DIR" in declared else {}
+        nbmod.execute(nb, output, params, prof, cwd=cwd, timeout=cell_timeout)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - report and go on with the next notebook
+        row["status"] = "FAILED"
+        row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    row["seconds"] = time.perf_counter() - t0
+    if row["status"] == "ok":
+        try:
+            row["metrics"] = key_metrics(stem, nbmod.read_metrics(nb_out))
+        except (OSError, ValueError) as exc:
+            row["status"] = "FAILED"
+            row["error"] = f"no readable metrics.json in {nb_out}: {exc}"
+    if html and output.is_file():
+        try:
+            nbmod.export_html(output, out / f"{stem}.html")
+        except Exception as exc:  # noqa: BLE001 - a missing HTML page is not a failed notebook
+            row["html_error"] = str(exc)
+    log(f"   {stem}: {row['status']}{': ' + row['error'] if row['error'] else ''} ({row['seconds']:.1f} s)")
+    return row
 
 
 def summary_markdown(rows: list[dict[str, Any]], profile: str, total: float, out: Path) -> str:
