@@ -341,3 +341,13 @@ def test_run_logger_writes_jsonl_and_tensorboard_is_optional(tmp_path):
     silent = RunLogger(tmp_path / "rank1", enabled=False)  # ranks other than 0 write nothing
     silent.log({"kind": "train", "iteration": 1})
     assert not (tmp_path / "rank1").exists()
+
+
+def test_a_start_after_an_attempt_killed_before_its_first_checkpoint_does_not_duplicate_the_log(tmp_path):
+    cfg = _cfg("method.name=supervised", "runtime.log_every=1", "runtime.checkpoint_every=0")
+    tmp_path.mkdir(exist_ok=True)
+    first = json.dumps({"kind": "train", "iteration": 1, "loss/total": 9.0})
+    (tmp_path / "log.jsonl").write_text(first + "\n" + '{"kind": "train", "iteration": 2, "loss/t')  # a torn line
+    train(cfg, run_dir=tmp_path, progress=False)
+    its = [e["iteration"] for e in read_jsonl(tmp_path / "log.jsonl") if e["kind"] == "train"]
+    assert its == [1, 2, 3, 4] and all(e.get("loss/total") != 9.0 for e in read_jsonl(tmp_path / "log.jsonl"))

@@ -309,9 +309,11 @@ def _run(cfg: Config, run_dir: Path, resume: bool, progress: bool, info: DistInf
     logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.runtime.tensorboard)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resumed_from is not None:
+        if resumed_from is not None or (run_dir / "log.jsonl").is_file():
+            # a resumed run drops the lines a killed attempt wrote after its checkpoint; an attempt
+            # killed before its first checkpoint leaves lines that a fresh start would duplicate
             logger.close()
-            _truncate_log(run_dir / "log.jsonl", resumed_from)
+            _truncate_log(run_dir / "log.jsonl", resumed_from or 0)
             logger = RunLogger(run_dir, enabled=True, tensorboard=cfg.runtime.tensorboard)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         _record_start(run_dir, st, cfg, device, info, resumed_from)
