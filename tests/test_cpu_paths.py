@@ -1,9 +1,15 @@
 """The code paths only CUDA takes, run on the CPU where torch allows it (issue 13), and the GPU suite's dry run.
 
 - bf16 autocast (``runtime.amp=bf16``; ``auto`` is bf16 on CUDA only) through pre-training and
-  fine-tuning steps: every loss term finite and within ``|a - b| <= 1e-2 |a| + 1e-3`` of fp32 from
-  the same seed (measured here: at most 7e-4 relative on the totals and 3e-3 absolute on any term
-  over 3 + 4 steps); the whole loop (validation under autocast, checkpoints, resume) in bf16;
+  fine-tuning steps, each taken twice from the same state (weights, banks, queue, generators), once
+  in fp32 and once in bf16: every term finite; the supervised, pseudo-label and consistency terms
+  within ``1e-2 |a| + 1e-3`` of fp32, the contrastive terms and totals within ``1e-1 |a| + 1e-2``.
+  The contrastive terms divide cosines by temperatures down to 0.01 (ISD's teacher), which
+  magnifies bf16's rounding of the backbone's features: measured on this machine, ISD global
+  6.4 % off at tau_t = 0.01, SAACL 3.7 % at its first step, everything else under 2.3 %; the
+  looser band still fails a missing cast, a dropped or doubled term. (Comparing whole
+  trajectories instead compounded the drift of the weights and failed on another CPU.) The
+  whole loop (validation under autocast, checkpoints, resume) in bf16;
 - ``torch.compile`` of the U-Net: with the ``aot_eager`` backend (dynamo + AOT autograd, the
   tracing the CUDA path does, in seconds) in the default suite, including the gradient-share
   diagnostics' extra backwards through the compiled graph; with inductor (a cold compile costs
@@ -18,6 +24,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import json
 import math
@@ -70,13 +78,39 @@ def _assert_close_terms(ref: list[dict[str, float]], got: list[dict[str, float]]
 # =========================================================================== bf16 autocast
 
 
+CONTRASTIVE = {"isd_global", "isd_local", "anco", "saacl", "total"}
+
+
 @pytest.mark.parametrize("method", ["actionpp", "mean_teacher"])
 def test_bf16_autocast_steps_are_finite_and_close_to_fp32(method):
     """ACTION++ covers pre-training (ISD), pseudo-labels, AnCo and SAACL (the teacher's head at the
-    anchors under bf16 used to fail with a dtype mismatch); the mean teacher its consistency term."""
-    runs = {amp: _steps(load_config("phantom_smoke", SMOKE + [f"method.name={method}", f"runtime.amp='{amp}'"]),
-                        3, 4) for amp in ("off", "bf16")}
-    _assert_close_terms(runs["off"], runs["bf16"], f"{method} bf16 vs fp32")
+    anchors under bf16 used to fail with a dtype mismatch); the mean teacher its consistency term.
+    Each step is taken from the fp32 run's state twice, in fp32 and in bf16 (module docstring)."""
+    cfg = load_config("phantom_smoke", SMOKE + [f"method.name={method}", "runtime.amp='off'"])
+    st, batches, objective, _ = prepare(cfg, CPU)
+
+    def both(step, i: int) -> None:
+        got = {}
+        for amp in ("off", "bf16"):
+            s2, b2, o2 = copy.deepcopy((st, batches, objective))
+            s2.cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, amp=amp))
+            got[amp] = {k: float(v) for k, v in step(s2, b2, o2, i, None).items()}
+        ref, bf = got["off"], got["bf16"]
+        assert set(ref) == set(bf)
+        for k in ref:
+            rtol, atol = (1e-1, 1e-2) if k in CONTRASTIVE else (RTOL, ATOL)
+            assert math.isfinite(bf[k]), f"{method} bf16, {step.__name__} {i}: {k} = {bf[k]}"
+            assert abs(ref[k] - bf[k]) <= rtol * abs(ref[k]) + atol, \
+                f"{method} bf16 vs fp32, {step.__name__} {i}: {k} {ref[k]} vs {bf[k]}"
+        step(st, batches, objective, i, None)  # the fp32 run goes on
+
+    if cfg.method.pretrain:
+        st.optimizer = st.new_optimizer("pretrain")
+        for i in range(3):
+            both(pretrain_step, i)
+    st.optimizer = st.new_optimizer("finetune")
+    for i in range(4):
+        both(finetune_step, i)
 
 
 def test_amp_auto_is_fp32_on_the_cpu():
