@@ -361,8 +361,9 @@ def test_shipped_grids_expand_and_pass_the_strict_parameter_check(name: str, n_r
 # --------------------------------------------------------------------------- publishing
 
 
-def _fake_training_dir(run_dir: Path, seed: int, pretrain: int) -> None:
-    """What notebook 04's training loop leaves in OUT_DIR/run (config, log, run record, summary)."""
+def _fake_training_dir(run_dir: Path, seed: int, pretrain: int, seconds: float | None = None) -> None:
+    """What notebook 04's training loop leaves in OUT_DIR/run (config, log, run record, summary);
+    ``seconds``: the loop's training time over all attempts (absent: not recorded)."""
     train = run_dir / "run"
     train.mkdir(parents=True, exist_ok=True)
     (train / "config.yaml").write_text(yaml.safe_dump({"method": {"pretrain": pretrain > 0},
@@ -374,7 +375,7 @@ def _fake_training_dir(run_dir: Path, seed: int, pretrain: int) -> None:
     (train / "run.json").write_text(json.dumps({"environment": {"git_commit": "abc123", "torch": "2.13.0+cpu"}}))
     (train / "metrics.json").write_text(json.dumps({
         "best": {"dice": vals[1][1], "dice_per_class": {"RV": vals[1][1]}}, "best_iteration": vals[1][0],
-        "its_per_s": {"finetune": 2.5},
+        "its_per_s": {"finetune": 2.5}, **({} if seconds is None else {"seconds": seconds}),
     }))
 
 
@@ -386,7 +387,9 @@ def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme
     out = tmp_path / "out"
     rp.run_grid(runs, out, executor=_fake_executor, log=None)
     for r in runs:
-        _fake_training_dir(r.run_dir(out), r.axes["SEED"], pretrain=50)
+        # seed 0 was stopped and resumed: 600 s of training in all, its last notebook attempt far shorter
+        _fake_training_dir(r.run_dir(out), r.axes["SEED"], pretrain=50,
+                           seconds=600.0 if r.axes["SEED"] == 0 else None)
         (r.run_dir(out) / "run" / "last.pt").write_text("a checkpoint is never published")
     dest = publish(out, runs, grid, tmp_path / "results" / "t", command="actionpp replicate grid.yaml")
     for r in runs:
@@ -407,5 +410,10 @@ def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme
     readme = (dest / "README.md").read_text()
     assert "`abc123` (2 runs)" in readme and "finished runs: 2 of 2" in readme
     assert "actionpp replicate grid.yaml" in readme
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in readme.splitlines()
+            if line.startswith("| seed=")}
+    assert rows["seed=0"] == "10.0 (resumed)"  # the loop's 600 s, not the last attempt's marker
+    assert rows["seed=1"] == "0.0"  # no loop time recorded: the marker's (a fraction of a second here)
+    assert "training time of all runs added up: 0.17 h" in readme
     assert (dest / "val_dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (dest / "results.csv").read_text().count("\n") == 2

@@ -236,13 +236,17 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         if env.get("torch"):
             torch_versions.add(str(env["torch"]))
         marker = json.loads((r.path / DONE).read_text())
-        total += float(marker.get("seconds", 0.0))
         train = _train_summary(r)
+        # training time over every attempt (the loop keeps it in its checkpoints); the marker's seconds
+        # are the last attempt's notebook only, which undercounts a run that was resumed
+        seconds = float(train.get("seconds", marker.get("seconds", 0.0)))
+        total += seconds
         fin = marker.get("finished")
         first = fin if first is None or (fin and fin < first) else first
         last = fin if last is None or (fin and fin > last) else last
         its = ", ".join(f"{k} {v:.2f}/s" for k, v in (train.get("its_per_s") or {}).items())
-        lines_runs.append(f"| {r.run_id} | {marker.get('seconds', 0) / 60:.1f} | {its} | {fin} |")
+        resumed = float(marker.get("seconds", 0.0)) < 0.9 * seconds
+        lines_runs.append(f"| {r.run_id} | {seconds / 60:.1f}{' (resumed)' if resumed else ''} | {its} | {fin} |")
     out = [
         f"# {grid.name}: published results",
         "",
@@ -255,7 +259,7 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         "- trained on commit(s): " + "; ".join(f"`{c}` ({len(v)} runs)" for c, v in commits.items()),
         f"- torch: {', '.join(sorted(torch_versions)) or 'unknown'}",
         f"- machine that wrote this folder (and ran the grid): {_machine()}",
-        f"- runs finished between {first} and {last}; wall time of all runs added up: {total / 3600:.2f} h "
+        f"- runs finished between {first} and {last}; training time of all runs added up: {total / 3600:.2f} h "
         "(two ran at a time, one torch thread each)",
         f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "",
@@ -264,6 +268,10 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         "(which loss term drives the update), and per run its "
         "`done` marker and `metrics.json` (the notebook's), `run/config.yaml`, `run/log.jsonl`, `run/run.json` "
         "and `run/metrics.json` (the training loop's).",
+        "",
+        "`minutes`: time in training iterations over all of the run's attempts (validation and checkpoint "
+        "writes excluded; a run stopped and resumed counts the iterations it repeated after its last "
+        "checkpoint once, not twice); `(resumed)`: more than one attempt.",
         "",
         "| run | minutes | iterations / s (per phase) | finished |",
         "|---|---|---|---|",
