@@ -6,9 +6,15 @@ from their parameters (so aggregated numbers are known by hand), and FAIL=True r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -417,3 +423,103 @@ def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme
     assert "training time of all runs added up: 0.17 h" in readme
     assert (dest / "val_dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (dest / "results.csv").read_text().count("\n") == 2
+
+
+# --------------------------------------------------------------------------- one process per run directory
+
+
+def test_a_run_another_process_is_running_is_left_alone_and_reported_busy(tmp_path: Path, capsys) -> None:
+    import fcntl
+
+    grid = _grid(tmp_path, {"SEED": [0, 1]})
+    runs = rp.expand(rp.load_grid(grid))
+    out = tmp_path / "out"
+    held = runs[0].run_dir(out)
+    held.mkdir(parents=True)
+    calls: list[str] = []
+
+    def spy(nb: Path, output: Path, params: dict) -> None:
+        calls.append(Path(params["OUT_DIR"]).name)
+        _fake_executor(nb, output, params)
+
+    with open(held / ".lock", "a") as fh:  # what a second runner's worker holds while it executes the run
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        outcomes = rp.run_grid(runs, out, executor=spy, log=None)
+        assert [o.status for o in outcomes] == ["busy", "done"]
+        assert calls == [runs[1].run_id]  # the held run was not executed, not even started
+        assert str(held / ".lock") in (outcomes[0].error or "") and "left alone" in outcomes[0].error
+        assert not (held / "done").exists() and not (held / "failed.json").exists()
+        assert f"BUSY {runs[0].run_id}: another process is running it" in rp.summary(outcomes)
+    # the holder gone, the run executes; the CLI says busy with exit code 1 while it is held
+    assert [o.status for o in rp.run_grid(runs, out, executor=spy, log=None)] == ["done", "skipped"]
+    shutil.rmtree(out)
+    held.mkdir(parents=True)
+    with open(held / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli_main(["replicate", str(grid), "--out", str(out)]) == 1
+    assert "another process is running it" in capsys.readouterr().out
+
+
+SLEEPY = '''import pathlib, time
+p = pathlib.Path(OUT_DIR)
+p.mkdir(parents=True, exist_ok=True)
+(p / "started").write_text("")
+time.sleep(60)
+(p / "ended").write_text("")'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited (nobody in this container may reap it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_a_killed_runner_takes_its_pool_workers_with_it(tmp_path: Path) -> None:
+    """SIGKILL of `actionpp replicate --jobs 2` mid-grid: its two workers end within seconds instead of
+    training on (and starting the runs queued to them), and their run locks are free for a re-run."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('SEED: int = 0  # seed\nOUT_DIR: str = "out"  # output',
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(SLEEPY)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "sleepy.ipynb")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"name": "sleepy", "notebooks": ["sleepy"], "axes": {"SEED": [0, 1, 2, 3]}}))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "actionpp.cli", "replicate", str(grid), "--out", str(out),
+                             "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*/started"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the two first runs never started"
+            time.sleep(0.5)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (stat.parent / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == proc.pid and b"spawn_main" in cmd:
+                workers.append(int(stat.parent.name))
+        assert len(workers) == 2, workers
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "the pool workers outlived the killed runner"
+        time.sleep(2)
+        assert len(list(out.glob("*/started"))) == 2 and not list(out.glob("*/ended"))
+        import fcntl
+
+        for lock in out.glob("*/.lock"):  # nobody holds them: a re-run may resume those runs
+            with open(lock, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        for pid in [proc.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

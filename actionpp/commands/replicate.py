@@ -14,8 +14,9 @@ finished runs are skipped on a re-submit)::
         'actionpp replicate notebooks/grids/acdc_paper.yaml --shard $SLURM_ARRAY_TASK_ID/8 --out runs/acdc_paper'
 
 Exit code: 0 when every selected run finished (or was already finished), 1 when any failed
-(each failure is listed with its error and the executed notebook holding the traceback),
-2 for a bad grid or bad arguments.
+(each failure is listed with its error and the executed notebook holding the traceback) or
+was left alone because another runner is working in its folder (``busy``), 2 for a bad grid
+or bad arguments.
 """
 
 from __future__ import annotations
@@ -106,4 +107,4 @@ def _main(args: argparse.Namespace) -> int:
         print(f"published {len(records)} runs to {dest}")
     if outcomes:
         print(rp.summary(outcomes))
-    return 1 if problems or any(o.status in ("failed", "stale") for o in outcomes) else 0
+    return 1 if problems or any(o.status in ("failed", "stale", "busy") for o in outcomes) else 0

@@ -8,15 +8,25 @@ its marker matches *and* its ``metrics.json`` passes :func:`actionpp.report.chec
 anything else is executed again (the training engine resumes from its own checkpoint
 inside the run directory, or returns its finished result at once).
 
+One process at a time works in a run directory: :func:`execute_run` holds an advisory lock
+(``flock`` on ``OUT/<run_id>/.lock``) while it executes, and a second runner pointed at the same
+``--out`` reports the run as ``busy`` and leaves it alone instead of training into it too. The
+kernel releases the lock when its holder dies, however it dies. The pool processes of ``--jobs N``
+end with the runner (Linux: ``PR_SET_PDEATHSIG``), so a runner killed with SIGKILL or SIGTERM does
+not leave its workers training the runs they had queued.
+
 Taught in notebooks/06_replication_report.ipynb.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -45,6 +55,7 @@ __all__ = [
 DONE = "done"
 FAILED = "failed.json"
 METRICS = "metrics.json"
+LOCK = ".lock"
 
 
 
@@ -89,7 +100,8 @@ def run_state(run: Run, out: Path) -> tuple[str, str | None]:
 
 @dataclass
 class RunOutcome:
-    """What happened to one run: ``status`` is ``done``, ``skipped``, ``failed`` or ``stale``."""
+    """What happened to one run: ``status`` is ``done``, ``skipped``, ``failed``, ``stale`` or ``busy``
+    (another process holds the run directory's lock)."""
 
     run_id: str
     status: str
@@ -147,6 +159,37 @@ def execute_run(run: Run, out: Path, executor: Executor | None = None, force: bo
             error=f"{rd} holds a finished run with different parameters; move it away or use another --out",
         )
     rd.mkdir(parents=True, exist_ok=True)
+    with _run_lock(rd) as held:
+        if not held:
+            return RunOutcome(run.run_id, "busy",
+                              error=f"another process is running it (it holds {rd / LOCK}); left alone")
+        if run_status(run, out) == "done" and not force:  # finished by that other process meanwhile
+            return RunOutcome(run.run_id, "skipped")
+        return _execute_locked(run, out, rd, executor)
+
+
+@contextlib.contextmanager
+def _run_lock(rd: Path) -> Any:
+    """Yields True while this process holds ``rd/.lock`` exclusively, False if another one does.
+    Without ``fcntl`` (Windows) there is no lock and it yields True."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux / macOS
+        yield True
+        return
+    with open(rd / LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _execute_locked(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
     for name in (DONE, METRICS):
         (rd / name).unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -197,12 +240,30 @@ def execute_run(run: Run, out: Path, executor: Executor | None = None, force: bo
 _SLOT_ENV: dict[str, str] = {}
 
 
-def _init_worker(slots: Any, gpus: list[str], threads: int) -> None:
+def _init_worker(slots: Any, gpus: list[str], threads: int, parent: int | None = None) -> None:
+    _die_with_parent(parent)
     slot = slots.get()
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """Linux: SIGTERM this process when the runner that started it dies (its papermill kernel then
+    sees its own parent gone and shuts down). Elsewhere nothing: a killed runner's workers finish
+    the runs already handed to them, and the run locks keep a second runner out of those."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+        return
+    if os.getppid() != parent:  # the runner died before the line above took effect
+        os._exit(1)
 
 
 def _worker(run: Run, out: str, force: bool) -> RunOutcome:
@@ -265,7 +326,7 @@ def run_grid(
             slots.put(s)
         threads = max(1, (os.cpu_count() or 1) // jobs)
         pool = cf.ProcessPoolExecutor(
-            jobs, mp_context=ctx, initializer=_init_worker, initargs=(slots, visible_gpus(), threads)
+            jobs, mp_context=ctx, initializer=_init_worker, initargs=(slots, visible_gpus(), threads, os.getpid())
         )
         try:
             futs = {pool.submit(_worker, r, str(out), force): r for r in runs}
@@ -292,6 +353,7 @@ def summary(outcomes: Sequence[RunOutcome]) -> str:
         counts[o.status] = counts.get(o.status, 0) + 1
     lines = [", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no runs"]
     for o in outcomes:
-        if o.status in ("failed", "stale"):
-            lines.append(f"FAILED {o.run_id}: {o.error}" + (f"\n    notebook: {o.notebook}" if o.notebook else ""))
+        if o.status in ("failed", "stale", "busy"):
+            head = "BUSY" if o.status == "busy" else "FAILED"
+            lines.append(f"{head} {o.run_id}: {o.error}" + (f"\n    notebook: {o.notebook}" if o.notebook else ""))
     return "\n".join(lines)
