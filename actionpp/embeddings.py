@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from actionpp import sampling as sampling_
+from actionpp.metrics import mean_std
 from actionpp.models.backbone import Backbone
 from actionpp.models.heads import RepresentationHead
 
@@ -451,15 +452,10 @@ def seed_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     more than about two standard errors is unlikely to be seed noise alone; with three seeds a
     side the standard error is itself a rough estimate, so read it as a scale, not a test.
     """
-    va = np.asarray([x for x in a if x is not None], dtype=np.float64)
-    vb = np.asarray([x for x in b if x is not None], dtype=np.float64)
-    va, vb = va[np.isfinite(va)], vb[np.isfinite(vb)]
-    diff = float(vb.mean() - va.mean()) if va.size and vb.size else math.nan
-    if va.size < 2 or vb.size < 2:
-        se = math.nan
-    else:
-        se = math.sqrt(float(va.var(ddof=1)) / va.size + float(vb.var(ddof=1)) / vb.size)
-    return {"difference": diff, "se": se, "n_a": int(va.size), "n_b": int(vb.size)}
+    ma, sa, na = mean_std(a, ddof=1)  # finite values only; std NaN below two values
+    mb, sb, nb = mean_std(b, ddof=1)
+    se = math.sqrt(sa**2 / na + sb**2 / nb) if na >= 2 and nb >= 2 else math.nan
+    return {"difference": mb - ma, "se": se, "n_a": na, "n_b": nb}
 
 
 # ---------------------------------------------------------------------------------------------

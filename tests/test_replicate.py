@@ -367,9 +367,11 @@ def test_shipped_grids_expand_and_pass_the_strict_parameter_check(name: str, n_r
 # --------------------------------------------------------------------------- publishing
 
 
-def _fake_training_dir(run_dir: Path, seed: int, pretrain: int, seconds: float | None = None) -> None:
+def _fake_training_dir(run_dir: Path, seed: int, pretrain: int, seconds: float | None = None,
+                       starts: int = 1) -> None:
     """What notebook 04's training loop leaves in OUT_DIR/run (config, log, run record, summary);
-    ``seconds``: the loop's training time over all attempts (absent: not recorded)."""
+    ``seconds``: the loop's training time over all attempts (absent: not recorded); ``starts``: how
+    many attempts the run record lists."""
     train = run_dir / "run"
     train.mkdir(parents=True, exist_ok=True)
     (train / "config.yaml").write_text(yaml.safe_dump({"method": {"pretrain": pretrain > 0},
@@ -378,7 +380,8 @@ def _fake_training_dir(run_dir: Path, seed: int, pretrain: int, seconds: float |
     lines = [{"kind": "train", "iteration": 10, "loss/total": 1.0}]
     lines += [{"kind": "val", "iteration": it, "dice": d, "dice_per_class": {"RV": d}} for it, d in vals]
     (train / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
-    (train / "run.json").write_text(json.dumps({"environment": {"git_commit": "abc123", "torch": "2.13.0+cpu"}}))
+    (train / "run.json").write_text(json.dumps({"environment": {"git_commit": "abc123", "torch": "2.13.0+cpu"},
+                                                "starts": [{"from_iteration": 100 * i} for i in range(starts)]}))
     (train / "metrics.json").write_text(json.dumps({
         "best": {"dice": vals[1][1], "dice_per_class": {"RV": vals[1][1]}}, "best_iteration": vals[1][0],
         "its_per_s": {"finetune": 2.5}, **({} if seconds is None else {"seconds": seconds}),
@@ -395,7 +398,7 @@ def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme
     for r in runs:
         # seed 0 was stopped and resumed: 600 s of training in all, its last notebook attempt far shorter
         _fake_training_dir(r.run_dir(out), r.axes["SEED"], pretrain=50,
-                           seconds=600.0 if r.axes["SEED"] == 0 else None)
+                           seconds=600.0 if r.axes["SEED"] == 0 else None, starts=2 if r.axes["SEED"] == 0 else 1)
         (r.run_dir(out) / "run" / "last.pt").write_text("a checkpoint is never published")
     dest = publish(out, runs, grid, tmp_path / "results" / "t", command="actionpp replicate grid.yaml")
     for r in runs:

@@ -231,7 +231,8 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
     first = last = None
     for r in records:
         run_json = r.path / TRAIN_DIR / "run.json"
-        env = json.loads(run_json.read_text()).get("environment", {}) if run_json.is_file() else {}
+        record = json.loads(run_json.read_text()) if run_json.is_file() else {}
+        env = record.get("environment", {})
         commits.setdefault(str(env.get("git_commit")), []).append(r.run_id)
         if env.get("torch"):
             torch_versions.add(str(env["torch"]))
@@ -245,7 +246,7 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         first = fin if first is None or (fin and fin < first) else first
         last = fin if last is None or (fin and fin > last) else last
         its = ", ".join(f"{k} {v:.2f}/s" for k, v in (train.get("its_per_s") or {}).items())
-        resumed = float(marker.get("seconds", 0.0)) < 0.9 * seconds
+        resumed = len(record.get("starts", [])) > 1  # the loop records every start of the run
         lines_runs.append(f"| {r.run_id} | {seconds / 60:.1f}{' (resumed)' if resumed else ''} | {its} | {fin} |")
     out = [
         f"# {grid.name}: published results",
