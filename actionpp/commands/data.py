@@ -64,6 +64,8 @@ def register(subparsers: Any) -> None:
     pk.add_argument("root", help="dataset folder")
     pk.add_argument("out", help="pack file to write (e.g. acdc.pack), outside ROOT")
     pk.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never a file inside ROOT)")
+    pk.add_argument("--leave-out", action="append", default=[], metavar="SPLIT", choices=("train", "val", "test"),
+                    help="a volume split not to pack, list included (repeatable; the GPU carry: --leave-out test)")
     pk.set_defaults(func=_pack)
 
     pr = sub.add_parser(
@@ -141,7 +143,7 @@ def _pack(args: argparse.Namespace) -> int:
     from actionpp.data.pack import pack_dataset
 
     try:
-        s = pack_dataset(args.root, args.out, overwrite=args.overwrite)
+        s = pack_dataset(args.root, args.out, overwrite=args.overwrite, leave_out=args.leave_out)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

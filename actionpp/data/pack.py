@@ -36,6 +36,7 @@ import lzma
 import math
 import time
 import zlib
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -152,12 +153,18 @@ def _check_output(root: Path, out: Path, overwrite: bool) -> None:
         raise DataError(f"{out}: output file exists (pass --overwrite to replace it)")
 
 
-def pack_dataset(root: str | Path, out: str | Path, *, verify: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def pack_dataset(
+    root: str | Path, out: str | Path, *, verify: bool = True, overwrite: bool = False,
+    leave_out: Sequence[str] = (),
+) -> dict[str, Any]:
     """Pack a dataset folder into one file ``out`` (written atomically).
 
     ACDC: every training slice of ``train_slices.list`` plus the volumes of ``val.list`` and
     (when present) ``test.list``. LA: every available volume of ``train.list`` and ``test.list``.
     With ``verify`` each encoded image is decoded again and compared bit-exactly.
+    ``leave_out``: volume splits (``val``, ``test``; LA also ``train``) not packed, list and
+    volumes: the pack then reads like a copy of the dataset without them (the GPU carry leaves
+    out ACDC's test split to stay under its 64 MiB).
 
     ``out`` must not exist unless ``overwrite``, and is never inside ``root`` (not even with
     ``overwrite``: a pack must not replace a dataset file). Refusals raise :class:`DataError`
@@ -167,6 +174,9 @@ def pack_dataset(root: str | Path, out: str | Path, *, verify: bool = True, over
     """
     t0 = time.perf_counter()
     out = Path(out)
+    unknown = sorted(set(leave_out) - {"train", "val", "test"})
+    if unknown:
+        raise DataError(f"leave_out: unknown split(s) {', '.join(unknown)} (choose from train, val, test)")
     _check_output(Path(root), out, overwrite)
     if Path(root).is_file():
         raise DataError(f"{root}: already a pack (pack a dataset folder)")
@@ -206,8 +216,10 @@ def pack_dataset(root: str | Path, out: str | Path, *, verify: bool = True, over
             n = put(name, "slice", image, label, None, hints.get(frame))
             if n:
                 hints[frame] = n
+        if "train" in leave_out:
+            raise DataError("leave_out: ACDC's train split is the training slices; it cannot be left out")
         for split in ("train", "val", "test"):
-            if ds.has_split(split):
+            if ds.has_split(split) and split not in leave_out:
                 lists[split] = list(ds.volumes(split))
         for split in ("val", "test"):
             for frame in lists.get(split, []):
@@ -215,7 +227,7 @@ def pack_dataset(root: str | Path, out: str | Path, *, verify: bool = True, over
                 put(frame, "volume", v.image, v.label, v.spacing, hints.get(frame))
     else:
         for split in ("train", "test"):
-            if ds.has_split(split):
+            if ds.has_split(split) and split not in leave_out:
                 lists[split] = list(ds.volumes(split))
                 for case in ds.available(split):
                     v = ds.read_volume(case)
