@@ -148,7 +148,7 @@ def load_run(run_dir: str | Any, which: str = "auto", device: str | torch.device
     from pathlib import Path
 
     from actionpp.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-    from actionpp.config import config_from_dict
+    from actionpp.config import stored_config
     from actionpp.models.segmodel import SegModel
 
     rd = Path(run_dir)
@@ -156,7 +156,7 @@ def load_run(run_dir: str | Any, which: str = "auto", device: str | torch.device
         raise CheckpointError(f"run directory {rd} does not exist")
     path = find_checkpoint(rd, which)
     state = load_checkpoint(path, map_location="cpu")
-    cfg = config_from_dict(json.loads(state["config"]), expand_method=False)
+    cfg = stored_config(json.loads(state["config"]))
     model = SegModel(cfg)
     model.load_state_dict(state["student"])
     model.to(device).eval()

@@ -53,7 +53,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parents[1]  # this checkout: its docs/benchmarks.md is written
+# the library under test: this checkout, or another one when --baseline runs this script against it
+REPO = Path(os.environ.get("ACTIONPP_BENCH_REPO") or HERE).resolve()
 sys.path.insert(0, str(REPO))
 
 from actionpp import benchdoc  # noqa: E402
@@ -63,7 +65,7 @@ from actionpp.train import prepare  # noqa: E402
 from actionpp.train.batches import BatchSource  # noqa: E402
 from actionpp.train.objective import Objective  # noqa: E402
 from actionpp.train.state import TrainerState  # noqa: E402
-from actionpp.train.steps import finetune_step, pretrain_step  # noqa: E402
+from actionpp.train.steps import autocast, finetune_step, pretrain_step  # noqa: E402
 
 METHODS = ("supervised", "mean_teacher", "action", "actionpp")
 PAPER_PRETRAIN, PAPER_FINETUNE = 10_000, 20_000  # the paper's ACDC schedule
@@ -135,6 +137,82 @@ def time_phase(tr: TrainerState, batches: BatchSource, objective: Objective, pha
     if not math.isfinite(total):
         raise RuntimeError(f"{tr.cfg.method.name} {phase}: non-finite loss {total} after {warmup + iters} iterations")
     return {"s": s, "first_s": first, "loss": total}
+
+
+def floor_counts(cfg: Config, phase: str) -> tuple[int, int]:
+    """Images through the student (forward + backward) and through the teacher (forward) in one step of ``phase``."""
+    b_l, b_u, m = cfg.train.batch_labelled, cfg.train.batch_unlabelled, cfg.method
+    if phase == "pretrain":
+        return b_l + b_u, b_l + b_u
+    unlab = b_u if (m.unsup or m.consistency or m.anco) else 0
+    return b_l + unlab, unlab + (b_l if m.saacl else 0)
+
+
+def floor_step(tr: TrainerState, batches: BatchSource, phase: str) -> Callable[[], None]:
+    """One iteration of the U-Net floor of ``phase``: what no implementation of the method can avoid.
+
+    The student's backbone forward + backward (a trivial loss on its logits) and an SGD step on the
+    images the step puts through it, and the teacher's backbone forward on the images it sees
+    (:func:`floor_counts`), in the run's memory format and autocast; no augmentation, sampling, head,
+    loss, queue or EMA.
+    """
+    n_s, n_t = floor_counts(tr.cfg, phase)
+    x_l, _ = batches.labelled()
+    x = torch.cat([x_l, batches.unlabelled()])
+    while x.shape[0] < max(n_s, n_t):
+        x = torch.cat([x, x])
+    layout = getattr(tr, "layout", lambda t: t)  # checkouts before runtime.channels_last: the contiguous format
+    x_s, x_t = layout(x[:n_s]), layout(x[:n_t])
+    opt = tr.new_optimizer(phase)
+    amp = tr.cfg.runtime.amp
+
+    def one() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast(tr.device, amp):
+            logits, _ = tr.student.net.forward_features(x_s)
+        logits.float().mean().backward()
+        opt.step()
+        if n_t and tr.teacher is not None:
+            with torch.no_grad(), autocast(tr.device, amp):
+                tr.teacher.model.net.forward_features(x_t)
+
+    return one
+
+
+def time_paired(preps: dict[tuple[str, str], tuple[TrainerState, BatchSource, Objective]], rounds: int,
+                warmup: int) -> list[dict[str, Any]]:
+    """Every (method, phase) step and its U-Net floor in turn, ``rounds`` times: one row each with the medians.
+
+    Round-robin so that every row sees the same machine (a shared or throttled CPU drifts by 10 % over
+    a minute); each timing is one iteration, its median over the rounds is reported.
+    """
+    runs = []
+    for (method, phase), (tr, batches, objective) in preps.items():
+        fn = pretrain_step if phase == "pretrain" else finetune_step
+        opt = tr.new_optimizer(phase)
+        runs.append((method, phase, tr, batches, objective, fn, opt, floor_step(tr, batches, phase)))
+    times: dict[tuple[str, str], tuple[list[float], list[float]]] = {(m, p): ([], []) for m, p, *_ in runs}
+    for r in range(warmup + rounds):
+        for method, phase, tr, batches, objective, fn, opt, floor in runs:
+            tr.optimizer = opt
+            _sync(tr.device)
+            t0 = time.perf_counter()
+            fn(tr, batches, objective, r)
+            _sync(tr.device)
+            t1 = time.perf_counter()
+            floor()
+            _sync(tr.device)
+            if r >= warmup:
+                times[(method, phase)][0].append(t1 - t0)
+                times[(method, phase)][1].append(time.perf_counter() - t1)
+    out = []
+    for method, phase, tr, *_ in runs:
+        steps, floors = times[(method, phase)]
+        out.append({"method": method, "phase": phase, "rounds": rounds, "step_s": float(np.median(steps)),
+                    "floor_s": float(np.median(floors)), "floor_images": list(floor_counts(tr.cfg, phase)),
+                    "step_iqr_s": float(np.subtract(*np.percentile(steps, [75, 25]))),
+                    "floor_iqr_s": float(np.subtract(*np.percentile(floors, [75, 25])))})
+    return out
 
 
 def time_augment(tr: TrainerState, batches: BatchSource, iters: int) -> float:
@@ -592,6 +670,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 del tr, batches, objective
                 if cuda:
                     torch.cuda.empty_cache()
+    paired: list[dict[str, Any]] = []
+    if args.floor and not over_budget():
+        if not cuda:
+            torch.set_num_threads(thread_counts[0])
+        preps: dict[tuple[str, str], tuple[TrainerState, BatchSource, Objective]] = {}
+        for method in methods:
+            cfg = load_config(profile, bench_overrides(data, size, device, False, method, extra))
+            tr, batches, objective, _ = prepare(cfg, device, DistInfo())
+            for phase in ("pretrain", "finetune"):
+                if phase == "finetune" or cfg.method.pretrain:
+                    preps[(method, phase)] = (tr, batches, objective)
+        paired = time_paired(preps, args.floor_rounds, max(warmup, 1))
+        for p in paired:
+            p["threads"] = thread_counts[0]
+            print(f"paired {p['method']:13s} {p['phase']:9s} step {p['step_s'] * 1000:8.1f} ms  U-Net floor "
+                  f"{p['floor_s'] * 1000:8.1f} ms  ({p['step_s'] / p['floor_s']:.2f}x)", flush=True)
+        del preps
     machine = (torch.cuda.get_device_name(device) if cuda else
                f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs")
     cmd = "python bench/bench_train.py " + " ".join(args.argv)
@@ -602,9 +697,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": _dt.date.today().isoformat(), "command": cmd.strip(), "profile": profile, "data": data,
         "size": size, "iters": iters, "warmup": warmup, "compile_backend": args.compile_backend,
         "load_average": os.getloadavg()[0], "rows": rows, "augment_s": aug_s, "ssl4mis": ssl,
-        "profiles": profiles, "seconds": time.perf_counter() - start,
+        "profiles": profiles, "paired": paired, "seconds": time.perf_counter() - start,
     }
     result["projections"] = projections(result)
+    result["sets"] = extra
     return result
 
 
@@ -670,6 +766,7 @@ def format_section(result: dict[str, Any]) -> str:
         lines.append(f"| {r['threads']} | {r['method']} | {r['phase']} | {c} | {r['s_per_it'] * 1000:.1f} | "
                      f"{r['its_per_s']:.2f} | {r['first_step_s']:.1f} | {peak} |")
     lines.append("")
+    lines += floor_lines(result.get("paired", []))
     for s in result["ssl4mis"]:
         if s["status"] == "ok":
             lines.append(f"- SSL4MIS-style mean teacher (the 1x: per-sample numpy / scipy augmentation in a DataLoader "
@@ -707,6 +804,125 @@ def format_section(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ratios(paired: list[dict[str, Any]]) -> dict[str, float]:
+    """The CPU speed goals' ratios from the round-robin medians: ACTION++ over mean teacher, steps over floors."""
+    by = {(r["method"], r["phase"]): r for r in paired}
+    out: dict[str, float] = {}
+    mt, ft, pre = (by.get(k) for k in (("mean_teacher", "finetune"), ("actionpp", "finetune"),
+                                        ("actionpp", "pretrain")))
+    if mt and ft:
+        out["ACTION++ fine-tuning / mean teacher"] = ft["step_s"] / mt["step_s"]
+    if mt and pre:
+        out["ACTION++ pre-training / mean teacher"] = pre["step_s"] / mt["step_s"]
+    if ft:
+        out["ACTION++ fine-tuning / its U-Net floor"] = ft["step_s"] / ft["floor_s"]
+    if mt:
+        out["mean teacher / its U-Net floor"] = mt["step_s"] / mt["floor_s"]
+    return out
+
+
+GOALS = {"ACTION++ fine-tuning / mean teacher": 1.3, "ACTION++ pre-training / mean teacher": 1.3,
+         "ACTION++ fine-tuning / its U-Net floor": 1.25, "mean teacher / its U-Net floor": 1.1}
+
+
+def floor_lines(paired: list[dict[str, Any]]) -> list[str]:
+    """The round-robin table (steps beside their U-Net floors) and the goal ratios; none without ``--floor``."""
+    if not paired:
+        return []
+    lines = [
+        f"Steps and their U-Net floors, round-robin ({paired[0]['rounds']} rounds: one step of every row and its "
+        "floor in turn, so every row sees the same machine; medians, interquartile range in brackets). The "
+        "U-Net floor of a step: the student's backbone forward + backward and SGD step on the images the method "
+        "puts through it, and the teacher's backbone forward on its images, nothing else (`floor_step`).",
+        "",
+        "| torch threads | method | phase | images student / teacher | step ms | U-Net floor ms | step / floor |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in paired:
+        n_s, n_t = r["floor_images"]
+        lines.append(f"| {r['threads']} | {r['method']} | {r['phase']} | {n_s} / {n_t} | {r['step_s'] * 1000:.1f} "
+                     f"({r['step_iqr_s'] * 1000:.0f}) | {r['floor_s'] * 1000:.1f} ({r['floor_iqr_s'] * 1000:.0f}) | "
+                     f"{r['step_s'] / r['floor_s']:.2f} |")
+    lines += ["", "- goals (round-robin medians; goal in brackets): " + "; ".join(
+        f"{k} **{v:.2f}** ({'<=' if v <= GOALS[k] else 'NOT <='} {GOALS[k]})" for k, v in ratios(paired).items()), ""]
+    return lines
+
+
+def _commit(checkout: Path) -> str:
+    import subprocess
+
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout,
+                           capture_output=True, text=True).stdout.strip()
+    return (r.stdout.strip() or "?") + (" + uncommitted changes" if dirty else "")
+
+
+def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """This script's rows on the checkout ``--baseline`` (same arguments; ``--baseline-set`` instead of ``--set``)."""
+    import subprocess
+    import tempfile
+
+    skip_next = False
+    argv = []
+    for a in args.argv:  # the same command without the options that only concern this side
+        if skip_next:
+            skip_next = False
+            continue
+        if a in ("--baseline", "--set", "--baseline-set", "--json", "--profile"):
+            skip_next = True
+            continue
+        if a.split("=")[0] in ("--baseline", "--set", "--baseline-set", "--json", "--profile") or a == "--no-write":
+            continue
+        argv.append(a)
+    for s in args.baseline_set:
+        argv += ["--set", s]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "before.json"
+        prof = Path(tmp) / "before_profile.txt"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--no-write", "--json", str(out)]
+        if args.profile:
+            cmd += ["--profile", str(prof)]
+        env = {**os.environ, "ACTIONPP_BENCH_REPO": str(Path(args.baseline).resolve())}
+        subprocess.run(cmd, check=True, env=env)
+        before: dict[str, Any] = json.loads(out.read_text())
+        before["profile_text"] = prof.read_text() if prof.is_file() else ""
+    before["commit"] = _commit(Path(args.baseline))
+    return before
+
+
+def format_comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Markdown: the same rows before and after a change (``--baseline``), with the goal ratios of each."""
+    after_commit = _commit(REPO)
+    lines = [
+        f"### Before and after (CPU speed work): `{before['commit']}` against `{after_commit}`",
+        "",
+        f"- machine: {after['machine']}; torch {after['torch']}; date {after['date']}; load average at the end "
+        f"{before['load_average']:.1f} (before) and {after['load_average']:.1f} (after)",
+        f"- command: `{after['command']}` (the baseline's rows: the same script run against the baseline checkout "
+        "first, in its own process, then this checkout's; overrides of this side only: "
+        f"{' '.join(after.get('sets', [])) or 'none'})",
+        "",
+        "| method | phase | before ms / it | after ms / it | after / before |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in after["rows"]:
+        b = next((x for x in before["rows"] if (x["method"], x["phase"], x["compile"], x["threads"]) ==
+                  (r["method"], r["phase"], r["compile"], r["threads"]) and x["status"] == "ok"), None)
+        if r["status"] != "ok" or b is None:
+            continue
+        lines.append(f"| {r['method']} | {r['phase']} | {b['s_per_it'] * 1000:.1f} | {r['s_per_it'] * 1000:.1f} | "
+                     f"{r['s_per_it'] / b['s_per_it']:.2f} |")
+    for name, res in (("before", before), ("after", after)):
+        if res.get("paired"):
+            lines += ["", f"**{name}** (`{res.get('commit', after_commit)}`), round-robin:", ""]
+            lines += floor_lines(res["paired"])
+    for name, text in (("before", before.get("profile_text", "")), ("after", after.get("profile_text", ""))):
+        if text:
+            lines += ["", f"Where the time goes, **{name}** (`torch.profiler`, one `record_function` per stage):", "",
+                      "```", text.rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--device", default="auto")
@@ -729,6 +945,14 @@ def parser() -> argparse.ArgumentParser:
                     help="DataLoader workers of the SSL4MIS-style loop (default: min(16, CPUs) on CUDA, 1 on CPU)")
     ap.add_argument("--profile", default=None, metavar="FILE", help="profile ACTION++ steps into FILE (text)")
     ap.add_argument("--profile-steps", type=int, default=5)
+    ap.add_argument("--floor", action="store_true",
+                    help="also time every method's steps round-robin beside their U-Net floors (the speed goals)")
+    ap.add_argument("--floor-rounds", type=int, default=15, help="round-robin rounds of --floor (default 15)")
+    ap.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                    help="also run these rows against another checkout (a git worktree at the commit before a "
+                         "change) and write a before / after section")
+    ap.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override for the baseline only (--set applies to this checkout only)")
     ap.add_argument("--budget", type=float, default=None, help="skip rows that would start after this many seconds")
     ap.add_argument("--json", default=None, metavar="FILE", help="write every number as JSON")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
@@ -744,13 +968,20 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     if args.profile and result["profiles"]:
         Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.profile).write_text(format_profile([p for p in result["profiles"] if "error" not in p]))
+        result["profile_text"] = format_profile([p for p in result["profiles"] if "error" not in p])
+        Path(args.profile).write_text(result["profile_text"])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     if not args.no_write:
         name = "bench_train:cuda" if result["cuda"] else "bench_train"
-        benchdoc.write_section(REPO / "docs" / "benchmarks.md", name, section)
+        benchdoc.write_section(HERE / "docs" / "benchmarks.md", name, section)
+    if args.baseline:
+        before = run_baseline(args)
+        comparison = format_comparison(before, result)
+        print(comparison)
+        if not args.no_write:
+            benchdoc.write_section(HERE / "docs" / "benchmarks.md", "bench_train:before-after", comparison)
     return 0
 
 

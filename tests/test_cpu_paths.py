@@ -3,11 +3,14 @@
 - bf16 autocast (``runtime.amp=bf16``; ``auto`` is bf16 on CUDA only) through pre-training and
   fine-tuning steps, each taken twice from the same state (weights, banks, queue, generators), once
   in fp32 and once in bf16: every term finite; the supervised, pseudo-label and consistency terms
-  within ``1e-2 |a| + 1e-3`` of fp32, the contrastive terms and totals within ``1e-1 |a| + 1e-2``.
-  The contrastive terms divide cosines by temperatures down to 0.01 (ISD's teacher), which
-  magnifies bf16's rounding of the backbone's features: measured on this machine, ISD global
-  6.4 % off at tau_t = 0.01, SAACL 3.7 % at its first step, everything else under 2.3 %; the
-  looser band still fails a missing cast, a dropped or doubled term. (Comparing whole
+  within ``1e-2 |a| + 1e-3`` of fp32, the contrastive terms and totals within ``1e-1 |a| + 1e-2``,
+  the ISD terms within ``1e-1 |a| + 2^-8 / tau_t``. The contrastive terms divide cosines by
+  temperatures down to 0.01 (ISD's teacher), which magnifies bf16's rounding of the backbone's
+  features: one bf16 step of a unit cosine (2^-8) is 0.39 in a logit divided by tau_t = 0.01.
+  Measured on this machine: ISD global 6.4 % off at its third step in the contiguous format, 7.2 %
+  and 10.7 % (0.20 absolute) since channels-last (other convolution kernels), SAACL 3.7 % at its
+  first step, everything else under 2.3 %; the bands still fail a missing cast, a dropped or
+  doubled term. (Comparing whole
   trajectories instead compounded the drift of the weights and failed on another CPU.) The
   whole loop (validation under autocast, checkpoints, resume) in bf16;
 - ``torch.compile`` of the U-Net: with the ``aot_eager`` backend (dynamo + AOT autograd, the
@@ -99,6 +102,8 @@ def test_bf16_autocast_steps_are_finite_and_close_to_fp32(method):
         assert set(ref) == set(bf)
         for k in ref:
             rtol, atol = (1e-1, 1e-2) if k in CONTRASTIVE else (RTOL, ATOL)
+            if k.startswith("isd_"):  # one bf16 step of a unit cosine at the teacher's temperature
+                atol = 2.0 ** -8 / cfg.pretrain.tau_t
             assert math.isfinite(bf[k]), f"{method} bf16, {step.__name__} {i}: {k} = {bf[k]}"
             assert abs(ref[k] - bf[k]) <= rtol * abs(ref[k]) + atol, \
                 f"{method} bf16 vs fp32, {step.__name__} {i}: {k} {ref[k]} vs {bf[k]}"

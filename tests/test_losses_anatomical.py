@@ -85,3 +85,22 @@ def test_errors():
         anatomical_contrast_loss(torch.zeros(2, 2), torch.tensor([0, 1]), torch.zeros(2), tau=0.0)
     with pytest.raises(ValueError, match=r"must be \(2,\)"):
         anatomical_contrast_loss(torch.zeros(2, 2), torch.tensor([0, 1, 1]), torch.zeros(2), tau=0.5)
+
+
+def test_negative_similarities_equal_the_gathered_product_and_its_gradient_in_float64():
+    """The anatomical contrast's negatives (issue 17): forward and query gradient of (q @ v.T).gather."""
+    from actionpp.losses.anatomical import _NegativeSimilarities
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    v = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    idx = torch.randint(0, 30, (9, 11), generator=g)
+    idx[0, :3] = 4  # a negative drawn several times for one query
+    w = torch.randn(9, 11, generator=g, dtype=torch.float64)
+    q1, q2 = q.clone().requires_grad_(), q.clone().requires_grad_()
+    want = (q1 @ v.T).gather(1, idx)
+    got = _NegativeSimilarities.apply(q2, v, idx)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    (want * w).sum().backward()
+    (got * w).sum().backward()
+    torch.testing.assert_close(q2.grad, q1.grad, rtol=1e-12, atol=1e-12)

@@ -306,3 +306,21 @@ def test_feature_queue_fifo_by_hand(tmp_path):
         FeatureQueue(size=8, dim=2).load_state_dict(q.state_dict())
     with pytest.raises(ValueError, match=r"emb must be \(n, 2\)"):
         q.push(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))
+
+
+def test_chunked_logsumexp_equals_torch_in_float64_with_its_gradient():
+    """The SAACL denominator over the queue in row chunks, its gradient formed in the forward (issue 17)."""
+    from actionpp.losses._util import logsumexp_against
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(37, 6, generator=g, dtype=torch.float64) * 3
+    b = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(37, generator=g, dtype=torch.float64)
+    a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+    want = torch.logsumexp(a1 @ b.T, dim=1)
+    got = logsumexp_against(a2, b, chunk_elements=7 * 50)  # 7 rows per chunk: 6 chunks, the last partial
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    (want * w).sum().backward()
+    (got * w).sum().backward()
+    torch.testing.assert_close(a2.grad, a1.grad, rtol=1e-12, atol=1e-12)
+    assert torch.isneginf(logsumexp_against(a, b[:0])).all()  # an empty queue adds nothing to the softmax

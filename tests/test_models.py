@@ -308,3 +308,35 @@ def test_to_sphere3_keeps_vectors_that_live_in_three_dimensions():
     torch.testing.assert_close(cos, torch.full((4, 4), -1 / 3, dtype=torch.float64).fill_diagonal_(1.0))
     two = to_sphere3(torch.tensor([[0.0, 2.0]]))  # padded and normalised
     torch.testing.assert_close(two, torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n_pixels", [3, 40, 400])  # 3: every map gathered; 40: one projected first; 400: three
+def test_forward_at_both_paths_and_the_row_sparse_backward_equal_the_dense_head_in_float64(n_pixels):
+    """The fast head (issue 17) against the dense definition, float64, values and every gradient to 1e-10.
+
+    A map with fewer positions than there are pixels is projected through the convolution before the
+    gather, any other gathered first (``flat rows < pixels`` decides per map); the backward re-evaluates only the
+    rows whose gradient is not zero (half of them here, as the anatomical contrast's queries).
+    """
+    g = torch.Generator().manual_seed(3)
+    size = (16, 24)
+    maps = [torch.randn(2, c, 16 // 2 ** (3 - i), 24 // 2 ** (3 - i), generator=g, dtype=torch.float64)
+            for i, c in enumerate((12, 8, 6, 4))]
+    head = RepresentationHead([12, 8, 6, 4], dim=5, hidden=7).double()
+    b = torch.randint(0, 2, (n_pixels,), generator=g)
+    ys, xs = torch.randint(0, 16, (n_pixels,), generator=g), torch.randint(0, 24, (n_pixels,), generator=g)
+    ys[0], xs[0] = 0, 23  # a corner: the zero padding
+    weight = torch.randn(n_pixels, 5, generator=g, dtype=torch.float64)
+    weight[::2] = 0.0  # rows without gradient, as the anatomical contrast's non-query pixels
+
+    def grads(fn):
+        ms = [m.clone().requires_grad_() for m in maps]
+        head.zero_grad()
+        out = fn(ms)
+        (out * weight).sum().backward()
+        return [out.detach(), *(m.grad for m in ms), *(p.grad.clone() for p in head.parameters())]
+
+    dense = grads(lambda ms: head(ms, size)[b, :, ys, xs])
+    fast = grads(lambda ms: head.forward_at(ms, size, b, ys, xs))
+    for want, got in zip(dense, fast):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

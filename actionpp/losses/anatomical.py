@@ -24,12 +24,34 @@ Taught in notebooks/03_contrastive_losses.ipynb.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from ._util import check_2d, grad_zero
 
 __all__ = ["anatomical_contrast_loss", "valid_mask"]
+
+
+class _NegativeSimilarities(torch.autograd.Function):
+    """``(queries @ pixels.T).gather(1, idx)``: each query's similarity to its own sampled negatives.
+
+    Forward: one product with every pixel, then the gather (the same numbers as materialising the
+    nq x M x d negatives, without the copy). Backward, for the queries only (the pixels are detached):
+    the gradient-weighted sum of each query's negatives, one fused gather (``embedding_bag``), instead
+    of a dense nq x N gradient and a second product with every pixel.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, queries: torch.Tensor, pixels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(pixels, idx)
+        return (queries @ pixels.T).gather(1, idx)  # nq x M
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        pixels, idx = ctx.saved_tensors
+        return F.embedding_bag(idx, pixels, per_sample_weights=grad.to(pixels.dtype), mode="sum"), None, None
 
 
 def valid_mask(
@@ -125,10 +147,7 @@ def anatomical_contrast_loss(
             neg_idx = order[offsets[neg_cls] + within].view(nq, num_negatives)  # nq x M
         qv = v[hard]  # nq x d
         l_pos = qv @ protos[k].unsqueeze(1)  # nq x 1
-        # similarities to every pixel, then gather the sampled negatives: the same numbers as
-        # materialising the nq x M x d negatives, without the copy
-        l_all = qv @ v.detach().T  # nq x N
-        l_neg = l_all.gather(1, neg_idx)  # nq x M
+        l_neg = _NegativeSimilarities.apply(qv, v.detach(), neg_idx)  # nq x M
         logits = torch.cat([l_pos, l_neg], dim=1) / tau  # nq x (1 + M)
         total = total + (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
     return total / n_cls + grad_zero(emb)

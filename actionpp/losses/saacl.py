@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._util import check_2d, check_labels, grad_zero
+from ._util import check_2d, check_labels, grad_zero, logsumexp_against
 
 __all__ = ["saacl_loss", "centre_gradient_share", "CENTRE_TERMS"]
 
@@ -121,8 +121,7 @@ def saacl_loss(
 
     vs = v / tau  # N x d, the temperature folded into the anchors (no N x Q division)
     own = (vs * t).sum(dim=1)  # N, logit of the own teacher view
-    to_queue = vs @ q.T  # N x Q
-    lse_parts = [own, torch.logsumexp(to_queue, dim=1)]  # N each (-inf for an empty queue)
+    lse_parts = [own, logsumexp_against(vs, q)]  # N each: log sum_j exp(v.q_j / tau) (-inf for an empty queue)
     if class_centres is not None:
         c = F.normalize(class_centres.to(v), dim=1)  # K x d
         to_centres = vs @ c.T  # N x K

@@ -37,7 +37,9 @@ Taught in notebooks/03_contrastive_losses.ipynb and notebooks/04_train.ipynb.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +150,76 @@ def _bilinear_taps(pos: Tensor, in_size: int, out_size: int) -> tuple[Tensor, Te
     return i0, i1, 1.0 - w1, w1
 
 
+def _interpolation_taps(
+    b: Tensor, pos: Sequence[Tensor], src: Sequence[int], size: Sequence[int],
+) -> tuple[Tensor, Tensor]:
+    """Where the up-sampled map's values at ``pos`` come from: ``(rows (N, T, R), weights (N, T, R))``.
+
+    ``b`` (N,) batch indices; ``pos`` one (N, T) tensor of output-grid positions per spatial axis;
+    ``src`` the map's spatial size, ``size`` the output's. Rows index the map flattened as
+    ``(B * prod(src), C)``. A map already at the output size is read as is (R = 1, weight 1);
+    otherwise R = 2^d corners of the ``align_corners=True`` (bi/tri)linear interpolation.
+    """
+    nd = len(src)
+    strides = [1] * nd
+    for a in range(nd - 2, -1, -1):
+        strides[a] = strides[a + 1] * src[a + 1]
+    base = b[:, None] * (strides[0] * src[0])  # (N, 1)
+    if list(src) == list(size):
+        rows = base + sum(p * st for p, st in zip(pos, strides))
+        return rows[..., None], torch.ones(rows.shape + (1,), dtype=torch.float64, device=b.device)
+    taps = [_bilinear_taps(p, s, n) for p, s, n in zip(pos, src, size)]
+    idx, wts = [], []
+    for corner in itertools.product((0, 1), repeat=nd):
+        i = base
+        w = torch.ones_like(pos[0], dtype=torch.float64)
+        for a, bit in enumerate(corner):
+            i0, i1, w0, w1 = taps[a]
+            i = i + (i1 if bit else i0) * strides[a]
+            w = w * (w1 if bit else w0)
+        idx.append(i)
+        wts.append(w)
+    return torch.stack(idx, dim=-1), torch.stack(wts, dim=-1)
+
+
+class _RowSparseBackward(torch.autograd.Function):
+    """:meth:`RepresentationHead.forward_at` whose backward touches only the rows with a gradient.
+
+    The losses use the head's rows unevenly: the anatomical contrast takes gradients through its hard
+    queries only (its prototypes and negatives are detached), so most candidate rows get an exact zero
+    gradient. The forward runs without a graph; the backward recomputes the head on the rows whose
+    incoming gradient is not zero and back-propagates those alone. The gradients are those of the
+    plain graph (rows with a zero gradient add nothing), at the cost of a second forward of the used
+    rows. Used on the CPU without autocast (the backward runs outside autocast; on a GPU the row count
+    would cost a host synchronisation).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, head: RepresentationHead, size: list[int], b: Tensor, coords: list[Tensor],
+                n_maps: int, *tensors: Tensor) -> Tensor:
+        ctx.head, ctx.size, ctx.coords, ctx.n_maps = head, size, coords, n_maps
+        ctx.save_for_backward(b, *tensors)
+        with torch.no_grad():
+            return head._embed(tensors[:n_maps], size, b, coords, *tensors[n_maps:])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        b, *tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad[5:]
+        rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)  # the rows some loss uses
+        grads: list[Tensor | None] = [None] * len(tensors)
+        if rows.numel():
+            with torch.enable_grad():
+                ins = [t.detach().requires_grad_(bool(w)) for t, w in zip(tensors, needs)]
+                out = ctx.head._embed(ins[:ctx.n_maps], ctx.size, b[rows], [c[rows] for c in ctx.coords],
+                                      *ins[ctx.n_maps:])
+                wanted = [i for i, t in enumerate(ins) if t.requires_grad]
+                got = torch.autograd.grad(out, [ins[i] for i in wanted], grad[rows], allow_unused=True)
+            for i, g in zip(wanted, got):
+                grads[i] = g
+        return (None, None, None, None, None, *grads)
+
+
 class RepresentationHead(nn.Module):
     """Dense pixel (voxel) embeddings from decoder maps (see the module docstring).
 
@@ -239,39 +311,55 @@ class RepresentationHead(nn.Module):
             for c, n in zip(coords, size):
                 if c.min() < 0 or c.max() >= n:
                     raise ValueError(f"sampled positions fall outside the output size {tuple(size)}")
+        bias = self.proj.bias
+        assert bias is not None  # the 1x1 convolution has a bias
+        params = (self.conv.weight, self.proj.weight, bias)
+        tensors = (*decoder_maps, *params)
+        if (ref.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+                and not torch.is_autocast_enabled("cpu")):
+            out: Tensor = _RowSparseBackward.apply(self, size, b, coords, len(decoder_maps), *tensors)
+            return out
+        return self._embed(decoder_maps, size, b, coords, *params)
+
+    def _embed(
+        self, decoder_maps: Sequence[Tensor], size: Sequence[int], b: Tensor, coords: Sequence[Tensor],
+        conv_weight: Tensor, proj_weight: Tensor, proj_bias: Tensor,
+    ) -> Tensor:
+        """:meth:`forward_at` on checked inputs, with the convolutions' parameters passed in."""
+        nd = self.spatial_dims
+        ref = decoder_maps[0]
+        n = b.numel()
         k = self.kernel_size
         r = k // 2
         offs = torch.cartesian_prod(*[torch.arange(-r, r + 1, device=ref.device)] * nd).reshape(-1, nd)  # (T, nd)
+        n_taps = offs.shape[0]
         pos = [c[:, None] + offs[None, :, a] for a, c in enumerate(coords)]  # nd x (N, T), row-major taps
         valid = torch.ones_like(pos[0], dtype=torch.bool)
-        for p, n in zip(pos, size):
-            valid &= (p >= 0) & (p < n)  # the k^d conv's zero padding
-        pos = [p.clamp(0, n - 1) for p, n in zip(pos, size)]
-        gathered = []
+        for p, s_out in zip(pos, size):
+            valid &= (p >= 0) & (p < s_out)  # the k^d conv's zero padding
+        pos = [p.clamp(0, s_out - 1) for p, s_out in zip(pos, size)]
+        # the k^d convolution's weight per tap: (hidden, C_total, T)
+        weight = conv_weight.reshape(self.hidden, self.in_total, n_taps)
+        hid = torch.zeros(n, self.hidden, dtype=ref.dtype, device=ref.device)  # (N, hidden)
+        start = 0
         for m in decoder_maps:
             ch, src = int(m.shape[1]), [int(s) for s in m.shape[2:]]
+            w_m = weight[:, start:start + ch]  # (hidden, C, T)
+            start += ch
+            idx, wts = _interpolation_taps(b, pos, src, size)  # (N, T, R): rows of the flat map, weights
+            wts = wts * valid[..., None]  # the zero padding as a zero weight
             flat = m.movedim(1, -1).reshape(-1, ch)  # (B * prod(src), C)
-            taps = [_bilinear_taps(p, s, n) for p, s, n in zip(pos, src, size)]
-            strides = [1] * nd
-            for a in range(nd - 2, -1, -1):
-                strides[a] = strides[a + 1] * src[a + 1]
-            base = b[:, None] * (strides[0] * src[0])
-            idx, wts = [], []
-            for corner in torch.cartesian_prod(*[torch.tensor([0, 1])] * nd).reshape(-1, nd).tolist():
-                i = base
-                w = torch.ones_like(pos[0], dtype=torch.float64)
-                for a, bit in enumerate(corner):
-                    i0, i1, w0, w1 = taps[a]
-                    i = i + (i1 if bit else i0) * strides[a]
-                    w = w * (w1 if bit else w0)
-                idx.append(i)
-                wts.append(w)
-            idx_t = torch.stack(idx, dim=-1)  # (N, T, 2^d)
-            wts_t = torch.stack(wts, dim=-1).to(m.dtype)  # (N, T, 2^d)
-            gathered.append((flat[idx_t] * wts_t[..., None]).sum(dim=2))  # (N, T, C)
-        feats = torch.cat(gathered, dim=-1) * valid[..., None].to(ref.dtype)  # (N, T, C_total)
-        w1 = self.conv.weight.reshape(self.hidden, self.in_total, -1).transpose(1, 2)  # (hidden, T, C_total)
-        hid = feats.flatten(1) @ w1.reshape(self.hidden, -1).T  # (N, hidden)
-        bias = self.proj.bias
-        assert bias is not None  # the 1x1 convolution has a bias
-        return hid @ self.proj.weight.reshape(self.dim, self.hidden).T + bias  # (N, dim)
+            corners = idx.shape[-1]
+            if flat.shape[0] < n:
+                # project first: every position of the (small) coarse map through every tap of the conv,
+                # then one fused gather-and-weighted-sum of the projections at the pixels' taps and corners
+                proj = (flat @ w_m.permute(1, 2, 0).reshape(ch, n_taps * self.hidden)).reshape(-1, self.hidden)
+                rows = idx * n_taps + torch.arange(n_taps, device=ref.device)[None, :, None]  # (N, T, R)
+                hid = hid + F.embedding_bag(rows.reshape(n, -1), proj, per_sample_weights=wts.reshape(n, -1).to(
+                    proj.dtype), mode="sum")  # (N, hidden)
+            else:
+                # gather first: the up-sampled feature at each tap, then the conv as one matrix product
+                feats = F.embedding_bag(idx.reshape(n * n_taps, corners), flat, per_sample_weights=wts.reshape(
+                    n * n_taps, corners).to(flat.dtype), mode="sum")  # (N * T, C)
+                hid = hid + feats.reshape(n, n_taps * ch) @ w_m.permute(2, 1, 0).reshape(n_taps * ch, self.hidden)
+        return hid @ proj_weight.reshape(self.dim, self.hidden).T + proj_bias  # (N, dim)

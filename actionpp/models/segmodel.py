@@ -123,8 +123,17 @@ class SegModel(nn.Module):
                                 [torch.cat([a, b]) for a, b in zip(fa.decoder, fb.decoder)])
         out = SegOutput(logits, features)
         size = tuple(logits.shape[2:])
-        for name, query in (embed or {}).items():
-            out.embeddings[name] = self.embed(features, size, query)
+        queries = dict(embed or {})
+        if len(queries) > 1:
+            # one head call for every query: the coarse maps are projected once (RepresentationHead.forward_at);
+            # a query's ``rows`` only says its pixels lie in the first rows images, which the full maps hold too
+            idx = torch.cat([q.idx for q in queries.values()])
+            emb = embed_at(self.rep, self.rep_maps(features), size, idx)
+            for name, part in zip(queries, emb.split([q.idx.shape[0] for q in queries.values()])):
+                out.embeddings[name] = part
+        else:
+            for name, query in queries.items():
+                out.embeddings[name] = self.embed(features, size, query)
         if isd:
             out.isd_global = self.g_pred(self.g_head(features.bottleneck))
             out.isd_local = self.l_pred(self.l_head(features.decoder[-1]).flatten(0, 1))
@@ -146,12 +155,12 @@ def load_model(
     ``"auto"`` / ``"cpu"`` / ``"cuda[:N]"`` (default the CPU).
     """
     from actionpp.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-    from actionpp.config import config_from_dict
+    from actionpp.config import stored_config
     from actionpp.distributed import resolve_device
 
     path = find_checkpoint(run_dir_or_checkpoint, which)
     state = load_checkpoint(path, map_location="cpu")
-    cfg = config_from_dict(json.loads(state["config"]), expand_method=False)
+    cfg = stored_config(json.loads(state["config"]))
     if weights == "student":
         prefix, full = "net.", state["student"]
     elif weights == "teacher":

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from actionpp.allocation import CentreAllocator
 from actionpp.checkpoint import FORMAT_VERSION, CheckpointError, capture_rng, restore_rng, tensors_to
@@ -82,6 +82,11 @@ class TrainerState:
         # ---- models: identical initial weights on every rank
         torch.manual_seed(seed)
         self.student = SegModel(cfg).to(device)
+        self.memory_format = torch.contiguous_format
+        if cfg.runtime.channels_last:
+            # before the teacher copies the student: both hold their convolution weights channels-last
+            self.memory_format = torch.channels_last if self.student.spatial_dims == 2 else torch.channels_last_3d
+            self.student.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.teacher: EMATeacher[SegModel] | None = None
         if cfg.method.teacher:
             self.teacher = EMATeacher(self.student, batch_statistics=cfg.train.teacher_mode == "train").to(device)
@@ -129,6 +134,10 @@ class TrainerState:
         self.phase_seconds = {p: 0.0 for p in PHASES}
         self.phase_done_iters = {p: 0 for p in PHASES}
         self.last_checkpoint: Path | None = None
+
+    def layout(self, x: Tensor) -> Tensor:
+        """``x`` in the networks' memory format (``runtime.channels_last``; a no-op otherwise)."""
+        return x.contiguous(memory_format=self.memory_format)
 
     @property
     def generators(self) -> dict[str, torch.Generator]:

@@ -61,8 +61,8 @@ def pretrain_step(
     # batch and augmentation: the weak view of labelled + unlabelled images, and its photometric strong view
     x_l, y_l = batches.labelled()
     x_u = batches.unlabelled()
-    x_weak = torch.cat([x_l, x_u])  # (B_l + B_u, C, ...)
-    x_strong = batches.photometric(x_weak)
+    x_weak = st.layout(torch.cat([x_l, x_u]))  # (B_l + B_u, C, ...)
+    x_strong = st.layout(batches.photometric(x_weak))
     # teacher: ISD projections of the weak view
     with torch.no_grad(), autocast(st.device, cfg.runtime.amp):
         _, t_feat = st.teacher.model.net.forward_features(x_weak)
@@ -117,7 +117,7 @@ def finetune_step(
                 t_in = [x_u] if x_u is not None else []
             if m.saacl:
                 t_in = [x_l] + t_in
-            t_logits, t_feat = st.teacher.model.net.forward_features(torch.cat(t_in))
+            t_logits, t_feat = st.teacher.model.net.forward_features(st.layout(torch.cat(t_in)))
             t_logits = t_logits.float()
             off = b_l if m.saacl else 0
             if m.saacl:
@@ -134,7 +134,7 @@ def finetune_step(
                 t_conf_u, t_label_u = t_prob_u.max(dim=1)
                 x_u_student = batches.photometric(x_u_student)
             targets = UnlabelledTargets(t_prob_u, t_conf_u, t_label_u)
-    x_in = torch.cat([x_l, x_u_student]) if x_u_student is not None else x_l
+    x_in = st.layout(torch.cat([x_l, x_u_student]) if x_u_student is not None else x_l)
     size = tuple(x_in.shape[2:])
 
     # ---- pixels: AnCo candidates (labelled ground truth + confident pseudo-labels), SAACL anchors (ground truth)
