@@ -240,17 +240,20 @@ class RunEvaluation:
 
 def evaluate_run(
     checkpoint: str | Path,
-    data: str,
+    data: str | None,
     split: str = "val",
     which: str = "auto",
     device: str | torch.device = "auto",
     save_predictions: str | Path | None = None,
     progress: bool = False,
     partial: bool = False,
+    weights: str = "student",
 ) -> RunEvaluation:
-    """Score a checkpoint (or run directory) on ``split`` of ``data`` (folder, pack, ``phantom`` or ``shared``).
+    """Score a checkpoint (or run directory) on ``split`` of ``data`` (folder, pack, ``phantom`` or ``shared``;
+    None: the run's own ``data.root``).
 
     ``which``: with a run directory, ``best``, ``last`` or ``auto`` (the run's ``eval.select``).
+    ``weights``: ``student`` (what the tables report) or ``teacher`` (the EMA teacher of the same checkpoint).
     The protocol is the run's own (its ``data.size``, crop and class count). Refused with a
     :class:`~actionpp.data.DataError` naming the data: a dataset of another kind or class count
     than the checkpoint's, a split the data do not list, and (unless ``partial``) a split whose
@@ -265,8 +268,8 @@ def evaluate_run(
 
     path = find_checkpoint(checkpoint, which)
     dev = resolve_device(device) if isinstance(device, str) else device
-    net, cfg = load_model(path, device=dev)
-    root = resolve_data_root(data, cfg)
+    net, cfg = load_model(path, device=dev, weights=weights)
+    root = resolve_data_root(cfg.data.root if data is None else data, cfg)
     ds = open_dataset(root)
     if ds.kind != cfg.data.dataset or ds.num_classes != cfg.data.num_classes:
         raise DataError(

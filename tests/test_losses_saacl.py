@@ -310,7 +310,7 @@ def test_feature_queue_fifo_by_hand(tmp_path):
 
 def test_chunked_logsumexp_equals_torch_in_float64_with_its_gradient():
     """The SAACL denominator over the queue in row chunks, its gradient formed in the forward (issue 17)."""
-    from actionpp.losses._util import logsumexp_against
+    from actionpp.losses.saacl import logsumexp_against
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(37, 6, generator=g, dtype=torch.float64) * 3

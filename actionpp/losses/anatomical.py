@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ._util import check_2d, grad_zero
 
-__all__ = ["anatomical_contrast_loss", "valid_mask"]
+__all__ = ["anatomical_contrast_loss", "valid_mask", "negative_similarities"]
 
 
 class _NegativeSimilarities(torch.autograd.Function):
@@ -52,6 +52,16 @@ class _NegativeSimilarities(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         pixels, idx = ctx.saved_tensors
         return F.embedding_bag(idx, pixels, per_sample_weights=grad.to(pixels.dtype), mode="sum"), None, None
+
+
+def negative_similarities(queries: torch.Tensor, pixels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``(queries @ pixels.T).gather(1, idx)`` (nq x M) with a gradient for ``queries`` only.
+
+    ``queries`` (nq, d), ``pixels`` (N, d) treated as constants (pass them detached: the anatomical
+    contrast's negatives carry no gradient), ``idx`` (nq, M) long: each query's negatives.
+    """
+    out: torch.Tensor = _NegativeSimilarities.apply(queries, pixels.detach(), idx)
+    return out
 
 
 def valid_mask(
@@ -147,7 +157,7 @@ def anatomical_contrast_loss(
             neg_idx = order[offsets[neg_cls] + within].view(nq, num_negatives)  # nq x M
         qv = v[hard]  # nq x d
         l_pos = qv @ protos[k].unsqueeze(1)  # nq x 1
-        l_neg = _NegativeSimilarities.apply(qv, v.detach(), neg_idx)  # nq x M
+        l_neg = negative_similarities(qv, v.detach(), neg_idx)  # nq x M
         logits = torch.cat([l_pos, l_neg], dim=1) / tau  # nq x (1 + M)
         total = total + (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
     return total / n_cls + grad_zero(emb)

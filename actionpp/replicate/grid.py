@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from actionpp.paths import repo_root
+from actionpp.replicate.score import ScoreSpec, parse_score_spec
 
 __all__ = [
     "GridError",
@@ -67,6 +68,7 @@ class Grid:
     axes: Mapping[str, tuple[Any, ...]]
     variants: Mapping[str, Mapping[str, Any]]
     blocks: tuple[Grid, ...] = ()  # when the file lists blocks: one sub-grid each (axes / variants empty here)
+    score: ScoreSpec | None = None  # what the runner scores after each run (actionpp.replicate.score)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Run:
     notebooks: tuple[NotebookStep, ...]
     parameters: tuple[Mapping[str, Any], ...]  # one dict per notebook, OUT_DIR excluded
     index: int  # position in the grid sorted by run id (the shard key)
+    score: ScoreSpec | None = None  # scored by the runner before ``done`` (the grid's ``score`` block)
 
     def run_dir(self, out: Path) -> Path:
         return Path(out) / self.run_id
@@ -147,7 +150,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
         base = base or src.parent
     if not isinstance(raw, dict):
         raise GridError(f"{where}: a grid is a mapping with keys notebooks, profile, parameters, axes, variants")
-    allowed = {"name", "notebooks", "profile", "parameters", "axes", "variants", "description", "blocks"}
+    allowed = {"name", "notebooks", "profile", "parameters", "axes", "variants", "description", "blocks", "score"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise GridError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -176,6 +179,12 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
     params = raw.get("parameters") or {}
     if not isinstance(params, dict):
         raise GridError(f"{where}: 'parameters' must be a mapping")
+    score: ScoreSpec | None = None
+    if raw.get("score") is not None:
+        try:
+            score = parse_score_spec(raw["score"], where)
+        except ValueError as exc:
+            raise GridError(str(exc)) from None
 
     if "blocks" in raw:
         if "axes" in raw or "variants" in raw:
@@ -196,6 +205,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
                 "parameters": {**params, **bparams},
                 "axes": b.get("axes") or {},
                 "variants": b.get("variants") or [],
+                "score": raw.get("score"),
             }
             try:
                 blocks.append(load_grid(sub, base=base))
@@ -210,6 +220,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
             axes={},
             variants={},
             blocks=tuple(blocks),
+            score=score,
         )
 
     axes_raw = raw.get("axes") or {}
@@ -253,6 +264,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
         parameters=params,
         axes=axes,
         variants=variants,
+        score=score,
     )
 
 
@@ -338,7 +350,7 @@ def expand(grid: Grid) -> list[Run]:
         if dup:
             raise GridError(f"{grid.source or 'grid'}: several runs share the id(s) {dup}; make axis values distinct")
         order = {rid: k for k, rid in enumerate(sorted(ids))}
-        return [Run(r.run_id, r.axes, r.notebooks, r.parameters, order[r.run_id]) for r in parts]
+        return [Run(r.run_id, r.axes, r.notebooks, r.parameters, order[r.run_id], r.score) for r in parts]
     axis_names = list(grid.axes)
     value_lists: list[tuple[Any, ...]] = [grid.axes[k] for k in axis_names]
     names = axis_names
@@ -367,7 +379,7 @@ def expand(grid: Grid) -> list[Run]:
     if dup:
         raise GridError(f"{grid.source or 'grid'}: several runs share the id(s) {dup}; make axis values distinct")
     order = {rid: k for k, rid in enumerate(sorted(ids))}
-    return [Run(rid, axes, grid.notebooks, params, order[rid]) for rid, axes, params in runs]
+    return [Run(rid, axes, grid.notebooks, params, order[rid], grid.score) for rid, axes, params in runs]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from typing import Any
 
 from actionpp.atomic import atomic_write_text
 from actionpp.replicate.grid import Run, substitute
+from actionpp.replicate.score import SCORES, ScoresError, read_scores, score_run
 from actionpp.report import RunMetricsError, read_run_metrics
 
 __all__ = [
@@ -90,6 +91,11 @@ def run_state(run: Run, out: Path) -> tuple[str, str | None]:
             read_run_metrics(rd / METRICS)
         except RunMetricsError as exc:
             return "broken", str(exc)
+        if run.score is not None:
+            try:
+                read_scores(rd / SCORES, run.score)
+            except ScoresError as exc:
+                return "broken", str(exc)
         return "done", None
     if (rd / FAILED).is_file():
         return "failed", None
@@ -190,7 +196,7 @@ def _run_lock(rd: Path) -> Any:
 
 
 def _execute_locked(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
-    for name in (DONE, METRICS):
+    for name in (DONE, METRICS, SCORES):
         (rd / name).unlink(missing_ok=True)
     t0 = time.perf_counter()
     mapping = {"run_dir": str(rd), "out": str(out)}
@@ -213,7 +219,7 @@ def _execute_locked(run: Run, out: Path, rd: Path, executor: Executor) -> RunOut
             raise
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, the grid goes on
             err = _describe_error(exc)
-            info = {
+            info: dict[str, Any] = {
                 "run_id": run.run_id,
                 "notebook": str(output),
                 "error": err,
@@ -222,6 +228,18 @@ def _execute_locked(run: Run, out: Path, rd: Path, executor: Executor) -> RunOut
             }
             atomic_write_text(rd / FAILED, json.dumps(info, indent=2))
             return RunOutcome(run.run_id, "failed", time.perf_counter() - t0, err, str(output))
+    if run.score is not None:
+        try:
+            score_run(rd, run.score)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a run that cannot be scored is a failed run
+            err = f"scoring {run.score.to_dict()}: {_describe_error(exc)}"
+            info = {"run_id": run.run_id, "notebook": None, "error": err,
+                    "traceback": "".join(traceback.format_exception(exc))[-8000:],
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            atomic_write_text(rd / FAILED, json.dumps(info, indent=2))
+            return RunOutcome(run.run_id, "failed", time.perf_counter() - t0, err, None)
     seconds = time.perf_counter() - t0
     marker = {
         "run_id": run.run_id,

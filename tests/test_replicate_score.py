@@ -1,0 +1,104 @@
+"""The runner's scoring step (actionpp.replicate.score): val and test, student and EMA teacher, before ``done``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from actionpp import replicate as rp
+from actionpp.config import load_config
+from actionpp.evaluate import evaluate_run
+from actionpp.models.segmodel import load_model
+from actionpp.replicate.run import DONE, METRICS, run_state
+from actionpp.replicate.score import SCORES, ScoresError, ScoreSpec, parse_score_spec, read_scores, score_run
+from actionpp.train import train
+
+FAST = ["train.pretrain_iters=2", "train.finetune_iters=4", "runtime.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder holding a finished ACTION++ smoke run in ``run/`` (it has an EMA teacher)."""
+    folder = tmp_path_factory.mktemp("scored")
+    train(load_config("phantom_smoke", ["method.name=actionpp", *FAST]), run_dir=folder / "run", progress=False)
+    return folder
+
+
+def test_scores_every_split_with_every_weight_set_and_equal_evaluate(scored_run: Path) -> None:
+    spec = ScoreSpec(splits=("val", "test"), weights=("student", "teacher"))
+    out = score_run(scored_run, spec, device="cpu")
+    assert read_scores(scored_run / SCORES, spec) == json.loads((scored_run / SCORES).read_text()) == out
+    assert out["iteration"] == 6 and out["which"] == "last" and out["checkpoint"].endswith("last.pt")
+    assert out["classes"] == ["RV", "Myo", "LV"]
+    for split in ("val", "test"):
+        for weights in ("student", "teacher"):
+            ev = evaluate_run(scored_run / "run", None, split=split, which="last", device="cpu", weights=weights)
+            entry = out["scores"][split][weights]
+            assert entry["n_volumes"] == len(ev.volumes)
+            assert entry["dice"] == {c: ev.summary["dice_per_class"][c] for c in ("RV", "Myo", "LV")}
+            assert entry["dice_mean"] == pytest.approx(ev.summary["dice"])
+    # the teacher entries come from the teacher's weights (equal to evaluate_run(weights="teacher") above),
+    # which are not the student's: the EMA copy lags it
+    student, _ = load_model(scored_run / "run", "last", weights="student")
+    teacher, _ = load_model(scored_run / "run", "last", weights="teacher")
+    assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values()))
+
+
+def test_missing_or_incomplete_scores_name_the_file(tmp_path: Path, scored_run: Path) -> None:
+    spec = ScoreSpec(splits=("test",), weights=("student",))
+    with pytest.raises(ScoresError, match="scores.json: missing"):
+        read_scores(tmp_path / SCORES, spec)
+    (tmp_path / SCORES).write_text("{trunc")
+    with pytest.raises(ScoresError, match="unreadable"):
+        read_scores(tmp_path / SCORES)
+    score_run(scored_run, spec, device="cpu")
+    with pytest.raises(ScoresError, match="no teacher score on test"):
+        read_scores(scored_run / SCORES, ScoreSpec(splits=("test",), weights=("student", "teacher")))
+    with pytest.raises(ScoresError, match="'best'"):
+        read_scores(scored_run / SCORES, ScoreSpec(which="best"))
+
+
+def test_a_method_without_teacher_cannot_be_scored_as_teacher_and_nothing_is_written(tmp_path: Path) -> None:
+    train(load_config("phantom_smoke", ["method.name=supervised", *FAST]), run_dir=tmp_path / "run", progress=False)
+    with pytest.raises(Exception, match="has no teacher"):
+        score_run(tmp_path, ScoreSpec(weights=("student", "teacher")), device="cpu")
+    assert not (tmp_path / SCORES).exists()
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ("test", "must be a mapping"),
+    ({"splits": ["train"]}, "score.splits must list distinct values of val, test"),
+    ({"splits": ["test", "test"]}, "score.splits"),
+    ({"weights": []}, "score.weights"),
+    ({"which": "auto"}, "score.which must be last or best"),
+    ({"run": "../elsewhere"}, "score.run must be a folder inside the run folder"),
+    ({"split": ["test"]}, "unknown key(s) ['split']"),
+])
+def test_bad_score_blocks_name_the_key(raw: object, needle: str) -> None:
+    with pytest.raises(ValueError, match=__import__("re").escape(needle)):
+        parse_score_spec(raw, "g.yaml")
+
+
+def test_grid_score_block_reaches_every_run_and_a_done_run_without_scores_is_broken(tmp_path: Path) -> None:
+    grid = rp.load_grid({
+        "name": "g", "notebooks": ["04_train"], "profile": "smoke",
+        "score": {"splits": ["val", "test"], "weights": ["student"]},
+        "blocks": [{"axes": {"SEED": [0], "METHOD": ["supervised"]}},
+                   {"axes": {"SEED": [1], "METHOD": ["supervised"]}}],
+    })
+    runs = rp.expand(grid)
+    assert [r.score for r in runs] == [ScoreSpec(splits=("val", "test"))] * 2
+    rd = runs[0].run_dir(tmp_path)
+    rd.mkdir(parents=True)
+    (rd / DONE).write_text(json.dumps({"parameters": [json.loads(json.dumps(p, default=str))
+                                                      for p in runs[0].parameters]}))
+    one = {"RV": 0.5}
+    (rd / METRICS).write_text(json.dumps({"dataset": "acdc", "classes": ["RV"], "dice": one, "jaccard": one,
+                                          "hd95": one, "asd": one, "protocol": {}}))
+    status, problem = run_state(runs[0], tmp_path)
+    assert status == "broken" and problem is not None and "scores.json: missing" in problem
+    with pytest.raises(rp.GridError, match="score.which"):
+        rp.load_grid({"name": "g", "notebooks": ["04_train"], "axes": {"SEED": [0]}, "score": {"which": "first"}})
