@@ -1,0 +1,125 @@
+"""Paired comparisons over seeds (actionpp.replicate.paired): intervals, pairing, calls, noise, files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from actionpp.replicate.paired import (
+    ScoredRun,
+    collect_scored,
+    noise_rows,
+    paired_interval,
+    paired_rows,
+    verdicts,
+    welch_interval,
+    write_paired,
+)
+
+
+def test_paired_interval_by_hand():
+    iv = paired_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, n 3: 2 +- t_{0.975, 2} / sqrt(3)
+    half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2} = 4.3027 (tables)
+    assert (iv.mean, iv.sd, iv.n, iv.df) == (2.0, 1.0, 3, 2)
+    assert iv.lo == pytest.approx(2 - half, abs=1e-9) and iv.hi == pytest.approx(2 + half, abs=1e-9)
+    assert not iv.excludes_zero  # -0.48 .. 4.48
+    assert paired_interval([1.0, 1.2, 0.8, 1.1]).excludes_zero
+    one = paired_interval([5.0])
+    assert one.mean == 5.0 and one.lo == -math.inf and one.hi == math.inf  # one seed: no interval
+    assert paired_interval([]).n == 0
+
+
+def test_welch_interval_by_hand():
+    # a: mean 2, variance 1; b: mean 6, variance 4; se^2 = 1/3 + 4/3 = 5/3;
+    # df = (5/3)^2 / ((1/3)^2 / 2 + (4/3)^2 / 2) = (25/9) / (17/18) = 50/17
+    iv = welch_interval([1.0, 2.0, 3.0], [4.0, 6.0, 8.0])
+    assert iv.mean == -4.0 and iv.df == pytest.approx(50 / 17)
+    half = stats.t.ppf(0.975, 50 / 17) * math.sqrt(5 / 3)
+    assert (iv.lo, iv.hi) == (pytest.approx(-4 - half), pytest.approx(-4 + half))
+
+
+def _run(method: str, seed: int, test: float, val: float, labelled: int = 7, curve=(), teacher=None, rv=None,
+         variant=None) -> ScoredRun:
+    def entry(mean: float) -> dict:
+        return {"dice_mean": mean, "dice": {"RV": mean if rv is None else rv, "Myo": mean, "LV": mean}}
+
+    return ScoredRun(f"{method}_{labelled}_{seed}", method, variant, labelled, seed,
+                     {"test": {"student": entry(test), "teacher": entry(test if teacher is None else teacher)},
+                      "val": {"student": entry(val)}}, tuple(curve), ("RV", "Myo", "LV"))
+
+
+def test_pairs_are_the_shared_seeds_and_the_unpaired_interval_uses_every_run():
+    runs = [
+        _run("actionpp", 0, 0.80, 0.75), _run("actionpp", 1, 0.82, 0.76), _run("actionpp", 2, 0.78, 0.74),
+        _run("action", 0, 0.79, 0.70), _run("action", 1, 0.80, 0.71), _run("action", 2, 0.79, 0.70),
+        _run("action", 3, 0.50, 0.50),  # no ACTION++ seed 3: not a pair, but one of ACTION's runs
+        _run("actionpp", 0, 0.10, 0.10, variant="no_ats"),  # an ablation: never in the main comparison
+    ]
+    rows = paired_rows(runs)
+    test = next(r for r in rows if (r.a, r.b, r.split, r.cls) == ("actionpp", "action", "test", "mean"))
+    assert test.seeds == (0, 1, 2) and test.paired.n == 3
+    assert test.paired.mean == pytest.approx((1 + 2 - 1) / 3)  # d = +1, +2, -1 Dice points
+    assert (test.ahead, test.behind) == (2, 1) and test.call == "not distinguishable"
+    assert test.unpaired.n == 7 and test.unpaired.mean == pytest.approx(80.0 - (79 + 80 + 79 + 50) / 4)
+    val = next(r for r in rows if (r.a, r.b, r.split, r.cls) == ("actionpp", "action", "val", "mean"))
+    # d = 5, 5, 4 on val: mean 14/3, sd 1/sqrt(3), half-width 4.303 / 3 = 1.43: excludes 0
+    assert val.paired.mean == pytest.approx(14 / 3) and val.call == "ahead"
+    assert {r.cls for r in rows} == {"mean", "RV", "Myo", "LV"}
+    assert not [r for r in rows if r.b == "supervised"]  # no supervised run: no such comparison
+    (sentence,) = verdicts(rows)
+    assert sentence.startswith("ACTION++ is not distinguishable from ACTION at 7 labelled patients: d = +0.7")
+    assert "ACTION++ ahead on 2 of 3" in sentence and "on val d = +4.7" in sentence and "call: ahead" in sentence
+
+
+def test_noise_rows_teacher_and_the_mid_run_dip_by_hand():
+    runs = [_run("action", 0, 0.70, 0.7, curve=(0.5, 0.6, 0.7, 0.8), teacher=0.72),
+            _run("action", 1, 0.74, 0.7, curve=(0.9, 0.6, 0.9), teacher=0.73)]
+    (row,) = noise_rows(runs)
+    assert row["n"] == 2 and row["test_student"] == pytest.approx(72.0) and row["test_teacher"] == pytest.approx(72.5)
+    assert row["sd_test_student"] == pytest.approx(math.sqrt(8.0))  # 70, 74: sample std 2 sqrt 2
+    assert row["sd_test_teacher"] == pytest.approx(math.sqrt(0.5))  # 72, 73
+    # last vs mean of the last three: seed 0: 0.8 vs 0.7 -> 10 points; seed 1: 0.9 vs 0.8 -> 10 points
+    assert row["dip"] == pytest.approx(10.0)
+    assert row["sd_val_last"] == pytest.approx(math.sqrt(50.0))  # 80, 90
+
+
+def _write_run(out: Path, rid: str, axes: dict, test: float, scores: bool = True) -> None:
+    rd = out / rid
+    (rd / "run").mkdir(parents=True)
+    (rd / "done").write_text(json.dumps({"run_id": rid, "axes": axes, "parameters": []}))
+    one = {"RV": test, "Myo": test, "LV": test}
+    (rd / "metrics.json").write_text(json.dumps({"dataset": "acdc", "classes": ["RV", "Myo", "LV"], "dice": one,
+                                                 "jaccard": one, "hd95": one, "asd": one, "protocol": {}}))
+    (rd / "run" / "log.jsonl").write_text(json.dumps({"kind": "val", "dice": test}) + "\n")
+    if scores:
+        entry = {"dice_mean": test, "dice": one}
+        (rd / "scores.json").write_text(json.dumps({"format": 1, "which": "last", "classes": ["RV", "Myo", "LV"],
+                                                    "scores": {"test": {"student": entry}, "val": {"student": entry}}}))
+
+
+def test_write_paired_reads_a_grid_folder_and_writes_tables_and_figure(tmp_path: Path):
+    out = tmp_path / "grid"
+    for seed, (a, b) in enumerate([(0.80, 0.78), (0.81, 0.78), (0.79, 0.78)]):
+        _write_run(out, f"method=actionpp_lab=3_seed={seed}", {"METHOD": "actionpp", "LABELLED_PATIENTS": 3,
+                                                                "SEED": seed}, a)
+        _write_run(out, f"method=action_lab=3_seed={seed}", {"METHOD": "action", "LABELLED_PATIENTS": 3,
+                                                              "SEED": seed}, b)
+    _write_run(out, "method=action_lab=3_seed=9", {"METHOD": "action", "LABELLED_PATIENTS": 3, "SEED": 9}, 0.1,
+               scores=False)
+    problems: list[str] = []
+    assert len(collect_scored(out, problems)) == 6
+    assert problems and "seed=9" in problems[0] and "scores.json: missing" in problems[0]
+    res = write_paired(out, tmp_path / "pub")
+    assert res["runs"] == 6 and sorted(res["files"]) == ["paired.csv", "paired.md", "paired.png"]
+    # d = 2, 3, 1 points: mean 2, sd 1, interval 2 +- 2.48: not distinguishable at n = 3
+    assert res["verdicts"][0].startswith("ACTION++ is not distinguishable from ACTION at 3 labelled patients: d = +2.0")
+    csv_lines = (tmp_path / "pub" / "paired.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("comparison,role,labelled,split,class,n_pairs")
+    assert any(line.startswith("actionpp - action,primary,3,test,mean,3,0 1 2,2.0000,1.0000") for line in csv_lines)
+    assert (tmp_path / "pub" / "paired.png").read_bytes()[:4] == b"\x89PNG"
+    assert write_paired(tmp_path / "empty", tmp_path / "none")["files"] == []
+    assert not (tmp_path / "none").exists()
