@@ -76,6 +76,10 @@ __all__ = [
     "pca_2d",
     "map_2d",
     "plot_map",
+    "SAMPLE_FILE",
+    "embedding_sample",
+    "write_embedding_sample",
+    "read_embedding_sample",
 ]
 
 SAMPLINGS = ("balanced", "natural")
@@ -297,6 +301,114 @@ def extract(
     vectors = F.normalize(out, dim=1)
     lab = labels.to("cpu", torch.long)[idx[:, 0], idx[:, 1], idx[:, 2]]
     return Embeddings(vectors, lab, idx, sampling, num_classes, counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# A published sample of a run's embeddings (what notebook 05 reads without a checkpoint)
+# ---------------------------------------------------------------------------------------------
+
+SAMPLE_FILE = "embeddings.npz"
+SAMPLE_FORMAT = 1
+
+
+@torch.no_grad()
+def embedding_sample(
+    run_dir: str | Any,
+    split: str = "val",
+    per_class: int = 250,
+    total: int = 1000,
+    seed: int = 0,
+    which: str = "last",
+    device: str | torch.device = "cpu",
+) -> dict[str, np.ndarray]:
+    """A small, self-contained sample of a 2D run's pixel embeddings on ``split`` (the published ``embeddings.npz``).
+
+    For both samplings (``balanced``: up to ``per_class`` pixels of every class; ``natural``: ``total``
+    pixels uniformly; :func:`sample_pixels`, seeded by ``seed``), at the same pixels:
+    ``<sampling>_head (N, d)`` the representation head's output, L2-normalised; ``<sampling>_features
+    (N, C)`` the decoder features the segmentation head reads (the last decoder map), as they are;
+    ``<sampling>_labels (N,)`` the ground truth and ``<sampling>_pred (N,)`` the network's prediction.
+    Also ``centres (K, d)`` (row c: the centre assigned to class c; empty without SAACL),
+    ``assignment (K,)`` (empty without), ``class_pixels (K,)`` every pixel of the split by class, and
+    ``meta``: a JSON string (method, seed, labelled patients, split, sampling, checkpoint, format).
+    Vectors are float16 (a run's sample is ~0.6 MB); labels int8.
+    """
+    import json
+    from pathlib import Path
+
+    rm = load_run(run_dir, which, device)
+    cfg = rm.config
+    k = cfg.data.num_classes
+    images, labels = validation_slices(cfg, split)
+    dev = next(rm.net.parameters()).device
+    out: dict[str, np.ndarray] = {}
+    for sampling in SAMPLINGS:
+        idx = sample_pixels(labels, k, sampling, per_class, total, seed)
+        head = torch.empty(idx.shape[0], rm.head.dim)
+        feats: Tensor | None = None
+        pred = torch.empty(idx.shape[0], dtype=torch.long)
+        for s0 in range(0, images.shape[0], 16):
+            sel = torch.nonzero((idx[:, 0] >= s0) & (idx[:, 0] < s0 + 16)).reshape(-1)
+            if sel.numel() == 0:
+                continue
+            x = images[s0:s0 + 16].to(dev)
+            logits, f = rm.net.forward_features(x)
+            p = idx[sel].to(dev)
+            maps = f.decoder[-len(rm.head.in_channels_list):]
+            head[sel] = rm.head.forward_at(maps, tuple(x.shape[2:]), p[:, 0] - s0, p[:, 1], p[:, 2]).float().cpu()
+            last = f.decoder[-1][p[:, 0] - s0, :, p[:, 1], p[:, 2]].float().cpu()  # (n, C)
+            if feats is None:
+                feats = torch.empty(idx.shape[0], last.shape[1])
+            feats[sel] = last
+            pred[sel] = logits.argmax(1)[p[:, 0] - s0, p[:, 1], p[:, 2]].cpu()
+        lab = labels[idx[:, 0], idx[:, 1], idx[:, 2]]
+        out[f"{sampling}_head"] = F.normalize(head, dim=1).numpy().astype(np.float16)
+        out[f"{sampling}_features"] = (feats if feats is not None else torch.empty(0, 0)).numpy().astype(np.float16)
+        out[f"{sampling}_labels"] = lab.numpy().astype(np.int8)
+        out[f"{sampling}_pred"] = pred.numpy().astype(np.int8)
+    empty = np.zeros((0,), dtype=np.float16)
+    out["centres"] = rm.centres.numpy().astype(np.float16) if rm.centres is not None else empty
+    out["assignment"] = rm.assignment.numpy().astype(np.int8) if rm.assignment is not None else empty.astype(np.int8)
+    out["class_pixels"] = torch.bincount(labels.reshape(-1), minlength=k).numpy().astype(np.int64)
+    meta = {"format": SAMPLE_FORMAT, "method": cfg.method.name, "seed": cfg.runtime.seed,
+            "labelled_patients": cfg.data.labelled, "split": split, "per_class": per_class, "total": total,
+            "sampling_seed": seed, "checkpoint": Path(rm.checkpoint).name, "dataset": cfg.data.dataset}
+    out["meta"] = np.array(json.dumps(meta))
+    return out
+
+
+def write_embedding_sample(run_dir: str | Any, path: str | Any, **kwargs: Any) -> Any:
+    """:func:`embedding_sample` of ``run_dir`` saved (compressed, atomically) to ``path``; returns the path."""
+    import io
+    from pathlib import Path
+
+    from actionpp.atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **embedding_sample(run_dir, **kwargs))  # type: ignore[arg-type]
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def read_embedding_sample(path: str | Any) -> dict[str, Any]:
+    """A published ``embeddings.npz`` as numpy arrays (float32 vectors) plus ``meta`` as a dict.
+
+    Raises ``ValueError`` naming the file when it is unreadable or of another format.
+    """
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+        meta = json.loads(str(data.pop("meta")))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p}: not a readable embedding sample ({type(exc).__name__}: {exc})") from None
+    if meta.get("format") != SAMPLE_FORMAT:
+        raise ValueError(f"{p}: embedding sample format {meta.get('format')!r}, expected {SAMPLE_FORMAT}")
+    out: dict[str, Any] = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in data.items()}
+    out["meta"] = meta
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

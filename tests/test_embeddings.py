@@ -149,3 +149,39 @@ def test_umap_map_holds_centres_in_the_same_map() -> None:
     assert pts.shape == (120, 2) and c2.shape == (3, 2)
     d = ((pts[:, None, :] - c2[None]) ** 2).sum(-1)
     assert (d.argmin(1) == torch.arange(3).repeat_interleave(40).numpy()).mean() > 0.95
+
+
+@pytest.mark.parametrize("method", ["actionpp", "supervised"])
+def test_published_embedding_sample_holds_what_notebook_05_reads(tmp_path, method) -> None:
+    """The runner's per-run sample (issue 19): both samplings at the same pixels, head and decoder features,
+    labels and predictions, centres where the method has them, class pixel counts; small, and equal to extract."""
+    import numpy as np
+
+    from actionpp.config import load_config
+    from actionpp.train import train
+
+    cfg = load_config("phantom_smoke", [f"method.name={method}", "train.pretrain_iters=2", "train.finetune_iters=2",
+                                        "runtime.checkpoint_every=2"])
+    train(cfg, run_dir=tmp_path / "run", progress=False)
+    path = E.write_embedding_sample(tmp_path / "run", tmp_path / E.SAMPLE_FILE, per_class=20, total=50)
+    s = E.read_embedding_sample(path)
+    assert s["meta"]["method"] == method and s["meta"]["split"] == "val" and s["meta"]["checkpoint"] == "last.pt"
+    images, labels = E.validation_slices(cfg, "val")
+    counts = torch.bincount(labels.reshape(-1), minlength=4)
+    assert s["class_pixels"].tolist() == counts.tolist()
+    want = torch.clamp(counts, max=20)  # balanced: min(per_class, pixels of the class) of every class
+    assert np.bincount(s["balanced_labels"], minlength=4).tolist() == want.tolist()
+    assert s["natural_labels"].shape == (50,)
+    for sampling in ("balanced", "natural"):
+        n = len(s[f"{sampling}_labels"])
+        assert s[f"{sampling}_head"].shape == (n, cfg.model.rep_dim) and s[f"{sampling}_features"].shape == (n, 16)
+        np.testing.assert_allclose(np.linalg.norm(s[f"{sampling}_head"], axis=1), 1.0, atol=2e-3)  # fp16 unit rows
+        assert set(np.unique(s[f"{sampling}_pred"])) <= {0, 1, 2, 3}
+    rm = E.load_run(tmp_path / "run", "last")
+    ref = E.extract(rm.net, rm.head, images, labels, 4, "balanced", per_class=20)
+    np.testing.assert_allclose(s["balanced_head"], ref.vectors.numpy(), atol=2e-3)  # the same pixels, fp16
+    assert s["centres"].shape == ((4, cfg.model.rep_dim) if method == "actionpp" else (0,))
+    assert path.stat().st_size < 200_000
+    path.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable embedding sample"):
+        E.read_embedding_sample(path)
