@@ -852,9 +852,9 @@ def _commit(checkout: Path) -> str:
     import subprocess
 
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout,
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "actionpp"], cwd=checkout,
                            capture_output=True, text=True).stdout.strip()
-    return (r.stdout.strip() or "?") + (" + uncommitted changes" if dirty else "")
+    return (r.stdout.strip() or "?") + (" + uncommitted library changes" if dirty else "")
 
 
 def run_baseline(args: argparse.Namespace) -> dict[str, Any]:

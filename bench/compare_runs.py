@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def rev(p: Path) -> str:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=p, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=p, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "actionpp"], cwd=p, capture_output=True,
                                text=True).stdout
-        return r.stdout.strip() + (" + uncommitted changes" if dirty.strip() else "")
+        return r.stdout.strip() + (" + uncommitted library changes" if dirty.strip() else "")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
