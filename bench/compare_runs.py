@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def rev(p: Path) -> str:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=p, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "actionpp"], cwd=p, capture_output=True,
-                               text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "actionpp"], cwd=p,
+                               capture_output=True, text=True).stdout
         return r.stdout.strip() + (" + uncommitted library changes" if dirty.strip() else "")
 
     rows = []
