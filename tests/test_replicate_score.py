@@ -61,11 +61,20 @@ def test_missing_or_incomplete_scores_name_the_file(tmp_path: Path, scored_run: 
         read_scores(scored_run / SCORES, ScoreSpec(which="best"))
 
 
-def test_a_method_without_teacher_cannot_be_scored_as_teacher_and_nothing_is_written(tmp_path: Path) -> None:
+def test_a_method_without_teacher_gets_its_teacher_entries_recorded_as_absent(tmp_path: Path) -> None:
+    """A grid asks for teacher scores of every method; supervised has none: recorded, not a failed run."""
     train(load_config("phantom_smoke", ["method.name=supervised", *FAST]), run_dir=tmp_path / "run", progress=False)
-    with pytest.raises(Exception, match="has no teacher"):
-        score_run(tmp_path, ScoreSpec(weights=("student", "teacher")), device="cpu")
-    assert not (tmp_path / SCORES).exists()
+    spec = ScoreSpec(splits=("val", "test"), weights=("student", "teacher"))
+    out = score_run(tmp_path, spec, device="cpu")
+    assert out["has_teacher"] is False
+    assert out["scores"]["test"]["teacher"] is None and out["scores"]["val"]["teacher"] is None
+    assert out["scores"]["test"]["student"]["n_volumes"] > 0
+    assert read_scores(tmp_path / SCORES, spec)["has_teacher"] is False  # complete as the grid asked
+    broken = json.loads((tmp_path / SCORES).read_text())
+    broken["scores"]["test"]["student"] = None
+    (tmp_path / SCORES).write_text(json.dumps(broken))
+    with pytest.raises(ScoresError, match="no student score on test"):
+        read_scores(tmp_path / SCORES, spec)
 
 
 @pytest.mark.parametrize("raw, needle", [

@@ -13,9 +13,12 @@ every weight set and writes ``scores.json`` into the run folder (atomically), th
 marked done whose ``scores.json`` is missing or lacks a requested entry is ``broken`` and runs again
 (training returns its finished result at once; only the evaluation is redone).
 
+``weights: [student, teacher]`` asks for the teacher where the method has one: a method without an
+EMA teacher (supervised) gets ``"teacher": null`` and ``"has_teacher": false``, not an error.
+
 ``scores.json``::
 
-    {"format": 1, "which": "last", "checkpoint": ".../last.pt", "iteration": 2500,
+    {"format": 1, "which": "last", "checkpoint": ".../last.pt", "iteration": 2500, "has_teacher": true,
      "data": "/abs/path/of/the/data", "classes": ["RV", "Myo", "LV"],
      "scores": {"test": {"student": ENTRY, "teacher": ENTRY}, "val": {...}}}
 
@@ -115,8 +118,8 @@ def score_run(run_folder: str | Path, spec: ScoreSpec, device: str = "auto") -> 
     """Score ``run_folder/spec.run``'s ``spec.which`` checkpoint on every split with every weight set.
 
     The data are the run's own (its ``data.root``). Writes ``run_folder/scores.json`` atomically and
-    returns its content. Errors (no checkpoint, a split the data lack, a method without a teacher
-    asked for teacher weights) raise before anything is written.
+    returns its content. Errors (no checkpoint, a split the data lack) raise before anything is written;
+    teacher weights of a method without a teacher are recorded as absent (``None``).
     """
     import torch
 
@@ -126,11 +129,17 @@ def score_run(run_folder: str | Path, spec: ScoreSpec, device: str = "auto") -> 
     folder = Path(run_folder)
     engine = folder / spec.run
     path = find_checkpoint(engine, spec.which)
-    iteration = load_checkpoint(path, map_location="cpu").get("iteration")
+    state = load_checkpoint(path, map_location="cpu")
+    iteration = state.get("iteration")
+    has_teacher = state.get("teacher") is not None
+    del state
     scores: dict[str, dict[str, Any]] = {}
     data_root, classes = "", []
     for split in spec.splits:
         for weights in spec.weights:
+            if weights == "teacher" and not has_teacher:
+                scores.setdefault(split, {})[weights] = None  # the method has no EMA teacher (supervised)
+                continue
             ev = evaluate_run(path, None, split=split, which=spec.which, device=device, weights=weights)
             entry = _entry(ev.result, ev.config.data.dataset)
             scores.setdefault(split, {})[weights] = entry
@@ -139,7 +148,7 @@ def score_run(run_folder: str | Path, spec: ScoreSpec, device: str = "auto") -> 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     out = {"format": FORMAT, **spec.to_dict(), "checkpoint": str(path), "iteration": iteration,
-           "data": data_root, "classes": classes, "scores": scores}
+           "has_teacher": has_teacher, "data": data_root, "classes": classes, "scores": scores}
     atomic_write_text(folder / SCORES, json.dumps(out, indent=1))
     return out
 
@@ -161,6 +170,8 @@ def read_scores(path: str | Path, spec: ScoreSpec | None = None) -> dict[str, An
         for split in spec.splits:
             for weights in spec.weights:
                 entry = data["scores"].get(split, {}).get(weights)
+                if entry is None and weights == "teacher" and data.get("has_teacher") is False:
+                    continue  # a method without an EMA teacher: nothing to score, and said so
                 if not isinstance(entry, dict) or not isinstance(entry.get("dice"), dict):
                     raise ScoresError(f"{p}: no {weights} score on {split}")
     return data
