@@ -55,12 +55,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from actionpp.atomic import atomic_path, check_file
+
 __all__ = [
     "Centers",
     "CentersError",
     "METHODS",
     "TAMMES_DEG",
     "make_centers",
+    "check_centers_output",
     "uniformity_energy",
     "simplex_centers",
     "pairwise_cosines",
@@ -464,21 +467,41 @@ def make_centers(
 # --------------------------------------------------------------------------- files
 
 
-def save_centers(path: str | Path, centers: Centers) -> Path:
-    """Write ``centers`` to ``.npz`` (``vectors`` + ``meta`` as JSON) or ``.pt``.
+def _is_centres_file(path: Path) -> bool:
+    try:
+        load_centers(path)
+    except Exception:  # noqa: BLE001 - whatever a foreign file makes the readers raise: not ours
+        return False
+    return True
+
+
+def check_centers_output(path: str | Path, overwrite: bool = False) -> None:
+    """Refuse a centres file ``path`` that :func:`save_centers` may not write: another suffix
+    (:class:`CentersError`), or an existing file that is not a centres file, or one without ``overwrite``
+    (:class:`~actionpp.atomic.OwnershipError` naming it: the rule of :mod:`actionpp.atomic`)."""
+    p = Path(path)
+    if p.suffix not in (".npz", ".pt"):
+        raise CentersError(f"{p}: centres files end in .npz or .pt, got suffix {p.suffix!r}")
+    check_file(p, overwrite=overwrite, ours=_is_centres_file, what="a centres file (actionpp centers --out)")
+
+
+def save_centers(path: str | Path, centers: Centers, overwrite: bool = False) -> Path:
+    """Write ``centers`` to ``.npz`` (``vectors`` + ``meta`` as JSON) or ``.pt``, atomically.
 
     The ``.pt`` file holds only a tensor and a JSON string, so ``torch.load(...,
-    weights_only=True)`` reads it. Returns the path written.
+    weights_only=True)`` reads it. An existing file is replaced only if it is a centres file (and
+    ``overwrite``; :func:`check_centers_output`). Returns the path written.
     """
     p = Path(path)
+    check_centers_output(p, overwrite=overwrite)
     meta_json = json.dumps(centers.meta)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if p.suffix == ".npz":
-        np.savez(p, vectors=centers.vectors.detach().cpu().numpy().astype(np.float32), meta=np.array(meta_json))
-    elif p.suffix == ".pt":
-        torch.save({"vectors": centers.vectors.detach().cpu().float(), "meta_json": meta_json}, p)
-    else:
-        raise CentersError(f"{p}: centres files end in .npz or .pt, got suffix {p.suffix!r}")
+    with atomic_path(p) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would add .npz to a name
+            if p.suffix == ".npz":
+                np.savez(fh, vectors=centers.vectors.detach().cpu().numpy().astype(np.float32),
+                         meta=np.array(meta_json))
+            else:
+                torch.save({"vectors": centers.vectors.detach().cpu().float(), "meta_json": meta_json}, fh)
     return p
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actionpp.atomic import atomic_path
+from actionpp.atomic import WriteError, atomic_path
 from actionpp.config import Config, config_hash, diff_dicts
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "capture_rng",
     "restore_rng",
     "find_checkpoint",
+    "checkpoint_choice",
     "tensors_to",
     "FORMAT_VERSION",
 ]
@@ -55,8 +56,17 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     """
     path = Path(path)
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            torch.save(dict(state), fh)
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(dict(state), fh)
+        except (OSError, RuntimeError) as exc:  # torch reports a full disk as either
+            if isinstance(exc, WriteError):
+                raise
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or " ".join(str(exc).split())[:200]
+            err = WriteError(f"checkpoint {path}: cannot be written ({reason}); the previous checkpoint, if any, "
+                             "is kept")
+            err.errno = getattr(exc, "errno", None)
+            raise err from exc
     return path
 
 
@@ -193,30 +203,58 @@ def restore_rng(state: Mapping[str, Any], generators: Mapping[str, torch.Generat
 
 
 def find_checkpoint(run_dir_or_checkpoint: str | Path, which: str = "auto") -> Path:
-    """The checkpoint file of a run directory (or the file itself).
+    """The checkpoint file of a run directory (or the file itself): :func:`checkpoint_choice` without its note."""
+    return checkpoint_choice(run_dir_or_checkpoint, which)[0]
 
-    ``which``: ``"best"`` (``best.pt``, falling back to ``last.pt`` for a run that did not
-    validate), ``"last"``, or ``"auto"`` (the run's ``eval.select`` from its ``config.yaml``,
-    ``last`` when there is none). Raises :class:`CheckpointError` naming the folder when it
-    holds no such checkpoint, ``ValueError`` for another ``which``.
+
+def checkpoint_choice(run_dir_or_checkpoint: str | Path, which: str = "auto") -> tuple[Path, str | None]:
+    """The checkpoint file of a run directory (or the file itself), and a note when it is not the one asked for.
+
+    ``which``: ``"best"`` (``best.pt``), ``"last"``, or ``"auto"`` (the run's ``eval.select`` from its
+    ``config.yaml``, ``last`` when there is none). A run that does not validate (``data.val_split: none``,
+    LA) has no ``best.pt``: ``best`` then gives ``last.pt`` and says so in the note. A run that validates
+    but holds no ``best.pt`` (unfinished, or the file was removed) is refused rather than silently scored
+    at its last checkpoint. Raises :class:`CheckpointError` naming the folder when it holds no such
+    checkpoint, ``ValueError`` for another ``which``.
     """
     p = Path(run_dir_or_checkpoint)
     if p.is_file():
-        return p
+        return p, None
     if which not in ("best", "last", "auto"):
         raise ValueError(f"which must be 'best', 'last' or 'auto', got {which!r}")
     if not p.is_dir():
         raise CheckpointError(f"{p} is neither a checkpoint file nor a run directory")
+    stored = _stored_config(p / "config.yaml")
     if which == "auto":
-        import yaml
-
-        cfg_file = p / "config.yaml"
-        which = "last"
-        if cfg_file.is_file():
-            which = str(((yaml.safe_load(cfg_file.read_text()) or {}).get("eval") or {}).get("select", "last"))
+        which = str((stored.get("eval") or {}).get("select", "last"))
     path = p / f"{which}.pt"
-    if which == "best" and not path.is_file():
-        path = p / "last.pt"  # runs without validation have no best.pt
+    note = None
+    if which == "best" and not path.is_file() and (p / "last.pt").is_file():
+        split = (stored.get("data") or {}).get("val_split", "val")
+        if stored and split not in (None, "none"):
+            raise CheckpointError(
+                f"{p} holds no best.pt although the run validates on its {split} split (unfinished, or best.pt "
+                "was removed?); score its last checkpoint with --which last"
+            )
+        path = p / "last.pt"
+        note = f"{p} holds no best.pt (the run does not validate: data.val_split none); scored last.pt"
     if not path.is_file():
         raise CheckpointError(f"{p} holds no {which}.pt (is the run finished?)")
-    return path
+    return path, note
+
+
+def _stored_config(path: Path) -> dict[str, Any]:
+    """A run folder's ``config.yaml`` as a dict (``{}`` when absent); a damaged one names the file."""
+    if not path.is_file():
+        return {}
+    import yaml
+
+    from actionpp.runlog import RunFileError
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise RunFileError(f"{path}: the run's config cannot be read ({' '.join(str(exc).split())[:200]})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise RunFileError(f"{path}: the run's config is damaged: not a mapping")
+    return raw or {}

@@ -10,15 +10,20 @@ code  meaning
 ====  ==========================================================================
 0     done
 1     the data, a run or a notebook failed (``DataError``, ``NotebookFailed``,
-      ``RunMetricsError``, an unexpected error)
-2     bad usage or configuration: nothing was started (argparse, ``ConfigError``,
-      ``ParameterError``, ``GridError``, ``CheckpointError``, ``RunDirError``, a
+      ``RunMetricsError``, ``RunFileError`` (a run folder's own file is damaged),
+      ``WriteError`` (disk full ...), an unexpected error)
+2     bad usage or configuration: nothing was started (argparse, :class:`UsageError`,
+      ``ConfigError``, ``ParameterError``, ``GridError``, ``CheckpointError``,
+      ``RunDirError``, ``CentersError``, ``ExportError``, ``OwnershipError`` (a path
+      the command did not write, or one of its own it was not asked to replace), a
       missing input file)
 3     training diverged (``TrainingDiverged``: the message names the iteration and
       the last good checkpoint)
 130   interrupted (Ctrl-C)
 ====  ==========================================================================
 
+Commands raise; they do not print their own ``error:`` lines or choose exit codes (the one
+exception: a command that reports several failures at the end, ``replicate``, returns 1).
 The traceback of an error is printed only with ``--debug`` (or ``ACTIONPP_DEBUG=1``).
 """
 
@@ -33,6 +38,10 @@ import traceback
 from collections.abc import Sequence
 
 from actionpp import __version__
+
+
+class UsageError(ValueError):
+    """A bad combination or value of command-line arguments that argparse cannot express (exit 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,19 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code(exc: BaseException) -> int:
     """The exit code of an exception that reached the command line (see the module docstring)."""
+    from actionpp.atomic import OwnershipError, WriteError
+    from actionpp.centers import CentersError
     from actionpp.checkpoint import CheckpointError
     from actionpp.config import ConfigError
     from actionpp.data.core import DataError
+    from actionpp.lab.export import ExportError
     from actionpp.notebook import NotebookFailed, ParameterError
     from actionpp.replicate import GridError
     from actionpp.report import RunMetricsError
+    from actionpp.runlog import RunFileError
     from actionpp.train import RunDirError, TrainingDiverged
 
     if isinstance(exc, TrainingDiverged):
         return 3
-    if isinstance(exc, (DataError, NotebookFailed, RunMetricsError)):
+    if isinstance(exc, (DataError, NotebookFailed, RunMetricsError, RunFileError, WriteError)):
         return 1
-    if isinstance(exc, (ConfigError, ParameterError, GridError, CheckpointError, RunDirError, FileNotFoundError)):
+    if isinstance(exc, (UsageError, ConfigError, ParameterError, GridError, CheckpointError, RunDirError,
+                        CentersError, ExportError, OwnershipError, FileNotFoundError)):
         return 2
     return 1
 

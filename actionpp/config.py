@@ -34,6 +34,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -70,6 +71,10 @@ __all__ = [
     "profile_names",
     "profile_path",
     "parse_override",
+    "safe_yaml",
+    "NUMERIC_RANGES",
+    "MAX_CONFIG_BYTES",
+    "numeric_keys",
 ]
 
 
@@ -361,6 +366,46 @@ resumed, by this one."""
 _SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
 
 
+# --------------------------------------------------------------------------- YAML in bounded time and memory
+
+MAX_CONFIG_BYTES = 256 * 1024  # a profile is a few KiB; this bounds parsing time and memory for any input
+_MAX_DEPTH = 32  # sections nest two deep; a list of lists a few more
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases (``*name``: a few lines of them expand to gigabytes, the
+    "billion laughs") and with a nesting limit (deep nesting exhausts the stack)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed here", mark)
+        self._depth += 1
+        try:
+            if self._depth > _MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {_MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """Parse ``text`` as YAML in bounded time and memory: at most :data:`MAX_CONFIG_BYTES`, no aliases, at
+    most 32 levels of nesting, only plain data (``yaml.safe_load``'s types). :class:`ConfigError` naming
+    ``source`` (a file, ``override data.root``, ...) for anything else, a parse error included."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
+    except (ValueError, RecursionError, OverflowError) as exc:  # e.g. an integer of 5000 digits
+        raise ConfigError(f"{source}: invalid YAML value ({' '.join(str(exc).split())[:200]})") from None
+
+
 # --------------------------------------------------------------------------- profiles
 
 
@@ -378,7 +423,7 @@ def profile_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+            raise ConfigError(f"config file {p} does not exist" if not p.exists() else f"config {p}: is not a file")
         return p
     candidate = _configs_dir() / f"{name_or_path}.yaml"
     if candidate.is_file():
@@ -390,14 +435,17 @@ def _read_profile(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> dic
     path = profile_path(name_or_path)
     if path.resolve() in _seen:
         raise ConfigError(f"config {path}: 'base' chain loops back to itself")
+    if len(_seen) >= 16:
+        raise ConfigError(f"config {path}: 'base' chain is longer than 16 files")
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:
+            blob = fh.read(MAX_CONFIG_BYTES + 1)
+        text = blob.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path}: cannot be read ({exc})") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path}: invalid YAML: {exc}") from exc
+    if len(blob) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a profile is a few lines")
+    raw = safe_yaml(text, f"config {path}")
     if raw is None:  # an empty file (or only comments): never "all defaults" by accident
         raise ConfigError(
             f"config {path}: the file is empty; a profile must be a mapping of sections (data:, train:, ...)"
@@ -437,10 +485,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() != "" else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: cannot parse value {value!r}: {exc}") from exc
+    parsed = safe_yaml(value, f"override {key}") if value.strip() != "" else ""
     return key, parsed
 
 
@@ -546,6 +591,134 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
         )
     kwargs = {name: _coerce(value, hints[name], f"{section}.{name}") for name, value in raw.items()}
     return cls(**kwargs)
+
+
+_SEED_MAX = 2**32 - 1
+_INF = float("inf")
+
+NUMERIC_RANGES: dict[str, tuple[float, float, str]] = {
+    # key: (low, high, bounds) with bounds "[]", "[)", "(]" or "()"; a tuple setting bounds each element.
+    # Every int / float setting has a row (tests/test_ownership_config.py checks it); floats must be finite.
+    "data.phantom_patients": (2, _INF, "[)"),  # the ACDC phantom needs 3 (train / val / test): checked below
+    "data.phantom_seed": (0, _SEED_MAX, "[]"),
+    "data.labelled": (1, _INF, "[)"),  # at most what the data hold: checked when the data are read
+    "data.size": (16, 4096, "[]"),
+    "data.crop": (16, 1024, "[]"),
+    "data.num_classes": (2, 256, "[]"),  # labels are uint8
+    "data.val_max_volumes": (1, _INF, "[)"),
+    "model.in_channels": (1, 1, "[]"),  # ACDC and LA images have one channel
+    "model.rep_dim": (2, _INF, "[)"),
+    "model.proj_hidden": (1, _INF, "[)"),
+    "model.proj_dim": (1, _INF, "[)"),
+    "train.pretrain_iters": (0, _INF, "[)"),
+    "train.finetune_iters": (0, _INF, "[)"),
+    "train.batch_labelled": (1, _INF, "[)"),
+    "train.batch_unlabelled": (0, _INF, "[)"),
+    "train.lr": (0, _INF, "()"),
+    "train.momentum": (0, 1, "[]"),
+    "train.weight_decay": (0, _INF, "[)"),
+    "train.poly_power": (0, _INF, "[)"),
+    "train.ema_momentum": (0, 1, "[]"),
+    "loss.sup": (0, _INF, "[)"),
+    "loss.unsup": (0, _INF, "[)"),
+    "loss.unsup_threshold": (0, 1, "[]"),
+    "loss.consistency": (0, _INF, "[)"),
+    "loss.consistency_rampup": (0, _INF, "[)"),  # 0 = no ramp-up
+    "loss.consistency_noise": (0, _INF, "[)"),
+    "loss.anco": (0, _INF, "[)"),
+    "loss.saacl": (0, _INF, "[)"),
+    "anco.queries_per_class": (1, _INF, "[)"),
+    "anco.negatives": (1, _INF, "[)"),
+    "anco.strong_threshold": (0, 1, "[]"),
+    "anco.weak_threshold": (0, 1, "[]"),
+    "anco.pixels_per_class": (1, _INF, "[)"),
+    "saacl.lambda_a": (0, _INF, "[)"),
+    "saacl.anchors_per_class": (1, _INF, "[)"),
+    "saacl.queue_size": (0, _INF, "[)"),
+    "saacl.allocator_momentum": (0, 1, "[]"),
+    "saacl.tau_min": (0, _INF, "()"),
+    "saacl.fixed_tau": (0, _INF, "()"),
+    "temperature.tau_min": (0, _INF, "()"),
+    "temperature.tau_max": (0, _INF, "()"),
+    "temperature.period": (0, _INF, "()"),
+    "temperature.epoch_iters": (1, _INF, "[)"),
+    "temperature.step_milestones": (0, _INF, "[)"),  # and increasing: checked below
+    "temperature.step_values": (0, _INF, "()"),
+    "temperature.fixed_tau": (0, _INF, "()"),
+    "pretrain.memory_bank": (1, _INF, "[)"),
+    "pretrain.tau_s": (0, _INF, "()"),
+    "pretrain.tau_t": (0, _INF, "()"),
+    "pretrain.patch": (1, _INF, "[)"),
+    "pretrain.stride": (1, _INF, "[)"),
+    "pretrain.global_weight": (0, _INF, "[)"),
+    "pretrain.local_weight": (0, _INF, "[)"),
+    "pretrain.sup": (0, _INF, "[)"),
+    "pretrain.tau_max": (0, _INF, "()"),
+    "pretrain.period": (0, _INF, "()"),
+    "eval.every": (0, _INF, "[)"),
+    "eval.batch": (1, _INF, "[)"),
+    "runtime.seed": (0, _SEED_MAX, "[]"),
+    "runtime.log_every": (1, _INF, "[)"),
+    "runtime.checkpoint_every": (0, _INF, "[)"),
+}
+"""The valid range of every numeric setting, checked where a config is read (:func:`config_from_dict`)."""
+
+
+def numeric_keys() -> list[str]:
+    """Dotted keys of every setting whose type is a number (int or float, possibly optional or a tuple)."""
+    out = []
+    for section, cls in _SECTIONS.items():
+        for name, tp in typing.get_type_hints(cls).items():
+            if _is_numeric(tp):
+                out.append(f"{section}.{name}")
+    return out
+
+
+def _is_numeric(tp: Any) -> bool:
+    if tp in (int, float):
+        return True
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType, tuple):
+        return False
+    return any(_is_numeric(a) for a in typing.get_args(tp) if a is not Ellipsis and a is not type(None))
+
+
+def _range_text(lo: float, hi: float, bounds: str) -> str:
+    def num(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+    if hi == _INF:
+        return f"must be {'>=' if bounds[0] == '[' else '>'} {num(lo)}"
+    if lo == hi:
+        return f"must be {num(lo)}"
+    return f"must be in {bounds[0]}{num(lo)}, {num(hi)}{bounds[1]}"
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every numeric setting within :data:`NUMERIC_RANGES` (floats finite); :class:`ConfigError` naming the key."""
+    for key in numeric_keys():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            continue
+        lo, hi, bounds = NUMERIC_RANGES[key]
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            ok = (v >= lo if bounds[0] == "[" else v > lo) and (v <= hi if bounds[1] == "]" else v < hi)
+            if not ok:
+                raise ConfigError(f"{key}: {_range_text(lo, hi, bounds)}, got {value!r}")
+    d, t = cfg.data, cfg.temperature
+    if d.dataset == "acdc" and d.phantom_patients is not None and d.phantom_patients < 3:
+        raise ConfigError(f"data.phantom_patients: the ACDC phantom needs at least 3 patients (train / val / test), "
+                          f"got {d.phantom_patients}")
+    if any(b <= a for a, b in zip(t.step_milestones, t.step_milestones[1:])):
+        raise ConfigError(f"temperature.step_milestones: must increase, got {list(t.step_milestones)}")
+    if cfg.train.nesterov_finetune and cfg.finetune_iters and cfg.train.momentum == 0:
+        raise ConfigError("train.momentum: Nesterov fine-tuning (train.nesterov_finetune) needs a momentum > 0, "
+                          "got 0.0")
+    if cfg.model.arch == "vnet3d" and cfg.method.pretrain and cfg.pretrain.patch > min(d.crop):
+        raise ConfigError(f"pretrain.patch: must fit in the smallest side of data.crop={list(d.crop)}, "
+                          f"got {cfg.pretrain.patch}")
 
 
 def _check_values(cfg: Config) -> None:
@@ -657,6 +830,7 @@ def config_from_dict(raw: Mapping[str, Any], expand_method: bool = True, source:
     sections = {name: _build_section(cls, raw.get(name), name) for name, cls in _SECTIONS.items()}
     cfg = Config(**sections)
     _check_values(cfg)
+    _check_ranges(cfg)
     return cfg
 
 

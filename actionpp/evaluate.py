@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from actionpp.atomic import atomic_path, check_file, check_folder, claim_folder, record_files, written_unchanged
 from actionpp.inference import predict_slices, sliding_window
 from actionpp.metrics import POLICIES, summarise, volume_metrics
 
@@ -111,9 +113,26 @@ def save_nifti(label: np.ndarray, path: str | Path, spacing: Sequence[float] | N
     img = nib.Nifti1Image(np.asarray(label, dtype=np.uint8), affine)
     img.header.set_zooms(tuple(float(s) for s in sp))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
+    with atomic_path(path) as tmp:
+        staged = tmp.with_name(tmp.name + "".join(path.suffixes))  # nibabel picks the format by the suffix
+        try:
+            nib.save(img, str(staged))
+            os.replace(staged, tmp)
+        finally:
+            staged.unlink(missing_ok=True)
     return path
+
+
+PREDICTIONS_OWNER = "evaluate"  # the marker of a --save-predictions folder: .actionpp-evaluate.json
+
+
+def _check_predictions(out_dir: Path, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse, before anything is predicted, a predictions folder that ``evaluate`` did not create, and a
+    prediction file in it that it did not write (or wrote but was not asked to replace: ``overwrite``)."""
+    check_folder(out_dir, PREDICTIONS_OWNER)
+    for name in names:
+        check_file(out_dir / name, overwrite=overwrite, what="a prediction written by actionpp evaluate",
+                   ours=lambda f: written_unchanged(out_dir, PREDICTIONS_OWNER, f))
 
 
 def evaluate(
@@ -130,6 +149,7 @@ def evaluate(
     policy: str = "penalty",
     split: str = "unspecified",
     batch_size: int | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Predict and score every volume.
 
@@ -139,6 +159,11 @@ def evaluate(
     16) or windows (default 4) per forward. ``split``: a label recorded in the
     protocol (e.g. ``"val.list"``). Raises ``ValueError`` for an unknown dataset
     or policy, an image / label shape mismatch, or no volumes.
+
+    ``save_predictions_dir``: ``<name>_pred.nii.gz`` per volume, into a folder this function created
+    (its ``.actionpp-evaluate.json`` marker lists the files with their SHA-256) or an empty one; a file
+    it wrote is replaced only with ``overwrite`` and only if unchanged since. Anything else raises
+    :class:`~actionpp.atomic.OwnershipError` naming the path before the first volume is predicted.
     """
     from tqdm.auto import tqdm
 
@@ -151,6 +176,13 @@ def evaluate(
     if not vols:
         raise ValueError("evaluate got no volumes")
     out_dir = Path(save_predictions_dir) if save_predictions_dir is not None else None
+    if out_dir is not None:
+        names = [f"{vol.name}_pred.nii.gz" for vol in vols]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"volumes share a name ({dup[0]}): their predictions would overwrite each other")
+        _check_predictions(out_dir, names, overwrite)
+        claim_folder(out_dir, PREDICTIONS_OWNER)
     per_volume: list[dict[str, Any]] = []
     for vol in tqdm(vols, desc=f"evaluate {dataset}", disable=not progress, leave=False):
         image, label = np.asarray(vol.image), np.asarray(vol.label)
@@ -166,7 +198,7 @@ def evaluate(
         metrics = volume_metrics(pred, label.astype(np.int64), k, spacing=spacing, policy=policy)
         per_volume.append({"name": str(vol.name), "shape": list(image.shape), "metrics": metrics})
         if out_dir is not None:
-            save_nifti(pred, out_dir / f"{vol.name}_pred.nii.gz", spacing)
+            record_files(out_dir, PREDICTIONS_OWNER, [save_nifti(pred, out_dir / f"{vol.name}_pred.nii.gz", spacing)])
     summary = summarise(per_volume)
     inference: dict[str, Any]
     if dataset == "acdc":
@@ -232,6 +264,7 @@ class RunEvaluation:
     network: nn.Module
     result: EvalResult
     missing: list[str] = field(default_factory=list)  # listed volumes absent from the data (``partial`` only)
+    note: str | None = None  # the checkpoint scored is not the one asked for, and why (no best.pt: last.pt)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -248,6 +281,7 @@ def evaluate_run(
     progress: bool = False,
     partial: bool = False,
     weights: str = "student",
+    overwrite: bool = False,
 ) -> RunEvaluation:
     """Score a checkpoint (or run directory) on ``split`` of ``data`` (folder, pack, ``phantom`` or ``shared``;
     None: the run's own ``data.root``).
@@ -258,15 +292,20 @@ def evaluate_run(
     :class:`~actionpp.data.DataError` naming the data: a dataset of another kind or class count
     than the checkpoint's, a split the data do not list, and (unless ``partial``) a split whose
     listed volumes are not all present. With ``partial`` the present ones are scored and
-    ``RunEvaluation.missing`` names the others.
+    ``RunEvaluation.missing`` names the others. ``save_predictions`` / ``overwrite``: see :func:`evaluate`
+    (checked before the model runs). A run without ``best.pt`` asked for ``best`` is scored at ``last.pt``
+    only when it does not validate, and ``RunEvaluation.note`` says so
+    (:func:`actionpp.checkpoint.checkpoint_choice`).
     """
-    from actionpp.checkpoint import find_checkpoint
+    from actionpp.checkpoint import checkpoint_choice
     from actionpp.data.core import DataError
     from actionpp.data.roots import open_dataset, resolve_data_root
     from actionpp.distributed import resolve_device
     from actionpp.models.segmodel import load_model
 
-    path = find_checkpoint(checkpoint, which)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    path, note = checkpoint_choice(checkpoint, which)
     dev = resolve_device(device) if isinstance(device, str) else device
     net, cfg = load_model(path, device=dev, weights=weights)
     root = resolve_data_root(cfg.data.root if data is None else data, cfg)
@@ -288,6 +327,8 @@ def evaluate_run(
         )
     if not present:
         raise DataError(f"{root}: none of the {len(listed)} volumes listed in {split}.list is present")
+    if save_predictions is not None:
+        _check_predictions(Path(save_predictions), [f"{n}_pred.nii.gz" for n in present], overwrite)
     vols = [ds.read_volume(n) for n in present]
     with torch.no_grad():
         res = evaluate(
@@ -301,8 +342,9 @@ def evaluate_run(
             progress=progress,
             split=split,
             save_predictions_dir=save_predictions,
+            overwrite=overwrite,
         )
-    return RunEvaluation(path, cfg, Path(root), split, vols, net, res, missing)
+    return RunEvaluation(path, cfg, Path(root), split, vols, net, res, missing, note)
 
 
 def evaluate_checkpoint(
@@ -314,16 +356,19 @@ def evaluate_checkpoint(
     save_predictions: str | Path | None = None,
     progress: bool = False,
     partial: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """:func:`evaluate_run` as JSON-safe data (what ``actionpp evaluate --json`` prints).
 
-    Returns ``{"checkpoint", "data", "split", "volumes", "missing", "summary", "result"}`` where
-    ``result`` is the full :class:`EvalResult` as JSON-safe data and ``missing`` the listed
-    volumes that were absent (only with ``partial``).
+    Returns ``{"checkpoint", "note", "data", "split", "volumes", "missing", "summary", "result"}`` where
+    ``result`` is the full :class:`EvalResult` as JSON-safe data, ``missing`` the listed volumes that
+    were absent (only with ``partial``) and ``note`` why the checkpoint is not the one asked for (or None).
     """
-    ev = evaluate_run(checkpoint, data, split, which, device, save_predictions, progress, partial)
+    ev = evaluate_run(checkpoint, data, split, which, device, save_predictions, progress, partial,
+                      overwrite=overwrite)
     return {
         "checkpoint": str(ev.checkpoint),
+        "note": ev.note,
         "data": str(ev.root),
         "split": split,
         "volumes": len(ev.volumes),

@@ -19,7 +19,12 @@ from typing import Any
 
 from actionpp.atomic import atomic_write_json
 
-__all__ = ["RunLogger", "write_json_atomic", "read_jsonl", "environment_info"]
+__all__ = ["RunLogger", "RunFileError", "write_json_atomic", "read_jsonl", "read_json_file", "environment_info"]
+
+
+class RunFileError(ValueError):
+    """A file of a run folder (``metrics.json``, ``run.json``, ``log.jsonl``, ``config.yaml``) cannot be read
+    as what the run wrote (truncated, not UTF-8, edited); the message names the file (actionpp.cli: exit 1)."""
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
@@ -36,20 +41,50 @@ def _json_default(obj: Any) -> Any:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete line of a JSONL log (a torn last line from a killed run is skipped)."""
+    """Every complete line of a JSONL log (a torn last line from a killed run is skipped).
+
+    The log is ASCII JSON (``json.dumps``): a line that is not UTF-8 text was not written by the run,
+    and raises :class:`RunFileError` naming the file and the line.
+    """
     out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.is_file():
         return out
-    for line in p.read_text().splitlines():
-        line = line.strip()
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise RunFileError(f"{p}: cannot be read ({exc.strerror or exc})") from exc
+    for lineno, blob in enumerate(raw.splitlines(), 1):
+        try:
+            line = blob.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise RunFileError(
+                f"{p}:{lineno}: not UTF-8 text; this is not the log the run wrote (a JSON object per line): "
+                "restore it, or move it away to start the log again"
+            ) from None
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            entry = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(entry, dict):
+            out.append(entry)
     return out
+
+
+def read_json_file(path: str | Path, what: str = "file") -> Any:
+    """A JSON file of a run folder; :class:`RunFileError` naming it when it is unreadable, not UTF-8 or
+    not valid JSON (``what`` says what it is, e.g. "the run's summary")."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+        return json.loads(text)
+    except OSError as exc:
+        raise RunFileError(f"{p}: cannot be read ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        detail = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"not valid JSON ({exc})"
+        raise RunFileError(f"{p}: {what} is damaged: {detail} (truncated or edited?)") from None
 
 
 def _git_commit() -> str | None:

@@ -70,9 +70,43 @@ CAPS = {
     "ddp": (45, 45),
 }
 STAGES = tuple(CAPS)
+# A dry run checks code paths, not speed: on a busy 2-core machine two workers importing torch and building
+# the smoke recipe may need minutes to start. Their start-up is waited for up to this long (within what the
+# suite's own watchdog leaves), and workers that are alive but not ready by then skip the stage; only a
+# worker that dies fails it.
+DRY_STARTUP_S = 240.0
 
 
 # =========================================================================== output
+
+
+OUT_FILES = ("summary.md", "summary.json", "suite.log", "pytest.log", "profile.txt")
+
+
+def check_out(out: Path) -> str | None:
+    """Why the suite may not write into ``out``, or None. The ownership rule of ``actionpp.atomic`` (this
+    file imports only the standard library at the top, and its ``$OUT`` must hold nothing but its five
+    files, so no marker): ``out`` is new, empty, or holds only files named as the suite's with a
+    ``summary.json`` the suite wrote; it replaces those and never anything else."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out}: exists and is not a folder"
+    names = sorted(p.name for p in out.iterdir())
+    foreign = [n for n in names if n not in OUT_FILES and n != "summary.json.tmp"]  # .tmp: a killed write_summary
+    if foreign:
+        return (f"{out}: refusing to write into this folder: it holds files the GPU suite did not write "
+                f"({', '.join(foreign[:4])}); choose a new or empty --out")
+    if names:
+        try:
+            doc = json.loads((out / "summary.json").read_text())
+            ours = isinstance(doc, dict) and {"meta", "stages"} <= set(doc)
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            return (f"{out}: refusing to write into this folder: no summary.json of an earlier suite run in it, so "
+                    f"its {', '.join(names[:4])} are not the suite's; choose a new or empty --out")
+    return None
 
 
 class Suite:
@@ -539,7 +573,7 @@ def stage_jobs(suite: Suite, cap: float) -> dict[str, Any]:
     levels = [1, 2] if suite.dry else [1, 2, 4, 8]
     seconds = 3.0 if suite.dry else 10.0
     # the workers start together; whatever is not ready when the rounds must begin is left out of them
-    startup = max(20.0, cap - len(levels) * (seconds + 3) - 5)
+    startup = startup_allowance(suite, cap, levels, seconds)
     bench = suite.stages.get("bench", {}).get("result") or {}
     peak = next((r.get("peak_gib") for r in bench.get("rows", []) if (r["method"], r["phase"], r["compile"])
                  == ("actionpp", "finetune", False) and r["status"] == "ok"), None)
@@ -568,15 +602,18 @@ def stage_jobs(suite: Suite, cap: float) -> dict[str, Any]:
                               stdout=logs[i], stderr=subprocess.STDOUT) for i in range(n_workers)]
     t_stage = time.perf_counter()
     rounds: list[dict[str, Any]] = []
+    slow = None  # the workers were alive but not ready in time (not a failure: see DRY_STARTUP_S)
     try:
         ready_files = _wait_for([ctl / f"ready-{i}.json" for i in range(n_workers)], startup, procs)
         ready = sorted(int(p.stem.split("-")[1]) for p in ready_files)
         suite.say(f"jobs: {len(ready)} of {n_workers} workers ready after {time.perf_counter() - t_stage:.1f} s")
+        if not ready and not any(p.poll() is not None for p in procs):
+            slow = f"no worker ready after {time.perf_counter() - t_stage:.0f} s, all alive: a busy machine"
         for k, level in enumerate(levels):
             if level > len(ready):
                 rounds.append({"processes": level, "status": f"skipped: only {len(ready)} workers started"})
                 continue
-            if cap - (time.perf_counter() - t_stage) < seconds + 10:
+            if not suite.dry and cap - (time.perf_counter() - t_stage) < seconds + 10:
                 rounds.append({"processes": level, "status": "skipped (time budget)"})
                 continue
             ids = ready[:level]
@@ -620,10 +657,23 @@ def stage_jobs(suite: Suite, cap: float) -> dict[str, Any]:
         res.update({"recommended_jobs": rec, "best_aggregate_its": best,
                     "scaling_vs_one": (best / one) if one else None,
                     "grid_hours": GRID_RUNS * RECIPE_ITERS / rec_its / 3600})
-    if not ok or any(not r.get("finite", True) for r in ok):
+    if not ok and slow is not None:
+        res["status"] = "skipped"
+        res["reason"] = slow
+    elif not ok or any(not r.get("finite", True) for r in ok):
         res["status"] = "failed"
         res["error"] = "no round completed" if not ok else "a worker's loss was not finite"
     return res
+
+
+def startup_allowance(suite: Suite, cap: float, levels: list[int], seconds: float) -> float:
+    """Seconds the ``jobs`` stage waits for its workers to start: what its cap leaves after the rounds; in a
+    dry run at least :data:`DRY_STARTUP_S`, bounded by what the suite's watchdog (budget + 60 s) leaves."""
+    startup = max(20.0, cap - len(levels) * (seconds + 3) - 5)
+    if suite.dry:
+        watchdog_left = suite.budget + 60 - suite.elapsed() - len(levels) * (seconds + 10) - 15
+        startup = max(startup, min(DRY_STARTUP_S, watchdog_left))
+    return startup
 
 
 # =========================================================================== stage 6: torchrun
@@ -891,6 +941,11 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return rc
     args.argv = argv
+    dry_default = REPO / "runs" / ("gpu_suite-dry" if args.dry_run else "gpu_suite")
+    refused = check_out(Path(args.out or os.environ.get("OUT") or dry_default))
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     suite = Suite(args)
     sys.path.insert(0, str(REPO))
     # a hang is dumped (every thread's traceback into suite.log) and ended before the device tool's own limit

@@ -214,8 +214,57 @@ def _pack_over_root(e: Env) -> list[str]:
 
 def _pack_existing_out(e: Env) -> list[str]:
     ds = e.acdc()
-    (e.tmp / "old.pack").write_bytes(b"an older pack the user wants to keep")
+    e.pack("old.pack")  # an older pack the user wants to keep
     return ["data", "pack", str(ds), str(e.tmp / "old.pack")]
+
+
+def _pack_overwrite_foreign(e: Env) -> list[str]:
+    ds = e.acdc()
+    (e.tmp / "thesis.pack").write_bytes(b"years of work, in a file that happens to end in .pack")
+    return ["data", "pack", str(ds), str(e.tmp / "thesis.pack"), "--overwrite"]
+
+
+def _pack_overwrite_link(e: Env) -> list[str]:
+    ds = e.acdc()
+    target = e.pack("kept/acdc.pack")
+    os.symlink(target, e.tmp / "link.pack")
+    return ["data", "pack", str(ds), str(e.tmp / "link.pack"), "--overwrite"]
+
+
+def _val_list_duplicate(e: Env) -> list[str]:
+    ds = e.acdc()
+    lines = (ds / "val.list").read_text().splitlines()
+    (ds / "val.list").write_text("\n".join(lines + lines[:1]) + "\n")
+    return ["data", "check", str(ds)]
+
+
+def _val_entry_is(kind: str) -> Callable[[Env], list[str]]:
+    def setup(e: Env) -> list[str]:
+        ds = e.acdc()
+        frame = (ds / "val.list").read_text().split()[0]
+        h5 = ds / "data" / f"{frame}.h5"
+        h5.unlink()
+        if kind == "folder":
+            h5.mkdir()
+        else:
+            os.symlink(h5.name, h5)  # a link to itself
+        return ["data", "check", str(ds)]
+
+    return setup
+
+
+def _slice_entry_too_long(e: Env) -> list[str]:
+    ds = e.acdc()
+    _set_line(ds / "train_slices.list", 1, "x" * 300)
+    return ["data", "check", str(ds)]
+
+
+def _phantom(*args: str) -> Callable[[Env], list[str]]:
+    def setup(e: Env) -> list[str]:
+        (e.tmp / "keep.txt").write_text("keep")
+        return ["data", "phantom", *args, "--out", str(e.tmp / "ph")]
+
+    return setup
 
 
 def _pack_out_is_folder(e: Env) -> list[str]:
@@ -371,6 +420,21 @@ CASES = [
     Case("pack-out-is-folder", _pack_out_is_folder, 1, "{tmp}/folder: is a folder, not a pack file"),
     Case("pack-missing-out-arg", _pack_missing_out_arg, 2, "the following arguments are required: out"),
     Case("pack-overwrite-own-pack", _pack_overwrite_own, 0, ""),
+    # issue 16: --overwrite replaces only a pack (item 5); a repeated or unusable list entry is named (item 8);
+    # data phantom's arguments are checked, exit 2 (item 10)
+    Case("pack-overwrite-foreign-file", _pack_overwrite_foreign, 1,
+         "{tmp}/thesis.pack: refusing to replace this file: it is not a pack written by actionpp data pack"),
+    Case("pack-overwrite-link", _pack_overwrite_link, 1, "{tmp}/link.pack: is a symbolic link, not a pack"),
+    Case("check-val-list-duplicate", _val_list_duplicate, 1, "{tmp}/ds/val.list:3: entry '"),
+    Case("check-val-entry-is-a-folder", _val_entry_is("folder"), 1, "{tmp}/ds/val.list:1: entry '"),
+    Case("check-val-entry-link-loop", _val_entry_is("loop"), 1, "cannot be opened (a loop of symbolic links)"),
+    Case("check-slice-entry-too-long", _slice_entry_too_long, 1,
+         "{tmp}/ds/train_slices.list:1: entry 'xxxx"),
+    Case("phantom-patients-zero", _phantom("--patients", "0"), 2, "--patients: an ACDC phantom needs at least 3"),
+    Case("phantom-patients-one", _phantom("--patients", "1"), 2, "--patients: an ACDC phantom needs at least 3"),
+    Case("phantom-patients-negative", _phantom("--patients", "-3"), 2, "needs at least 3 patients"),
+    Case("phantom-la-patients-one", _phantom("--kind", "la", "--patients", "1"), 2, "an LA phantom needs at least 2"),
+    Case("phantom-seed-negative", _phantom("--seed", "-1"), 2, "--seed must be >= 0"),
     # prepare-acdc: OUT never the raw folder, inside it or above it; replace only its own output (item 1)
     Case("prepare-out-is-raw", _prepare_out_is_raw, 1, "{tmp}/raw: output folder is the raw folder {tmp}/raw"),
     Case(
@@ -478,8 +542,7 @@ def test_pack_overwrite_replaces_an_existing_pack(
     sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     e = Env(tmp_path, sources)
-    ds, p = e.acdc(), tmp_path / "p.pack"
-    p.write_bytes(b"old")
+    ds, p = e.acdc(), e.pack("p.pack")  # a pack written earlier
     assert _run(["data", "pack", str(ds), str(p), "--overwrite"], capsys)[0] == 0
     assert p.read_bytes().startswith(MAGIC)
     assert _run(["data", "check", str(p)], capsys)[0] == 0

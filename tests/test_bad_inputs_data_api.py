@@ -174,10 +174,15 @@ def test_pack_refuses_existing_output_and_anything_inside_root(src: dict[str, Pa
     assert _tree(ds) == before and not (tmp_path / "elsewhere").exists()
     out = tmp_path / "p.pack"
     out.write_bytes(b"keep me")
+    for overwrite in (False, True):  # not a pack: never replaced (issue 16, item 5)
+        with pytest.raises(DataError, match=f"{out}: refusing to replace this file: it is not a pack"):
+            pack_dataset(ds, out, overwrite=overwrite)
+    assert out.read_bytes() == b"keep me"
+    out.unlink()
+    pack_dataset(ds, out)
     with pytest.raises(DataError, match=rf"{out}: output file exists \(pass --overwrite to replace it\)"):
         pack_dataset(ds, out)
-    assert out.read_bytes() == b"keep me"
-    pack_dataset(ds, out, overwrite=True)
+    pack_dataset(ds, out, overwrite=True)  # its own pack, asked to replace it
     assert load_pack(out).train_slices == ACDCDataset(ds).train_slices
     with pytest.raises(DataError, match="already a pack"):
         pack_dataset(out, tmp_path / "q.pack")
@@ -222,3 +227,70 @@ def test_prepare_refuses_overlap_in_python_too(src: dict[str, Path], tmp_path: P
             prepare_acdc(raw, out, overwrite=True)
         assert str(exc.value) == f"{out}: output folder {rel} {raw}; choose an output folder outside it"
     assert _tree(raw) == before
+
+
+# ----------------------------------------------------------------------------- issue 16: lists and phantoms
+
+
+def _dup(ds: Path, lst: str) -> tuple[Path, str]:
+    p = ds / lst
+    lines = p.read_text().splitlines()
+    p.write_text("\n".join(lines + lines[:1]) + "\n")
+    return p, f"{p}:{len(lines) + 1}: entry {lines[0]!r} repeats line 1"
+
+
+def _folder(ds: Path, lst: str) -> tuple[Path, str]:
+    p = ds / lst
+    frame = p.read_text().split()[0]
+    h5 = ds / "data" / f"{frame}.h5"
+    h5.unlink()
+    h5.mkdir()
+    return p, f"{p}:1: entry {frame!r}: {h5} is a folder, not a file"
+
+
+def _loop(ds: Path, lst: str) -> tuple[Path, str]:
+    p = ds / lst
+    frame = p.read_text().split()[0]
+    h5 = ds / "data" / f"{frame}.h5"
+    h5.unlink()
+    os.symlink(h5.name, h5)
+    return p, f"{p}:1: entry {frame!r}: {h5} cannot be opened (a loop of symbolic links)"
+
+
+def _long(ds: Path, lst: str) -> tuple[Path, str]:
+    p = ds / lst
+    p.write_text("y" * 300 + "\n")
+    return p, f"{p}:1: entry {'y' * 300!r}: the file name is too long for the file system"
+
+
+@pytest.mark.parametrize("make", [_dup, _folder, _loop, _long], ids=["duplicate", "folder", "link-loop", "too-long"])
+@pytest.mark.parametrize("lst", ["val.list", "test.list"])
+def test_unusable_split_entries_are_named_with_their_list_and_line(src: dict[str, Path], tmp_path: Path, make,
+                                                                    lst: str) -> None:
+    ds = _copy(src["acdc"], tmp_path / "ds")
+    path, message = make(ds, lst)
+    before = _tree(ds)
+    with pytest.raises(DataError) as exc:
+        ACDCDataset(ds).volumes(lst.split(".")[0])
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value), str(exc.value)
+    with pytest.raises(DataError, match=f"{path}:"):
+        check_dataset(ds)
+    assert _tree(ds) == before
+
+
+def test_a_repeated_training_slice_is_refused_before_training(src: dict[str, Path], tmp_path: Path) -> None:
+    ds = _copy(src["acdc"], tmp_path / "ds")
+    lst, message = _dup(ds, "train_slices.list")
+    with pytest.raises(DataError, match=f"{lst}:.*repeats line 1"):
+        load_acdc_training(ds, 1, 32, "cpu")
+
+
+def test_ensure_phantom_never_replaces_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    from actionpp.data.phantom import ensure_phantom
+
+    mine = tmp_path / "ph"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(DataError, match=f"{mine}: exists and is not a phantom this generator wrote"):
+        ensure_phantom("acdc", patients=3, seed=5, root=mine)
+    assert (mine / "thesis.tex").read_text() == "years of work" and sorted(p.name for p in tmp_path.iterdir()) == ["ph"]

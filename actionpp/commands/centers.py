@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,21 +20,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="optimize", choices=["optimize", "simplex", "tsc", "tammes"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--t", type=float, default=0.07, help="uniformity temperature (default 0.07)")
-    p.add_argument("--out", default=None, help="write the centres to this .npz or .pt file")
+    p.add_argument("--out", default=None, help="write the centres to this .npz or .pt file (a new one)")
+    p.add_argument("--overwrite", action="store_true", help="replace a centres file an earlier run wrote at --out")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from actionpp.centers import CentersError, make_centers, save_centers
+    from actionpp.centers import check_centers_output, make_centers, save_centers
 
-    try:
-        c = make_centers(args.classes, args.dim, method=args.method, seed=args.seed, t=args.t)
-        if args.out:
-            save_centers(args.out, c)
-    except CentersError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.out:
+        check_centers_output(args.out, overwrite=args.overwrite)  # before the (long) optimisation
+    # CentersError and OwnershipError: one line, exit 2 (actionpp.cli)
+    c = make_centers(args.classes, args.dim, method=args.method, seed=args.seed, t=args.t)
+    if args.out:
+        save_centers(args.out, c, overwrite=args.overwrite)
     m = c.meta
     report = {
         "classes": m["K"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 
@@ -63,7 +62,8 @@ def register(subparsers: Any) -> None:
     )
     pk.add_argument("root", help="dataset folder")
     pk.add_argument("out", help="pack file to write (e.g. acdc.pack), outside ROOT")
-    pk.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never a file inside ROOT)")
+    pk.add_argument("--overwrite", action="store_true",
+                    help="replace OUT if it is a pack (never another file, never a file inside ROOT)")
     pk.add_argument("--leave-out", action="append", default=[], metavar="SPLIT", choices=("train", "val", "test"),
                     help="a volume split not to pack, list included (repeatable; the GPU carry: --leave-out test)")
     pk.set_defaults(func=_pack)
@@ -96,18 +96,24 @@ def _print(summary: dict[str, Any], as_json: bool) -> None:
 def _phantom(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from actionpp.atomic import OwnershipError
+    from actionpp.cli import UsageError
     from actionpp.data import phantom
 
+    least = 3 if args.kind == "acdc" else 2
+    if args.patients is not None and args.patients < least:
+        raise UsageError(f"--patients: an {args.kind.upper()} phantom needs at least {least} patients "
+                         f"({'train/val/test' if args.kind == 'acdc' else 'train/test'}), got {args.patients}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.out is not None:
         out = Path(args.out)
-        if out.exists():
-            print(f"error: {out} exists; choose a new folder", file=sys.stderr)
-            return 2
-        n = args.patients or phantom.default_patients(args.kind)
-        if args.kind == "acdc":
-            s = phantom.generate_acdc_phantom(out, preset=args.preset, patients=n, seed=args.seed, nifti=args.nifti)
-        else:
-            s = phantom.generate_la_phantom(out, patients=n, seed=args.seed, nifti=args.nifti)
+        if out.exists() or out.is_symlink():
+            raise OwnershipError(f"{out}: exists; choose a new folder (data phantom --out writes only a folder it "
+                                 "creates)")
+        n = args.patients if args.patients is not None else phantom.default_patients(args.kind)
+        s = phantom.generate_into(out, kind=args.kind, preset=args.preset, patients=n, seed=args.seed,
+                                  nifti=args.nifti)
     else:
         import time
 
@@ -124,41 +130,24 @@ def _phantom(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from actionpp.data import DataError
     from actionpp.data.check import check_dataset, verify_manifest
 
-    try:
-        s = check_dataset(args.root, partial=args.partial)
-        if args.sha256:
-            s["sha256_verified_files"] = verify_manifest(Path(args.root) / "SHA256SUMS")
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    s = check_dataset(args.root, partial=args.partial)  # a DataError is one line, exit 1 (actionpp.cli)
+    if args.sha256:
+        s["sha256_verified_files"] = verify_manifest(Path(args.root) / "SHA256SUMS")
     _print(s, args.json)
     return 0
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from actionpp.data import DataError
     from actionpp.data.pack import pack_dataset
 
-    try:
-        s = pack_dataset(args.root, args.out, overwrite=args.overwrite, leave_out=args.leave_out)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    _print(s, False)
+    _print(pack_dataset(args.root, args.out, overwrite=args.overwrite, leave_out=args.leave_out), False)
     return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from actionpp.data import DataError
     from actionpp.data.acdc import prepare_acdc
 
-    try:
-        s = prepare_acdc(args.raw, args.out, overwrite=args.overwrite)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    _print(s, False)
+    _print(prepare_acdc(args.raw, args.out, overwrite=args.overwrite), False)
     return 0

@@ -19,13 +19,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="checkpoint file (.pt) or run directory")
     p.add_argument("--data", required=True, help="dataset folder, pack file, 'phantom' or 'shared'")
-    p.add_argument("--split", default="val", help="split to evaluate (val or test; ACDC val/test, LA test)")
+    p.add_argument("--split", default="val", choices=["val", "test", "train"],
+                   help="split to evaluate (ACDC val / test, LA test; train: the training volumes)")
     p.add_argument("--which", choices=["best", "last", "auto"], default="auto",
                    help="with a run directory: best.pt, last.pt or the run's eval.select (auto)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--save-predictions", default=None, metavar="DIR",
-                   help="write each predicted volume as NIfTI into DIR")
+                   help="write each predicted volume as NIfTI into DIR (a new or empty folder, or one an earlier "
+                        "evaluate wrote)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --save-predictions: replace predictions an earlier evaluate wrote into DIR")
     p.add_argument("--partial", action="store_true",
                    help="score the volumes of the split that are present when some listed ones are absent "
                         "(they are named in the output); without it such a split is refused")
@@ -33,12 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from actionpp.cli import UsageError
     from actionpp.evaluate import evaluate_checkpoint
+
+    if args.overwrite and args.save_predictions is None:
+        raise UsageError("--overwrite replaces saved predictions: it needs --save-predictions DIR")
 
     report = evaluate_checkpoint(
         args.checkpoint, data=args.data, split=args.split, which=args.which, device=args.device,
-        save_predictions=args.save_predictions, partial=args.partial,
+        save_predictions=args.save_predictions, partial=args.partial, overwrite=args.overwrite,
     )
+    if report["note"]:
+        print(f"note: {report['note']}", file=sys.stderr)
     if report["missing"]:
         print(f"warning: partial {args.split} split: {len(report['missing'])} listed volume(s) absent and not "
               f"scored: {', '.join(report['missing'])}", file=sys.stderr)

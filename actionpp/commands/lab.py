@@ -9,14 +9,15 @@ Examples::
 The source notebooks (``notebooks/NN_*.ipynb``) hold the solutions between ``### BEGIN SOLUTION``
 and ``### END SOLUTION`` in cells tagged ``solution`` (:mod:`actionpp.lab`); the student version
 keeps everything else, outputs stripped, and the parameter profiles are copied next to it.
+DIR is new, empty, or one an earlier export created; a second export replaces its files only with
+``--overwrite``, and never a notebook the student edited since (nor anything it did not write).
 
-Exit code: 0 done, 2 bad arguments or malformed solution markers (nothing written).
+Exit code: 0 done, 2 bad arguments, malformed solution markers or a refused DIR (nothing written).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -36,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("notebooks", nargs="*", type=Path,
                     help="notebooks to export (default: every notebooks/NN_*.ipynb)")
     ex.add_argument("--no-params", action="store_true", help="do not copy the parameter profiles")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace the files an earlier export wrote into DIR (never one edited since)")
     ex.set_defaults(func=_export)
 
 
@@ -52,18 +55,15 @@ def _list(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from actionpp import lab
+    from actionpp.cli import UsageError
     from actionpp.paths import repo_root
 
     nbs = list(args.notebooks) or sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     missing = [str(p) for p in nbs if not p.is_file()]
     if missing:
-        print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    try:
-        written = lab.export_student(nbs, args.student, copy_params=not args.no_params)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no such notebook: {', '.join(missing)}")
+    # ExportError and OwnershipError: one line, exit 2 (actionpp.cli)
+    written = lab.export_student(nbs, args.student, copy_params=not args.no_params, overwrite=args.overwrite)
     n_ex = sum(len(lab.exercises_of(p.stem)) for p in written)
     print(f"wrote {len(written)} student notebooks ({n_ex} exercises) to {args.student}")
     return 0

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="profile name or YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (dotted key, YAML value); repeatable")
-    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<method>-<config hash>)")
+    p.add_argument("--run-dir", default=None,
+                   help="run directory (default: runs/<method>-<config hash>): new, empty or one train wrote; "
+                        "one process trains in it at a time")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run directory's last.pt (refused if it came from another config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

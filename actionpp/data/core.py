@@ -7,7 +7,9 @@ whose message starts with the offending path.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +72,10 @@ def read_list(path: Path, *, allow_empty: bool = False, root: str | Path | None 
     (default ``root / name``) is the file a reader would open for it, and an absolute entry or one
     whose path leaves ``root`` (``../../elsewhere``) raises :class:`DataError` naming the list file
     and the 1-based line number. The test is on the path as written (``..`` collapsed, links not
-    followed), so a dataset whose ``data/`` is a link to other storage still reads.
+    followed), so a dataset whose ``data/`` is a link to other storage still reads. With ``root``
+    also: an entry listed twice (it would be trained on or scored twice), one whose file is a folder,
+    a loop of symbolic links or a name too long for the file system raise :class:`DataError` naming
+    the list and the line (an absent file is left to the reader: ``--partial`` tolerates it).
     """
     path = Path(path)
     if not path.is_file():
@@ -83,13 +88,36 @@ def read_list(path: Path, *, allow_empty: bool = False, root: str | Path | None 
     if not names and not allow_empty:
         raise DataError(f"{path}: list is empty")
     if root is not None:
+        first: dict[str, int] = {}
         for lineno, name in enumerate(lines, 1):
             if not name:
                 continue
+            if name in first:
+                raise DataError(f"{path}:{lineno}: entry {name!r} repeats line {first[name]} (each volume or slice "
+                                "is listed once; a repeat would be counted twice)")
+            first[name] = lineno
             target = entry_path(name) if entry_path is not None else Path(root) / name
             if os.path.isabs(name) or not is_within(target, root, follow_links=False):
                 raise DataError(f"{path}:{lineno}: entry {name!r} points outside the dataset folder {root}")
+            _check_entry_file(path, lineno, name, target)
     return names
+
+
+def _check_entry_file(path: Path, lineno: int, name: str, target: Path) -> None:
+    """The file a list entry names: absent is fine here; a folder, a link loop or an unusable name is not."""
+    where = f"{path}:{lineno}: entry {name!r}"
+    if any(len(part.encode()) > 255 for part in target.parts):
+        raise DataError(f"{where}: the file name is too long for the file system ({target.name[:40]}...)")
+    try:
+        st = os.stat(target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return
+        reason = {errno.ELOOP: "a loop of symbolic links", errno.ENAMETOOLONG: "a path too long for the file system"}
+        raise DataError(f"{where}: {target} cannot be opened ({reason.get(exc.errno or 0, exc.strerror or exc)})"
+                        ) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{where}: {target} is a folder, not a file")
 
 
 def validate_pair(image: np.ndarray, label: np.ndarray, num_classes: int, where: str) -> None:

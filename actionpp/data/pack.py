@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from actionpp.atomic import atomic_path
+from actionpp.atomic import OwnershipError, atomic_path, check_file
 from actionpp.data.acdc import ACDCDataset
 from actionpp.data.core import DataError, Volume, is_within
 from actionpp.data.folders import open_folder
@@ -143,14 +143,29 @@ def _header_digest(header: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
 
 
+def _is_pack(path: Path) -> bool:
+    """Whether ``path`` starts with a pack's magic bytes (a file ``pack_dataset`` wrote, of any version)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def _check_output(root: Path, out: Path, overwrite: bool) -> None:
-    """Refuse an ``out`` inside (or equal to) ``root``, a folder, or an existing file without ``overwrite``."""
+    """Refuse an ``out`` inside (or equal to) ``root``, a folder, a link, a file that is not a pack (the
+    ownership rule of :mod:`actionpp.atomic`: only a file this command wrote is replaced), or an existing
+    pack without ``overwrite``."""
     if is_within(out, root):
         raise DataError(f"{out}: refusing to write the pack inside the dataset {root}; choose a file outside it")
     if out.is_dir():
         raise DataError(f"{out}: is a folder, not a pack file")
-    if (out.exists() or out.is_symlink()) and not overwrite:
+    if not overwrite and out.is_file() and not out.is_symlink() and _is_pack(out):
         raise DataError(f"{out}: output file exists (pass --overwrite to replace it)")
+    try:
+        check_file(out, overwrite=overwrite, ours=_is_pack, what="a pack written by actionpp data pack")
+    except OwnershipError as exc:
+        raise DataError(str(exc)) from None
 
 
 def pack_dataset(
@@ -167,8 +182,9 @@ def pack_dataset(
     out ACDC's test split to stay under its 64 MiB).
 
     ``out`` must not exist unless ``overwrite``, and is never inside ``root`` (not even with
-    ``overwrite``: a pack must not replace a dataset file). Refusals raise :class:`DataError`
-    before anything is read or written.
+    ``overwrite``: a pack must not replace a dataset file); ``overwrite`` replaces only a pack
+    (a file starting with the pack magic), never another file or a link. Refusals raise
+    :class:`DataError` before anything is read or written.
 
     Returns a summary: counts, encodings used, sizes, seconds.
     """

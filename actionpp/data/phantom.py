@@ -48,8 +48,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from actionpp.data.acdc import to_unit_range
+from actionpp.data.core import DataError
 
-__all__ = ["PRESETS", "ensure_phantom", "generate_acdc_phantom", "generate_la_phantom",
+__all__ = ["PRESETS", "ensure_phantom", "generate_acdc_phantom", "generate_la_phantom", "generate_into",
            "acdc_patient", "la_case", "default_patients"]
 
 PHANTOM_VERSION = 2  # bump when the generator's output changes: cached phantoms are then regenerated
@@ -444,6 +445,50 @@ def generate_la_phantom(out: str | Path, *, patients: int = 20, seed: int = 0, n
 # --------------------------------------------------------------------------------------
 
 
+def generate_into(out: str | Path, *, kind: str = "acdc", preset: str = "acdc", patients: int = 20, seed: int = 0,
+                  nifti: bool = False) -> dict[str, Any]:
+    """Generate a phantom into the new folder ``out`` whole or not at all: written into a temporary sibling
+    and renamed into place when complete (an interrupted run leaves no half folder). Refuses (DataError)
+    an ``out`` that exists, also one that appeared meanwhile. Returns the generator's summary."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise DataError(f"{out}: exists; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    try:
+        if kind == "acdc":
+            s = generate_acdc_phantom(tmp, preset=preset, patients=patients, seed=seed, nifti=nifti)
+        else:
+            s = generate_la_phantom(tmp, patients=patients, seed=seed, nifti=nifti)
+        if out.exists() or out.is_symlink():
+            raise DataError(f"{out}: appeared while the phantom was generated; choose a new folder")
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    s["root"] = str(out)
+    return s
+
+
+_GENERATED = {"data", "raw", "nifti", "train_slices.list", "train.list", "val.list", "test.list", "phantom.json"}
+
+
+def _is_phantom_folder(folder: Path) -> bool:
+    """A folder the generator wrote (any version: its ``phantom.json``), or an incomplete one of an older
+    version (nothing in it but the names the generator writes)."""
+    try:
+        info = json.loads((folder / "phantom.json").read_text())
+        if isinstance(info, dict) and info.get("generator") == "actionpp.data.phantom":
+            return True
+    except (OSError, ValueError):
+        pass
+    from actionpp.data.la import LA_FOLDER
+
+    try:
+        return all(p.name in _GENERATED | {LA_FOLDER} for p in folder.iterdir())
+    except OSError:
+        return False
+
+
 def phantom_dir(
     kind: str = "acdc", preset: str = "acdc", patients: int | None = None, seed: int = 0, nifti: bool = False
 ) -> Path:
@@ -492,6 +537,9 @@ def ensure_phantom(
     folder = Path(root) if root is not None else phantom_dir(kind, preset, n, seed, nifti)
     if _is_current(folder, kind):
         return folder
+    if (folder.exists() or folder.is_symlink()) and not (folder.is_dir() and _is_phantom_folder(folder)):
+        raise DataError(f"{folder}: exists and is not a phantom this generator wrote (no phantom.json); refusing to "
+                        "replace it: move it away or pass another root")
     folder.parent.mkdir(parents=True, exist_ok=True)
     stamp = f"{os.getpid()}-{time.time_ns()}"
     tmp = folder.parent / f".{folder.name}.tmp-{stamp}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actionpp.config import ConfigError
 from actionpp.data.core import DataError, Volume
 from actionpp.data.roots import open_dataset
 
@@ -105,7 +106,8 @@ def load_acdc_training(
     The labelled slices are the first lines of ``train_slices.list`` that cover
     ``labelled_patients`` patients (3 -> 68 lines, 7 -> 136 on real ACDC); the rest are unlabelled
     (``x_u`` has ``M = 0`` rows when ``labelled_patients`` is ``None``, i.e. all labelled).
-    ``root`` is an ACDC folder or an ACDC pack.
+    ``root`` is an ACDC folder or an ACDC pack. More labelled patients than the list holds raise
+    :class:`~actionpp.config.ConfigError` naming ``data.labelled``.
     """
     from actionpp.data.acdc import first_patients
 
@@ -113,7 +115,10 @@ def load_acdc_training(
     if ds.kind != "acdc":
         raise DataError(f"{root}: expected an ACDC dataset, found {ds.kind}")
     names = ds.train_slices
-    k = first_patients(names, labelled_patients)
+    try:
+        k = first_patients(names, labelled_patients)
+    except ValueError as exc:  # more labelled patients than the data hold: a configuration problem
+        raise ConfigError(f"data.labelled: {exc} ({root}/train_slices.list)") from None
     x_l, y_l = _stack(ds, names[:k], size, device, labels=True)
     x_u, _ = _stack(ds, names[k:], size, device, labels=False)
     assert y_l is not None
@@ -124,14 +129,16 @@ def load_la_training(root: str | Path, labelled: int, device: torch.device | str
     """LA training volumes: the first ``labelled`` ids of ``train.list`` labelled, the other available ids not.
 
     Raises :class:`DataError` if one of the first ``labelled`` ids is absent (the labelled subset
-    must be the standard one) and ``ValueError`` for ``labelled`` < 0 or > len(train.list).
+    must be the standard one) and :class:`~actionpp.config.ConfigError` (``data.labelled``) for ``labelled``
+    < 0 or > len(train.list).
     """
     ds = open_dataset(root)
     if ds.kind != "la":
         raise DataError(f"{root}: expected an LA dataset, found {ds.kind}")
     ids = ds.volumes("train")
     if not 0 <= labelled <= len(ids):
-        raise ValueError(f"labelled must be in 0..{len(ids)}, got {labelled}")
+        raise ConfigError(f"data.labelled: labelled must be in 0..{len(ids)} (the cases of {root}/train.list), "
+                          f"got {labelled}")
     present = set(ds.available("train"))
     absent = [c for c in ids[:labelled] if c not in present]
     if absent:

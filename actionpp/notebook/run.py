@@ -17,13 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actionpp.atomic import atomic_write_text
+from actionpp.atomic import atomic_write_text, check_file
 from actionpp.notebook.params import check_parameters, load_profile, parameters_of
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-__all__ = ["NotebookFailed", "execute", "export_html", "output_dir", "setup", "widgets_wanted", "BATCH_ENV"]
+__all__ = ["NotebookFailed", "execute", "export_html", "output_dir", "setup", "widgets_wanted", "BATCH_ENV",
+           "check_output", "is_executed_notebook", "is_notebook_html"]
 
 
 class NotebookFailed(RuntimeError):
@@ -83,7 +84,9 @@ def execute(
     Raises :class:`ParameterError` (nothing executed, no output written), ``ValueError``
     for an unknown ``kernel_name``, or :class:`NotebookFailed` (a cell raised, the kernel
     died or a cell timed out; the partially executed notebook, error included, is at
-    ``output``). A previous file at ``output`` is removed before the kernel starts.
+    ``output``). A previous file at ``output`` is removed before the kernel starts: ``output``
+    belongs to the caller (the replicate runner's run folder, the demo's folder); a caller writing
+    where a user chose checks it first with :func:`check_output` (``actionpp notebook run`` does).
     """
     import papermill
     from papermill.exceptions import PapermillException, PapermillExecutionError
@@ -139,6 +142,43 @@ def execute(
 
 
 BATCH_ENV = "ACTIONPP_BATCH"
+
+
+def is_executed_notebook(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a notebook papermill executed (its ``metadata.papermill`` records the output path):
+    an executed copy, a build output that :func:`execute` may replace. Stored notebooks are stripped."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            nb = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    meta = nb.get("metadata") if isinstance(nb, dict) else None
+    pm = meta.get("papermill") if isinstance(meta, dict) else None
+    return isinstance(pm, dict) and "output_path" in pm
+
+
+def is_notebook_html(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an HTML page nbconvert rendered from a notebook (what :func:`export_html` writes)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError:
+        return False
+    return head.lstrip().lower().startswith(b"<!doctype html>") and b"jp-Notebook" in head
+
+
+def check_output(output: str | os.PathLike[str], *, overwrite: bool, html: bool = False) -> None:
+    """Refuse (:class:`~actionpp.atomic.OwnershipError` naming it) an ``output`` that exists and is not an
+    executed notebook (with ``html``: its HTML page next to it, ``.html``, not an nbconvert page), or is
+    one but ``overwrite`` was not asked for. The ownership rule of :mod:`actionpp.atomic`."""
+    out = Path(output)
+    check_file(out, overwrite=overwrite, ours=is_executed_notebook,
+               what="a notebook executed by actionpp (papermill's metadata)")
+    if html:
+        check_file(out.with_suffix(".html"), overwrite=overwrite, ours=is_notebook_html,
+                   what="the HTML page of an executed notebook")
 
 
 def widgets_wanted(interactive: bool) -> bool:

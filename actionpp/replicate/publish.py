@@ -21,7 +21,12 @@
   notebook 06) reads a published folder too; nothing is edited, only copied;
 - ``README.md``: the grid file, the command, the commits the runs trained on, dates, wall times.
 
-Everything in ``DIR`` is written by this function from files the runs wrote.
+Everything in ``DIR`` is written by this function from files the runs wrote. ``DIR`` is a folder
+this function created (its ``.actionpp-publish.json`` marker records the grid), an empty one, or
+one an earlier version published this grid into (its README says so); it is never the grid's
+``--out`` folder, inside it or above it. ``--docs FILE`` is a Markdown file that is new or already
+holds a section this function wrote (``<!-- grid:NAME:start -->``). Anything else is refused
+(:func:`check_publish`) before the first byte is written: the rule of :mod:`actionpp.atomic`.
 
 Taught in notebooks/06_replication_report.ipynb.
 """
@@ -38,20 +43,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from actionpp.atomic import atomic_write_text
+from actionpp.atomic import OwnershipError, atomic_write_text, check_folder, claim_folder
 from actionpp.replicate.grid import Grid, Run
 from actionpp.replicate.run import DONE
 from actionpp.replicate.tables import RunRecord, aggregate, collect, results_csv, results_markdown, write_results
+from actionpp.runlog import read_json_file
 
-__all__ = ["publish", "best_records", "validation_curves", "plot_validation_curves", "loss_shares", "TRAIN_DIR"]
+__all__ = ["publish", "check_publish", "best_records", "validation_curves", "plot_validation_curves", "loss_shares",
+           "TRAIN_DIR", "OWNER"]
 
 TRAIN_DIR = "run"  # the training run directory inside a grid run (04_train: OUT_DIR / "run")
+OWNER = "publish"  # the published folder's marker: DIR/.actionpp-publish.json (actionpp.atomic)
 _COPIED = ("config.yaml", "log.jsonl", "run.json", "metrics.json")  # from the training run directory
 
 
 def _train_summary(record: RunRecord) -> dict[str, Any]:
     p = record.path / TRAIN_DIR / "metrics.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    data = read_json_file(p, "the training run's summary") if p.is_file() else {}
+    return data if isinstance(data, dict) else {}
 
 
 def best_records(records: Sequence[RunRecord]) -> list[RunRecord]:
@@ -309,6 +318,94 @@ def docs_section(dest: Path, docs: Path, grid: Grid) -> str:
     ])
 
 
+def _published_before(grid: Grid) -> Any:
+    """Whether a folder without the marker is one an earlier version published ``grid`` into (its README)."""
+
+    def recognise(folder: Path) -> bool:
+        try:
+            with open(folder / "README.md", encoding="utf-8") as fh:
+                head = fh.read(400)
+        except (OSError, UnicodeDecodeError):
+            return False
+        return head.startswith(f"# {grid.name}: published results\n") and "actionpp replicate --publish" in head
+
+    return recognise
+
+
+def _other_grid(grid: Grid) -> Any:
+    def same(marker: dict[str, Any]) -> str | None:
+        other = marker.get("grid")
+        if other in (None, grid.name):
+            return None
+        return f"holds the published results of grid {other!r}, not {grid.name!r}"
+
+    return same
+
+
+def check_publish(out: str | Path, grid: Grid, dest: str | Path, docs: str | Path | None = None) -> None:
+    """Refuse (:class:`~actionpp.atomic.OwnershipError` naming the path) a ``dest`` or ``docs`` that
+    :func:`publish` may not write, before anything is run or written: ``dest`` equal to the grid folder
+    ``out``, inside it or above it; a ``dest`` that is not a folder of this command for this grid (or new,
+    or empty); a ``docs`` that is not Markdown (``.md``), not UTF-8 text, or holds no section this command
+    wrote (nor is new), or whose section markers are broken."""
+    out_r, dest_r = Path(out).resolve(), Path(dest).resolve()
+    if out_r == dest_r or out_r in dest_r.parents or dest_r in out_r.parents:
+        rel = "is" if out_r == dest_r else "is inside" if out_r in dest_r.parents else "contains"
+        raise OwnershipError(f"{dest}: the publish folder {rel} the grid folder {out}; publish into a folder of its "
+                             "own (e.g. results/<grid name>)")
+    check_folder(dest, OWNER, recognise=_published_before(grid), same=_other_grid(grid))
+    if docs is not None:
+        _docs_text(Path(docs), grid)
+
+
+def _docs_text(docs: Path, grid: Grid) -> str:
+    """The current text of the ``--docs`` file (a new one: the benchmarks-style header), refused unless it is
+    a Markdown file this command may write a section into."""
+    from actionpp.benchdoc import HEADER, markers
+
+    if docs.suffix.lower() != ".md":
+        raise OwnershipError(f"{docs}: --docs rewrites a section of a Markdown file (.md), not this file")
+    if docs.is_symlink() or (docs.exists() and not docs.is_file()):
+        raise OwnershipError(f"{docs}: is not a plain file; --docs rewrites a section of a Markdown file")
+    if not docs.exists():
+        return HEADER
+    try:
+        text = docs.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise OwnershipError(f"{docs}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise OwnershipError(f"{docs}: is not UTF-8 text; --docs rewrites a section of a Markdown file") from None
+    start, end = markers(f"grid:{grid.name}")
+    if text.count(start) != text.count(end) or text.count(start) > 1 or \
+            (start in text and text.index(start) > text.index(end)):
+        raise OwnershipError(f"{docs}: the markers {start} / {end} are broken (one without the other, repeated or "
+                             "out of order); mend them by hand")
+    if start not in text and "<!-- grid:" not in text:
+        raise OwnershipError(
+            f"{docs}: holds no section written by actionpp replicate --publish; refusing to add one to a file "
+            f"it does not write into (put the lines {start} and {end} where the section belongs)"
+        )
+    return text
+
+
+def _write_docs_section(docs: Path, grid: Grid, body: str) -> None:
+    """Replace (or append) the grid's section of ``docs`` atomically (:func:`actionpp.benchdoc.write_section`'s
+    layout; a failed write leaves the file as it was)."""
+    import re
+
+    from actionpp.benchdoc import markers
+
+    text = _docs_text(docs, grid)
+    start, end = markers(f"grid:{grid.name}")
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(docs, text)
+
+
 def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, command: str = "",
             docs: str | Path | None = None) -> Path:
     """Copy the finished runs' small files and write the tables, the curves and a README into ``dest``.
@@ -316,10 +413,12 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
     Only runs that finished with valid metrics are published (:func:`~actionpp.replicate.tables.collect`).
     ``dest`` is created; files of runs published earlier are replaced by the current ones. With
     ``docs`` (a Markdown file, e.g. ``docs/results.md``) the grid's section of that file is rewritten
-    (:func:`docs_section`); the rest of the file is left as it is.
+    (:func:`docs_section`); the rest of the file is left as it is. ``dest`` and ``docs`` are checked
+    first (:func:`check_publish`): a path this command may not write is refused before anything is written.
     """
     out, dest = Path(out), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    check_publish(out, grid, dest, docs)
+    claim_folder(dest, OWNER, recognise=_published_before(grid), same=_other_grid(grid), info={"grid": grid.name})
     records = collect(out, runs)
     write_results(dest, records, title=f"{grid.name}: results (selected checkpoint)")
     best = best_records(records)
@@ -343,7 +442,5 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
                 shutil.copyfile(src, d / TRAIN_DIR / name)
     atomic_write_text(dest / "README.md", _readme(grid, records, runs, command, dest))
     if docs is not None:
-        from actionpp.benchdoc import write_section
-
-        write_section(Path(docs), f"grid:{grid.name}", docs_section(dest, Path(docs), grid))
+        _write_docs_section(Path(docs), grid, docs_section(dest, Path(docs), grid))
     return dest

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actionpp.atomic import atomic_write_text
+from actionpp.atomic import atomic_write_text, check_folder, claim_folder, remove_stale_temporaries
 from actionpp.replicate.grid import Run, substitute
 from actionpp.replicate.score import SCORES, ScoresError, read_scores, score_run
 from actionpp.report import RunMetricsError, read_run_metrics
@@ -43,6 +43,10 @@ __all__ = [
     "DONE",
     "FAILED",
     "METRICS",
+    "OWNER",
+    "check_out",
+    "claim_out",
+    "check_run_parameters",
     "RunOutcome",
     "Executor",
     "run_status",
@@ -57,6 +61,78 @@ DONE = "done"
 FAILED = "failed.json"
 METRICS = "metrics.json"
 LOCK = ".lock"
+OWNER = "replicate"  # the grid folder's marker: OUT/.actionpp-replicate.json (actionpp.atomic)
+_RUN_FILES = (DONE, FAILED, METRICS, LOCK, SCORES)  # what marks a sub-folder as one of the runner's run folders
+
+
+# --------------------------------------------------------------------------- the grid folder (OUT)
+
+
+def _grid_folder(out: Path) -> bool:
+    """Whether ``out`` (without the marker) is a grid folder an earlier version of the runner wrote: nothing
+    in it but run folders (each holding a ``done`` / ``failed.json`` / ``.lock`` / ``metrics.json``), the
+    tables written beside them, and ``slurm/`` (the cluster submission's records); one run folder at least."""
+    seen = False
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            if entry.name == "slurm" or any((entry / f).is_file() for f in _RUN_FILES):
+                seen = True
+                continue
+            return False
+        if entry.name in ("results.csv", "results.md") and _own_table(entry):
+            continue
+        if entry.name in ("paired.csv", "paired.md", "paired.png"):  # actionpp.replicate.paired's, beside them
+            continue
+        return False
+    return seen
+
+
+def _own_table(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.startswith("dataset,data,") if path.suffix == ".csv" else first.startswith("# ") and "results" in first
+
+
+def check_out(out: Path) -> None:
+    """Refuse (:class:`~actionpp.atomic.OwnershipError` naming it) an ``--out`` folder the runner did not
+    create: the ownership rule of :mod:`actionpp.atomic` (a grid folder of an earlier version is recognised)."""
+    check_folder(out, OWNER, recognise=_grid_folder)
+
+
+def claim_out(out: Path, grid_name: str) -> Path:
+    """:func:`check_out`, then create ``out`` with the runner's marker (recording the grid that created it)."""
+    return claim_folder(out, OWNER, recognise=_grid_folder, info={"grid": grid_name})
+
+
+def check_run_parameters(runs: Sequence[Run]) -> None:
+    """Every notebook of every run gets parameters its notebook declares, of the declared types: checked
+    before any run starts (and in a dry run), as the strict execution would check them run by run.
+    :class:`~actionpp.replicate.grid.GridError` naming the run and the parameter."""
+    from actionpp.notebook import ParameterError, check_parameters, parameters_of
+    from actionpp.replicate.grid import GridError
+
+    declared: dict[Path, Any] = {}
+    for run in runs:
+        mapping = {"run_dir": "/run_dir", "out": "/out"}
+        for i, (step, params) in enumerate(zip(run.notebooks, run.parameters)):
+            if step.path not in declared:
+                try:
+                    declared[step.path] = parameters_of(step.path)
+                except ParameterError as exc:
+                    raise GridError(str(exc)) from None
+                except ValueError as exc:  # papermill: no kernel name in the notebook, ...
+                    raise GridError(f"{step.path}: its parameters cannot be read ({exc})") from None
+            p = substitute(dict(params), mapping)
+            p["OUT_DIR"] = "/out_dir"
+            if i > 0:
+                p = {k: v for k, v in p.items() if k in declared[step.path]}
+            try:
+                check_parameters(step.path, p, declared[step.path])
+            except ParameterError as exc:
+                raise GridError(f"run {run.run_id}: {exc}") from None
 
 
 
@@ -196,6 +272,7 @@ def _run_lock(rd: Path) -> Any:
 
 
 def _execute_locked(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
+    remove_stale_temporaries(rd, (DONE, FAILED, METRICS, SCORES))  # left by a killed attempt's atomic writes
     for name in (DONE, METRICS, SCORES):
         (rd / name).unlink(missing_ok=True)
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from typing import Any
 from actionpp.atomic import atomic_write_text
 from actionpp.metrics import mean_std
 from actionpp.replicate.grid import SHORT_NAMES, GridError, Run, id_keys
-from actionpp.replicate.run import DONE, METRICS
+from actionpp.replicate.run import DONE, METRICS, run_state
 from actionpp.report import RunMetricsError, read_run_metrics
 
 __all__ = [
@@ -103,6 +103,10 @@ def collect(out: str | Path, runs: Sequence[Run] | None = None, problems: list[s
     (failed, interrupted, pending) are left out; so is a run whose ``metrics.json`` is
     missing, unreadable or incomplete (:func:`actionpp.report.read_run_metrics`): it is never
     aggregated, and when ``problems`` (a list) is given its path and problem are appended.
+    With ``runs``, a run finished with other parameters than the grid's (``stale``: the grid was
+    edited since, :func:`actionpp.replicate.run.run_state`) is left out and reported the same way,
+    and so is a run whose scores (the grid's ``score`` block) are missing or broken: the tables
+    hold exactly the runs ``--dry-run`` calls ``done``.
     """
     out = Path(out)
     dirs: list[Path]
@@ -111,10 +115,21 @@ def collect(out: str | Path, runs: Sequence[Run] | None = None, problems: list[s
     else:
         dirs = sorted(p.parent for p in out.glob(f"*/{DONE}"))
     records = []
-    for d in dirs:
+    for k, d in enumerate(dirs):
         marker, mfile = d / DONE, d / METRICS
         if not marker.is_file():
             continue
+        if runs is not None:
+            status, problem = run_state(runs[k], out)
+            if status == "stale":
+                if problems is not None:
+                    problems.append(f"{d}: finished with other parameters than the grid's (stale: the grid was "
+                                    "edited since; --force runs it again with the grid's)")
+                continue
+            if status == "broken" and problem and not problem.startswith(str(mfile)):
+                if problems is not None:
+                    problems.append(problem)
+                continue
         try:
             m = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError) as e:

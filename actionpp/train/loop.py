@@ -56,11 +56,13 @@ Choices and deviations (each can be checked in the code):
 
 Safety: atomic checkpoints that resume bit-exactly (``actionpp.checkpoint``), non-finite
 losses stop the run with :class:`TrainingDiverged`, validation on ``data.val_split`` (never
-the test split) keeps ``best.pt`` and ``last.pt``.
+the test split) keeps ``best.pt`` and ``last.pt``. The run directory is the engine's own
+(the ownership rule of ``actionpp.atomic``: its ``.actionpp-train.json`` marker, or the files
+an earlier version wrote) and one process at a time trains in it (``flock`` on ``.lock``).
 
 Why one module of this length: about a sixth of it is the docstring above, the list of
 choices and deviations a replication must be able to read in one place; the code is the
-phase loop, the run directory and the end of a run, which share one state.
+phase loop, the run directory (its owner and lock) and the end of a run, which share one state.
 
 Taught in notebooks/04_train.ipynb.
 """
@@ -68,6 +70,7 @@ Taught in notebooks/04_train.ipynb.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -80,11 +83,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from actionpp.atomic import atomic_write_json, atomic_write_text
+from actionpp.atomic import (
+    OwnershipError,
+    atomic_write_json,
+    atomic_write_text,
+    check_folder,
+    claim_folder,
+    marker_path,
+    remove_stale_temporaries,
+)
 from actionpp.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from actionpp.config import Config, config_hash, dump_yaml, load_config
-from actionpp.distributed import DistInfo, barrier, cleanup, init_distributed
-from actionpp.runlog import RunLogger, environment_info, read_jsonl
+from actionpp.config import Config, config_hash, dump_yaml, load_config, safe_yaml
+from actionpp.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
+from actionpp.runlog import RunFileError, RunLogger, environment_info, read_json_file, read_jsonl
 from actionpp.train.batches import BatchSource
 from actionpp.train.data import load_training_data
 from actionpp.train.objective import Objective
@@ -282,56 +293,224 @@ class _Run:
 def _run(cfg: Config, run_dir: Path, resume: bool, progress: bool, info: DistInfo, device: torch.device,
          hooks: Hooks) -> RunResult:
     h = config_hash(cfg)
+    # everything is checked before the first byte is written: the folder is the engine's (or new), it holds
+    # no other config's run, and a checkpoint in it is resumed only when asked and only of this config
+    check_folder(run_dir, OWNER, recognise=_engine_folder())
+    cached = _finished(run_dir, h, info)
+    if cached is not None:
+        return cached
+    last = run_dir / "last.pt"
+    state, seen = _load_last(last, cfg, resume, device)
+    with _RunFolder(run_dir, info) as folder:
+        # under the lock: another process may have finished or advanced the run since the checks above
+        if folder.finished_meanwhile():
+            cached = _finished(run_dir, h, info)
+            assert cached is not None
+            return cached
+        if _stat(last) != seen:
+            state, seen = _load_last(last, cfg, resume, device)
+        st, batches, objective, val = prepare(cfg, device, info, with_val=info.is_main)  # validation only on rank 0
+        resumed_from = None
+        if state is not None:
+            st.load_state_dict(state)
+            st.last_checkpoint = last
+            resumed_from = st.iteration
+            del state
+        folder.started = True
+        logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.runtime.tensorboard)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if resumed_from is not None or (run_dir / "log.jsonl").is_file():
+                # a resumed run drops the lines a killed attempt wrote after its checkpoint; an attempt
+                # killed before its first checkpoint leaves lines that a fresh start would duplicate
+                logger.close()
+                _truncate_log(run_dir / "log.jsonl", resumed_from or 0)
+                logger = RunLogger(run_dir, enabled=True, tensorboard=cfg.runtime.tensorboard)
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+            _record_start(run_dir, st, cfg, device, info, resumed_from)
+        run = _Run(st, batches, objective, val, run_dir, logger, progress and cfg.runtime.progress and info.is_main,
+                   hooks)
+        try:
+            _loop(run)
+            result = _finish(run)
+            if hooks.after_run is not None:
+                hooks.after_run(st)
+            return result
+        finally:
+            logger.close()
+
+
+# =========================================================================== the run folder: owner and lock
+
+OWNER = "train"  # the run folder's marker: .actionpp-train.json (actionpp.atomic)
+LOCK = ".lock"  # flock-ed while a process trains in the folder (as the replicate runner's run folders)
+_ENGINE_FILES = ("config.yaml", "run.json", "log.jsonl", "last.pt", "best.pt", "metrics.json")
+
+
+def _engine_folder() -> Callable[[Path], bool]:
+    """Whether a folder without the marker is a run folder an earlier version of the engine wrote: it holds at
+    least one of the engine's record files, and each one it holds is what the engine writes (``run.json`` and
+    ``metrics.json`` its records, ``config.yaml`` a config, ``log.jsonl`` its log, a torn last line included).
+    A user's own ``config.yaml``, ``run.json`` or ``log.jsonl`` there makes it not a run folder."""
+
+    def record(keys: tuple[str, ...]) -> Callable[[Path], bool]:
+        def ok(f: Path) -> bool:
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return False
+            return isinstance(data, dict) and all(k in data for k in keys)
+
+        return ok
+
+    def config(f: Path) -> bool:
+        try:
+            data = safe_yaml(f.read_text(encoding="utf-8"), str(f))
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and bool(data) and set(data) <= {fl.name for fl in dataclasses.fields(Config)}
+
+    def log(f: Path) -> bool:
+        try:
+            lines = f.read_bytes().decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return False
+        for k, line in enumerate(lines):
+            try:
+                e = json.loads(line)
+            except ValueError:
+                if k == len(lines) - 1 and line.startswith('{"kind": '):  # the engine's line, torn by a kill
+                    continue
+                return False
+            if not (isinstance(e, dict) and "kind" in e and isinstance(e.get("iteration"), int)):
+                return False
+        return True
+
+    checks: dict[str, Callable[[Path], bool]] = {
+        "run.json": record(("config_hash", "starts")), "metrics.json": record(("config_hash", "iterations")),
+        "config.yaml": config, "log.jsonl": log,
+    }
+
+    def recognise(d: Path) -> bool:
+        present = [(d / name, ok) for name, ok in checks.items() if (d / name).is_file()]
+        return bool(present) and all(ok(f) for f, ok in present)
+
+    return recognise
+
+
+def _finished(run_dir: Path, h: str, info: DistInfo) -> RunResult | None:
+    """The stored result of a finished run of config ``h`` in ``run_dir``; None when unfinished;
+    :class:`RunDirError` for another config's finished run."""
     metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        stored = json.loads(metrics_path.read_text())
-        if stored.get("config_hash") == h:
-            res = RunResult.from_summary(stored, run_dir)
-            res.is_main = info.is_main
-            return res
+    if not metrics_path.is_file():
+        return None
+    stored = read_json_file(metrics_path, "the run's summary")
+    if not isinstance(stored, dict) or not isinstance(stored.get("config_hash"), str):
+        raise RunFileError(f"{metrics_path}: the run's summary is damaged: not the JSON object train writes "
+                           "(no config_hash)")
+    if stored.get("config_hash") != h:
         raise RunDirError(
             f"{run_dir} holds a finished run of config {stored.get('config_hash')}, not {h}; use another run_dir"
         )
-    last = run_dir / "last.pt"
-    state = None
-    if last.is_file():
-        if not resume:
-            raise RunDirError(f"{run_dir} already holds a checkpoint ({last}); resume it or use another run directory")
-        state = load_checkpoint(last, map_location=device)
-        check_compatible(state, cfg, last)
-    st, batches, objective, val = prepare(cfg, device, info, with_val=info.is_main)  # validation only on rank 0
-    resumed_from = None
-    if state is not None:
-        st.load_state_dict(state)
-        st.last_checkpoint = last
-        resumed_from = st.iteration
-        del state
-    logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.runtime.tensorboard)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resumed_from is not None or (run_dir / "log.jsonl").is_file():
-            # a resumed run drops the lines a killed attempt wrote after its checkpoint; an attempt
-            # killed before its first checkpoint leaves lines that a fresh start would duplicate
-            logger.close()
-            _truncate_log(run_dir / "log.jsonl", resumed_from or 0)
-            logger = RunLogger(run_dir, enabled=True, tensorboard=cfg.runtime.tensorboard)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        _record_start(run_dir, st, cfg, device, info, resumed_from)
-    run = _Run(st, batches, objective, val, run_dir, logger, progress and cfg.runtime.progress and info.is_main, hooks)
     try:
-        _loop(run)
-        result = _finish(run)
-        if hooks.after_run is not None:
-            hooks.after_run(st)
-        return result
-    finally:
-        logger.close()
+        res = RunResult.from_summary(stored, run_dir)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunFileError(f"{metrics_path}: the run's summary is damaged ({type(exc).__name__}: {exc})") from None
+    res.is_main = info.is_main
+    return res
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _load_last(last: Path, cfg: Config, resume: bool, device: torch.device
+               ) -> tuple[dict[str, Any] | None, tuple[int, int, int] | None]:
+    """``last.pt`` (checked against ``cfg``) and its stat, or None when there is none; :class:`RunDirError`
+    when there is one and ``resume`` is false."""
+    seen = _stat(last)
+    if not last.is_file():
+        return None, seen
+    if not resume:
+        raise RunDirError(f"{last.parent} already holds a checkpoint ({last}); resume it or use another run directory")
+    state = load_checkpoint(last, map_location=device)
+    check_compatible(state, cfg, last)
+    return state, seen
+
+
+class _RunFolder:
+    """The run folder held for one training process: claimed (the marker; a folder the engine wrote
+    before markers existed gets one) and locked with ``flock`` on ``.lock`` by rank 0, the decision
+    shared with the other ranks. A second process on the same folder gets :class:`RunDirError` before
+    it writes anything; the kernel releases the lock however its holder ends. Leftovers of a killed
+    attempt (the temporary files of an interrupted atomic write) are removed once the lock is held.
+    A folder this attempt created and left before training started (bad data, say) is removed again."""
+
+    def __init__(self, run_dir: Path, info: DistInfo) -> None:
+        self.run_dir, self.info = run_dir, info
+        self.created = not run_dir.exists()
+        self.started = False
+        self._fh: Any = None
+
+    def __enter__(self) -> _RunFolder:
+        error = None
+        if self.info.is_main:
+            try:
+                self._acquire()
+            except (RunDirError, OwnershipError, OSError) as exc:
+                error = exc
+        shared = broadcast_object(None if error is None else str(error), self.info)
+        if error is not None:
+            raise error
+        if shared is not None:
+            raise RunDirError(shared)
+        return self
+
+    def _acquire(self) -> None:
+        claim_folder(self.run_dir, OWNER, recognise=_engine_folder())
+        self._fh = open(self.run_dir / LOCK, "a")  # noqa: SIM115 - held until __exit__
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on Linux / macOS: no lock
+            return
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            self._fh = None
+            raise RunDirError(
+                f"{self.run_dir}: another process is training in this run folder (it holds "
+                f"{self.run_dir / LOCK}); nothing was started: wait for it, or use another --run-dir"
+            ) from None
+        remove_stale_temporaries(self.run_dir, _ENGINE_FILES)
+
+    def finished_meanwhile(self) -> bool:
+        done = (self.run_dir / "metrics.json").is_file() if self.info.is_main else False
+        return bool(broadcast_object(done, self.info))
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fh is None:
+            return
+        if exc[0] is not None and self.created and not self.started:
+            # nothing of the run was written: leave no folder behind (only our marker and lock are in it)
+            for name in (LOCK, marker_path(self.run_dir, OWNER).name):
+                (self.run_dir / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+        self._fh.close()  # releases the lock
+        self._fh = None
 
 
 def _record_start(run_dir: Path, st: TrainerState, cfg: Config, device: torch.device, info: DistInfo,
                   resumed_from: int | None) -> None:
     run_json = run_dir / "run.json"
-    previous = json.loads(run_json.read_text()) if run_json.is_file() else {}
+    previous = read_json_file(run_json, "the run record") if run_json.is_file() else {}
+    if not isinstance(previous, dict) or not isinstance(previous.get("starts", []), list):
+        raise RunFileError(f"{run_json}: the run record is damaged: not the JSON object train writes")
     starts = list(previous.get("starts", [])) + [
         {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_iteration": resumed_from or 0}
     ]
@@ -509,10 +688,17 @@ def _finish(run: _Run) -> RunResult:
 
 
 def _truncate_log(path: Path, iteration: int) -> None:
-    """Drop log lines written after ``iteration`` by a killed run (they will be written again)."""
+    """Drop log lines written after ``iteration`` by a killed run (they will be written again), and the
+    final validation's line: it is logged after the last checkpoint, so a run without ``metrics.json``
+    (killed during the final ``best.pt`` or ``metrics.json`` write) logs it again when it finishes."""
     if not path.is_file():
         return
-    kept = [e for e in read_jsonl(path) if int(e.get("iteration", 0)) <= iteration]
+
+    def keep(e: dict[str, Any]) -> bool:
+        it = e.get("iteration", 0)
+        return isinstance(it, int) and it <= iteration and not (e.get("kind") == "val" and e.get("final"))
+
+    kept = [e for e in read_jsonl(path) if keep(e)]
     atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
 
 
