@@ -49,25 +49,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "validation-curve plot and a README into DIR (e.g. results/<grid name>)")
     p.add_argument("--docs", type=Path, default=None, metavar="FILE",
                    help="with --publish: rewrite the grid's section of this Markdown file (e.g. docs/results.md)")
-    p.set_defaults(func=_main)
+    cluster = p.add_argument_group(
+        "SLURM", "--slurm submits the grid as one array job (a task per unfinished run) and a tables job after it "
+        "(actionpp/replicate/slurm.py; the batch script: actionpp/replicate/slurm_array.sbatch)")
+    cluster.add_argument("--slurm", action="store_true",
+                         help="submit through sbatch instead of running here; with --dry-run print the scripts")
+    cluster.add_argument("--partition", default=None, metavar="P", help="#SBATCH --partition=P")
+    cluster.add_argument("--gpus-per-run", type=int, default=None, metavar="N",
+                         help="#SBATCH --gres=gpu:N for each array task (default 1; 0: CPU only)")
+    cluster.add_argument("--time", default=None, metavar="HH:MM:SS", help="time limit of each array task")
+    cluster.add_argument("--max-parallel", type=int, default=None, metavar="K", help="at most K tasks at once")
+    cluster.add_argument("--sbatch-arg", action="append", default=[], metavar="--OPTION=VALUE",
+                         help="one more #SBATCH line, e.g. --sbatch-arg=--mem=32G (repeatable)")
+    p.set_defaults(func=_dispatch)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """--slurm (or one of its options) goes to actionpp.replicate.slurm; everything else runs here."""
+    from actionpp.replicate import slurm
+
+    return slurm.main(args) if slurm.options_given(args) else _main(args)
 
 
 def _main(args: argparse.Namespace) -> int:
     from actionpp import replicate as rp
+    from actionpp.cli import UsageError
     from actionpp.paths import runs_dir
+    from actionpp.replicate.run import check_run_parameters
 
-    try:
-        grid = rp.load_grid(args.grid)
-        runs = rp.expand(grid)
-        selected = runs
-        if args.shard:
+    grid = rp.load_grid(args.grid)  # a GridError is one line, exit 2 (actionpp.cli)
+    runs = rp.expand(grid)
+    selected = runs
+    if args.shard:
+        try:
             i, n = rp.parse_shard(args.shard)
-            selected = rp.shard(runs, i, n)
-        if args.jobs < 1:
-            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    except ValueError as e:  # GridError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        selected = rp.shard(runs, i, n)
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.docs is not None and args.publish is None:
+        raise UsageError("--docs writes the grid's section from the published folder: it needs --publish DIR")
+    if args.report_only and args.force:
+        raise UsageError("--force re-runs finished runs; --report-only runs nothing: give one of them")
+    check_run_parameters(runs)  # a typo'd axis or a mistyped value: before anything starts, dry run included
     out = (args.out or runs_dir() / "replicate" / grid.name).resolve()
     shard_txt = f" (shard {args.shard}: {len(selected)} runs)" if args.shard else ""
     print(f"grid {grid.name}: {len(runs)} runs{shard_txt} -> {out}")
@@ -87,6 +112,15 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"        will run again: {problem}")
         return 0
 
+    # every path the command will write is checked before the first byte (actionpp.atomic's rule)
+    from actionpp.replicate.run import check_out, claim_out
+
+    check_out(out)
+    if args.publish is not None:
+        from actionpp.replicate.publish import check_publish, publish
+
+        check_publish(out, grid, args.publish, args.docs)
+    claim_out(out, grid.name)
     outcomes: list = []
     if not args.report_only:
         outcomes = rp.run_grid(selected, out, jobs=args.jobs, force=args.force)
@@ -97,8 +131,6 @@ def _main(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"left out of the tables (run it again): {problem}", file=sys.stderr)
     if args.publish is not None:
-        from actionpp.replicate.publish import publish
-
         flags = " --report-only" if args.report_only else f" --jobs {args.jobs}"
         command = f"actionpp replicate {args.grid}{flags} --out {args.out or out} --publish {args.publish}"
         if args.docs is not None:
