@@ -1,5 +1,8 @@
-"""The lab's exercises (actionpp.lab): solutions pass, stubs and wrong answers get one line with a hint,
-the student export, and the student notebooks running end to end with every check "not done yet".
+"""The lab's exercises (actionpp.lab): solutions pass; a stub gets "not done yet" without a hint the first
+time and with it the second; a wrong answer gets what it returned (never the library's value) and the
+hint; an answer that runs the library function it is checked against fails; the interpretive questions;
+the instructor's answers, absent from the student export; and the student notebooks running end to end
+with every check "not done yet".
 
 The solution cells are executed on their own (they are self-contained by convention), so the
 grading of every exercise is tested in seconds; one test per notebook runs the student version
@@ -22,6 +25,10 @@ from actionpp.paths import repo_root
 
 NOTEBOOK_DIR = repo_root() / "notebooks"
 LAB_NOTEBOOKS = sorted({NOTEBOOK_DIR / f"{e.notebook}.ipynb" for e in lab.EXERCISES.values()})
+# the notebooks whose exercises this file covers one by one (07's are tested with their notebook)
+COVERED = ("00", "01", "02", "03", "04", "05")
+MINE = [e for e in lab.EXERCISES.values() if e.notebook[:2] in COVERED]
+QUESTIONS = [e for e in MINE if e.library == "the figure above"]  # interpretive questions (a letter)
 LINE = re.compile(r"^\[(passed|not done yet|not yet right)\] ([0-9]{2}\.[A-Za-z0-9_]+): ")
 
 
@@ -54,9 +61,11 @@ def _checks(notebook: Path) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_every_notebook_01_to_05_has_two_or_three_exercises():
-    per = {f"0{i}": [e.name for e in lab.EXERCISES.values() if e.notebook.startswith(f"0{i}_")] for i in range(1, 6)}
-    assert all(2 <= len(v) <= 3 for v in per.values()), per
+def test_notebooks_01_to_05_have_two_or_three_exercises_and_00_to_04_one_question_each():
+    functions = {n: [e.name for e in MINE if e.notebook[:2] == n and e not in QUESTIONS] for n in COVERED[1:]}
+    assert all(2 <= len(v) <= 3 for v in functions.values()), functions
+    questions = {n: [e.name for e in QUESTIONS if e.notebook[:2] == n] for n in COVERED}
+    assert all(len(questions[n]) == 1 for n in ("00", "01", "02", "03", "04")), questions
     for e in lab.EXERCISES.values():
         assert e.name.startswith(e.notebook[:2] + "."), e.name
         assert (NOTEBOOK_DIR / f"{e.notebook}.ipynb").is_file(), e.notebook
@@ -91,22 +100,40 @@ def test_the_solutions_pass_every_check(nb):
 
 
 @pytest.mark.parametrize("nb", LAB_NOTEBOOKS, ids=_ids(LAB_NOTEBOOKS))
-def test_the_stubs_are_not_done_yet_with_their_hint(nb):
+def test_a_stub_is_not_done_yet_and_gets_its_hint_only_when_checked_again(nb):
     ns = _solutions(nb, student=True)
     for name, var in _checks(nb):
-        out = lab.run_check(name, ns[var])
-        assert out.status == "not done yet", out.line
-        assert lab.EXERCISES[name].hint in out.line and "Hint:" in out.line
-        assert "\n" not in out.line and "Traceback" not in out.line
+        first = lab.run_check(name, ns[var])
+        assert first.status == "not done yet", first.line
+        assert "Hint:" not in first.line and lab.EXERCISES[name].hint not in first.line, first.line
+        assert "again for a hint" in first.line
+        second = lab.run_check(name, ns[var], attempt=2)
+        assert second.status == "not done yet" and lab.EXERCISES[name].hint in second.line and "Hint:" in second.line
+        assert "\n" not in second.line and "Traceback" not in second.line
+
+
+def test_check_counts_attempts_per_exercise(capsys):
+    lab.reset_attempts()
+    lab.check("01.simplex_cosine", None)
+    lab.check("01.uniformity_energy", None)  # another exercise: its own first attempt
+    lab.check("01.simplex_cosine", None)
+    lab.reset_attempts()
+    lines = capsys.readouterr().out.splitlines()
+    assert ["Hint:" in ln for ln in lines] == [False, False, True], lines
 
 
 def _wrong_answers() -> list[tuple[str, Any]]:
-    """A plausible wrong answer for every exercise (a common slip, or a constant)."""
+    """A plausible wrong answer for every exercise of notebooks 00-05 (a common slip, a constant, a wrong letter)."""
     import math
 
     import numpy as np
 
     return [
+        ("00.class_shares", lambda: "a"),
+        ("01.kept_iterate", lambda: "c"),
+        ("02.why_low_tau", lambda: "(c)"),
+        ("03.which_form_acts", lambda: "a"),
+        ("04.loss_rises", lambda: "a"),
         ("01.simplex_cosine", lambda k: -1.0 / k),  # K instead of K - 1
         # the sum over i, not the mean
         ("01.uniformity_energy", lambda v, t: float(np.log(np.exp((v @ v.T).numpy() / t).sum(1)).sum())),
@@ -122,14 +149,119 @@ def _wrong_answers() -> list[tuple[str, Any]]:
     ]
 
 
-def test_wrong_answers_get_what_differs_and_the_hint():
+def test_wrong_answers_get_what_differs_and_the_hint_never_the_librarys_value():
+    import numpy as np
+
+    def _fmt(v: float) -> list[str]:  # the ways a number could be printed (a scalar, an array entry)
+        return [f"{v:.10g}", f"{v:.6g}", f"{v:.6f}".rstrip("0")]
+
     names = [n for n, _ in _wrong_answers()]
-    assert sorted(names) == sorted(lab.EXERCISES), "one wrong answer per exercise"
+    assert sorted(names) == sorted(e.name for e in MINE), "one wrong answer per exercise of notebooks 00-05"
     for name, answer in _wrong_answers():
         out = lab.run_check(name, answer)
         assert out.status == "not yet right", (name, out.line)
         assert out.message.startswith("for ") and lab.EXERCISES[name].hint in out.line, out.line
         assert "\n" not in out.line
+        ex = lab.EXERCISES[name]
+        failed = next(c for c in ex.cases(np.random.default_rng(0)) if ex.compare(answer(*c.args), c.expected))
+        assert failed.desc in out.line
+        if isinstance(failed.expected, str):  # a question: the digest of the right letter
+            shown = [failed.expected]
+        else:  # the library's values where the answer differs (an entry the answer got right is its own)
+            expected = np.asarray(failed.expected, dtype=float)
+            try:
+                got = np.broadcast_to(np.asarray(answer(*failed.args), dtype=float), expected.shape)
+            except (TypeError, ValueError):  # not a real number (04.poly_lr's slip returns a complex one)
+                got = np.full(expected.shape, np.nan)
+            shown = [f for e, g in zip(expected.ravel(), got.ravel()) if not np.isclose(e, g) for f in _fmt(e)]
+        said = out.message.split(failed.desc, 1)[1]  # what the line says about the failing case
+        assert not any(re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.]*\d)", said) for v in shown), (name, out.line)
+    assert "too large" in lab.run_check("01.simplex_cosine", lambda k: 1.0).line
+    assert "too small" in lab.run_check("01.simplex_cosine", lambda k: -2.0).line
+
+
+def _delegating_answers() -> dict[str, list[Any]]:
+    """For every function exercise of notebooks 01-05, answers that let the library do the work: the function
+    itself, a wrapper, a helper, an object's method, a partial."""
+    import functools
+
+    import numpy as np
+    import torch
+
+    from actionpp import embeddings as E
+    from actionpp import temperature as T
+    from actionpp.centers import make_centers, pairwise_cosines, simplex_centers, uniformity_energy
+    from actionpp.losses import saacl_loss
+    from actionpp.metrics import dice_jaccard
+    from actionpp.train import poly_lr
+
+    def helper(*args):  # a helper of the student's that calls the library
+        return poly_lr(*args)
+
+    def via_module(base, it, max_it, power):  # through the package, not a name imported into the notebook
+        import actionpp.train
+
+        return actionpp.train.poly_lr(base, it, max_it, power)
+
+    def anchor(v, label, view, queue, qlab, centres, tau, lam, form):
+        return float(saacl_loss(v[None], torch.tensor([label]), view[None], queue, qlab, centres, tau, lam,
+                                centre_term=form))
+
+    def centre_weight(n_same, lam, form):  # reads the weight off the library's loss, as the check does
+        k, d = 3, 6
+        v = centres = torch.nn.functional.normalize(torch.eye(k, d, dtype=torch.float64) + 0.1, dim=1)
+        qlab = torch.zeros(n_same, dtype=torch.long)
+        queue = v[qlab]
+        args = (v[:1], torch.tensor([0]), v[:1], queue, qlab, centres, 0.5)
+        diff = saacl_loss(*args, lam, centre_term=form) - saacl_loss(*args, 0.0, centre_term=form)
+        cands = torch.cat([v[:1], queue, centres])
+        return float(diff / -torch.log_softmax(cands @ v[0] / 0.5, 0)[1 + n_same])
+
+    return {
+        "01.simplex_cosine": [lambda k: float(pairwise_cosines(simplex_centers(k, k).double())[0, 1]),
+                              lambda k: float(pairwise_cosines(make_centers(k, k, method="simplex").vectors)[0, 1])],
+        "01.uniformity_energy": [uniformity_energy, lambda v, t: float(uniformity_energy(v, t))],
+        "02.tau_at_quarter": [lambda lo, hi: T.make_schedule("cosine", tau_min=lo, tau_max=hi, period=4)(1),
+                              lambda lo, hi: float(T.make_schedule("cosine", tau_min=lo, tau_max=hi,
+                                                                   period=8).values(np.array([2]))[0])],
+        "02.per_epoch_tau": [lambda it, lo, hi, p, ipe: T.make_schedule("cosine_epoch", tau_min=lo, tau_max=hi,
+                                                                         period=p, iters_per_epoch=ipe)(it)],
+        "03.anchor_loss": [anchor],
+        "03.centre_weight": [centre_weight],
+        "04.poly_lr": [poly_lr, lambda *a: poly_lr(*a), helper, via_module, functools.partial(poly_lr)],
+        "04.dice": [lambda p, g: dice_jaccard(p, g)[0]],
+        "05.alignment": [lambda emb, labels, k: E.alignment(emb, labels, k).numpy()],
+        "05.simplex_uniformity": [lambda k: E.uniformity(simplex_centers(k, k).double())],
+        "05.difference": [lambda a, b: (E.seed_difference(a, b)["difference"], E.seed_difference(a, b)["se"])],
+    }
+
+
+def test_an_answer_that_runs_the_library_function_it_is_checked_against_fails():
+    answers = _delegating_answers()
+    assert sorted(answers) == sorted(e.name for e in MINE if e not in QUESTIONS), "every function exercise"
+    for name, candidates in answers.items():
+        for answer in candidates:
+            out = lab.run_check(name, answer)
+            assert out.status == "not yet right", (name, out.line)
+            assert "the library function this exercise is checked against" in out.line, out.line
+            assert lab.EXERCISES[name].hint in out.line
+
+
+def test_the_library_guard_follows_answers_not_names():
+    # an answer may use other parts of the library, and the checked function under another name still counts
+    from actionpp.train import poly_lr as renamed
+
+    def own(base, it, max_it, power):
+        import actionpp.centers  # the library, but not what 04.poly_lr is checked against
+
+        actionpp.centers.simplex_centers(2, 2)
+        return 0.0 if it >= max_it else base * (1 - it / max_it) ** power
+
+    assert lab.run_check("04.poly_lr", own).passed
+    assert not lab.run_check("04.poly_lr", renamed).passed
+    assert lab.EXERCISES["02.tau_at_quarter"].guarded == ("actionpp.temperature",)
+    assert lab.EXERCISES["04.poly_lr"].guarded == ("actionpp.train.poly_lr",)  # from its `library` by default
+    assert all(q.guarded == () for q in QUESTIONS)
 
 
 def test_check_never_raises_and_prints_one_line(capsys):
@@ -174,17 +306,20 @@ def test_student_source_replaces_regions_at_their_indentation():
             lab.student_source(bad, "here")
 
 
-def test_export_student_strips_solutions_and_keeps_the_rest(tmp_path):
+def test_export_student_strips_solutions_and_answers_and_keeps_the_rest(tmp_path):
     written = lab.export_student(LAB_NOTEBOOKS, tmp_path / "student")
     assert [p.name for p in written] == [p.name for p in LAB_NOTEBOOKS]
     for src, out in zip(LAB_NOTEBOOKS, written):
         a, b = nbformat.read(src, as_version=4), nbformat.read(out, as_version=4)
+        answers = [c for c in a.cells if lab.ANSWER_TAG in c.metadata.get("tags", [])]
+        a.cells = [c for c in a.cells if c not in answers]
         assert [c.id for c in a.cells] == [c.id for c in b.cells]
         assert [c.metadata.get("tags") for c in a.cells] == [c.metadata.get("tags") for c in b.cells]
+        assert not any(ans.source in out.read_text() for ans in answers)
         text = out.read_text()
         assert lab.BEGIN not in text and lab.END not in text
         n_sol = sum(lab.SOLUTION_TAG in c.metadata.get("tags", []) for c in a.cells)
-        assert sum(c.source.count(lab.STUB) for c in b.cells) == n_sol >= 2
+        assert sum(c.source.count(lab.STUB) for c in b.cells) == n_sol >= 1
         for ca, cb in zip(a.cells, b.cells):
             if lab.SOLUTION_TAG not in ca.metadata.get("tags", []):
                 assert ca.source == cb.source
@@ -250,7 +385,8 @@ def test_student_notebook_runs_to_the_end_with_every_check_not_done(nb, student_
                 lines += [ln for ln in o["text"].splitlines() if ln.strip()]
     expected = [e.name for e in lab.exercises_of(nb.stem)]
     assert [LINE.match(ln).group(2) for ln in lines] == expected, lines
-    assert all(ln.startswith("[not done yet]") and "Hint:" in ln for ln in lines), lines
+    # a first run top to bottom: every check once, so no hint beside an untouched stub
+    assert all(ln.startswith("[not done yet]") and "Hint:" not in ln for ln in lines), lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,3 +420,59 @@ def test_a_plan_trained_in_the_background_is_then_reused(tmp_path):
     assert R.start_background(plan) is None  # nothing left to train
     out = R.train_plan(plan, jobs=2, log=None)
     assert [(s["method"], s["seed"], s["cached"]) for s in out] == [("supervised", 0, True), ("supervised", 1, True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every question has the instructor's answer; the student version has none of them
+# ---------------------------------------------------------------------------------------------
+
+QUESTION_NOTEBOOKS = [NOTEBOOK_DIR / f"{stem}.ipynb" for stem in
+                      ("00_data_tour", "01_class_centers", "02_temperature_schedule", "03_contrastive_losses",
+                       "04_train")]
+
+
+def _questions_and_answers(nb: Path) -> list[tuple[str, str | None]]:
+    """(id of each Markdown cell that asks the student a question, id of the answer cell after it or None).
+
+    A question is a sentence of prose ending in "?"; its answer is a cell tagged ``answer`` before the next
+    Markdown cell that is neither an answer nor part of the same exercise (its solution and check cells)."""
+    cells = nbformat.read(nb, as_version=4).cells
+    out = []
+    for i, c in enumerate(cells):
+        tags = c.metadata.get("tags", [])
+        if c.cell_type != "markdown" or lab.ANSWER_TAG in tags:
+            continue
+        text = re.sub(r"`[^`]*`|\$[^$]*\$", "", c.source)
+        if "?" not in text:
+            continue
+        answer = None
+        for later in cells[i + 1:]:
+            later_tags = later.metadata.get("tags", [])
+            if lab.ANSWER_TAG in later_tags:
+                answer = later.id
+                break
+            if later.cell_type == "markdown":
+                break
+        out.append((c.id, answer))
+    return out
+
+
+@pytest.mark.parametrize("nb", QUESTION_NOTEBOOKS, ids=_ids(QUESTION_NOTEBOOKS))
+def test_every_question_has_an_answer_in_the_instructor_version(nb):
+    qa = _questions_and_answers(nb)
+    assert qa, f"{nb.name} asks no question"
+    missing = [q for q, a in qa if a is None]
+    assert not missing, f"{nb.name}: questions without an answer cell (tagged {lab.ANSWER_TAG!r}) after them: {missing}"
+    for c in nbformat.read(nb, as_version=4).cells:
+        if lab.ANSWER_TAG in c.metadata.get("tags", []):
+            assert c.cell_type == "markdown" and c.source.startswith("**Answer (instructor version).**"), c.id
+
+
+def test_the_question_finder_sees_a_question_without_answer(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("Why is the sky blue?"), nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_markdown_cell("Next section, with `a?b` code only.")]
+    for i, c in enumerate(nb.cells):
+        c.id = f"c{i}"
+    nbformat.write(nb, tmp_path / "q.ipynb")
+    assert _questions_and_answers(tmp_path / "q.ipynb") == [("c0", None)]

@@ -15,8 +15,16 @@ SAACL loss, ...). In the notebook::
 :func:`check` calls the answer on several random cases, compares it with the library
 (``actionpp.centers``, ``actionpp.temperature``, ``actionpp.losses``, ...) and prints **one
 line**: ``passed``, ``not done yet`` (the answer is still the stub), or ``not yet right`` with what
-differs on which case and a hint. It never raises: an exception inside the student's function
-becomes that line too, so a half-done notebook runs to the end (papermill included).
+the answer returned for which case (never the library's value). The hint comes only after an
+attempt: with a wrong answer, or when a stub is checked a second time. An answer that runs the
+library function it is checked against (the function itself, a wrapper, an alias, a helper that
+calls it) is "not yet right" whatever it returns. The check never raises: an exception inside the
+student's function becomes that line too, so a half-done notebook runs to the end (papermill included).
+
+Each notebook 00-04 also asks one interpretive question (read a figure, choose a letter), checked the
+same way: the answer is a function that returns the letter. Every question a notebook asks has the
+instructor's answer in a Markdown cell tagged ``answer`` (:data:`ANSWER_TAG`), which the student
+version drops.
 
 The student version (:mod:`actionpp.lab.export`). One source of truth: the notebooks in
 ``notebooks/`` hold the solutions between nbgrader's markers (``### BEGIN SOLUTION`` /
@@ -36,13 +44,29 @@ The comparison runs (:mod:`actionpp.lab.runs`): the (method, seed) runs notebook
 as a plan shared by the notebook and ``actionpp demo`` (which trains them on the second core
 while notebook 04 trains on the first), and a trainer that runs several at once.
 
-Taught in notebooks/README.md (the lab guide) and used by notebooks 01-05.
+The method diagram of the lab guide (:mod:`actionpp.lab.diagram`): ``python -m actionpp.lab.diagram``
+draws ``docs/method_diagram.png``.
+
+Taught in notebooks/README.md (the lab guide) and used by notebooks 00-05.
 """
 
 from __future__ import annotations
 
-from actionpp.lab.exercises import EXERCISES, Case, Exercise, Outcome, check, exercises_of, run_check, summary_table
+from actionpp.lab.exercises import (
+    EXERCISES,
+    Case,
+    Exercise,
+    Outcome,
+    check,
+    choice,
+    choice_digest,
+    exercises_of,
+    reset_attempts,
+    run_check,
+    summary_table,
+)
 from actionpp.lab.export import (
+    ANSWER_TAG,
     BEGIN,
     CHECK_TAG,
     END,
@@ -64,7 +88,11 @@ __all__ = [
     "STUB",
     "SOLUTION_TAG",
     "CHECK_TAG",
+    "ANSWER_TAG",
     "check",
+    "choice",
+    "choice_digest",
+    "reset_attempts",
     "run_check",
     "exercises_of",
     "summary_table",
