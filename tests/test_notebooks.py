@@ -158,6 +158,26 @@ EXPECTED_METRICS: dict[str, dict[str, Check]] = {
         "groups.supervised.paper_dice": {79.5},
         "groups.actionpp.dice_mean": (0.0, 100.0),
     },
+    "07_beyond_medical": {
+        # smoke: all seven arms, imbalance ratio 10, seeds 0 and 1, 30 steps each
+        "n_runs": {14},
+        "test_balanced": {True},
+        # 120 * 10 ** (-r / 9), rounded half up: the exponential long tail of ratio 10
+        "counts.10": ("the long tail of ratio 10", lambda v: v == [120, 93, 72, 56, 43, 33, 26, 20, 15, 12]),
+        # ten balanced classes: chance is 0.1; cross-entropy is well above it even after 30 steps
+        "summary.10.ce.balanced_accuracy.mean": (0.3, 1.0),
+        "summary.10.logit_adjusted.tail_recall.mean": (0.0, 1.0),
+        "summary.10.actionpp.min_angle_deg.mean": (0.0, 180.0),
+        # unit vectors: uniformity log mean exp(-2 ||u - v||^2) lies in [-8, 0]
+        "summary.10.centres_separate.uniformity.mean": (-8.0, 0.0),
+        "summary.10.supcon_ats.alignment.mean": (-1.0, 1.0),
+        # the paired difference to SupCon: over both seeds, none for SupCon itself
+        "summary.10.actionpp.tail_recall.n": {2},
+        "summary.10.supcon.tail_recall.diff": ("no difference of SupCon to itself", lambda v: v != v),
+        # one summary line and one line per ratio for each of the seven comparisons; two seeds call nothing
+        "verdict": ("2 lines x 7 comparisons, no call from 2 seeds",
+                    lambda v: len(v) == 14 and all("not enough seeds" in ln for ln in v[::2])),
+    },
 }
 
 
