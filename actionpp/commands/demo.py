@@ -8,14 +8,21 @@ notebook is reported and the sequence goes on. At the end a table gives each not
 status, wall time and key metrics (also written to ``OUT/summary.md`` and ``summary.json``).
 The runs ``05_embeddings`` compares (two methods, three seeds) are trained in a background
 process on the second core while ``04_train`` trains on the first; 05 waits for them.
+Notebooks in :data:`OPTIONAL` (07: a few CPU minutes on its own) are left out of the full
+sequence and run when ``--only`` names them.
 
 Examples::
 
     actionpp demo                          # everything, lab profile, runs/demo
     actionpp demo --only 04,05             # two notebooks
+    actionpp demo --only 07                # an optional notebook (not in the full sequence)
     actionpp demo --profile smoke --out runs/demo-smoke
 
-Exit code: 0 when every notebook ran, 1 when any failed, 2 for bad arguments.
+OUT is new, empty, or a folder an earlier demo wrote (its ``.actionpp-demo.json`` marker, or the
+``summary.json`` an earlier version left); the demo never writes into any other folder.
+
+Exit code: 0 when every notebook ran, 1 when any failed, 2 for bad arguments (an unknown profile,
+an OUT the demo did not write).
 """
 
 from __future__ import annotations
@@ -35,6 +42,13 @@ KEY_METRICS: dict[str, list[str]] = {
     "04_train": ["method", "dice_mean", "asd_mean", "train_seconds"],
     "05_embeddings": ["map"],
     "06_replication_report": ["n_runs", "n_groups"],
+    "07_beyond_medical": ["n_runs", "train_wall_seconds"],
+}
+
+# Notebooks the full sequence leaves out, and why; ``--only`` runs them. 07's lab profile trains
+# 7 arms x 3 imbalance ratios x 5 seeds: minutes on one core, beyond the demo's ~60 s per notebook.
+OPTIONAL: dict[str, str] = {
+    "07_beyond_medical": "optional, a few CPU minutes (105 small trainings): actionpp demo --only 07",
 }
 
 
@@ -60,11 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def select_notebooks(folder: Path, only: str | None) -> list[Path]:
     """``NN_*.ipynb`` in ``folder`` sorted by name, filtered by ``only`` ("04,05" or stems).
 
+    Without ``only``, the notebooks of :data:`OPTIONAL` are left out; ``only`` may name them.
     Raises ValueError naming an ``only`` entry that matches no notebook.
     """
     nbs = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if p.is_file())
     if only is None:
-        return nbs
+        return [p for p in nbs if p.stem not in OPTIONAL]
     wanted = [w.strip() for w in only.split(",") if w.strip()]
     chosen = []
     for w in wanted:
@@ -238,22 +253,45 @@ def summary_markdown(rows: list[dict[str, Any]], profile: str, total: float, out
     return "\n".join(lines)
 
 
+OWNER = "demo"  # the demo folder's marker: OUT/.actionpp-demo.json (actionpp.atomic)
+
+
+def _demo_folder(out: Path) -> bool:
+    """Whether ``out`` (without the marker) is a folder an earlier version of the demo wrote (its summary)."""
+    try:
+        data = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "profile" in data and isinstance(data.get("notebooks"), list)
+
+
 def _main(args: argparse.Namespace) -> int:
+    from actionpp.atomic import claim_folder
+    from actionpp.cli import UsageError
     from actionpp.paths import repo_root, runs_dir
 
     folder = repo_root() / "notebooks"
     try:
         nbs = select_notebooks(folder, args.only)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     if not nbs:
-        print(f"error: no notebooks in {folder}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no notebooks in {folder}")
+    profiles = sorted(p.name for p in (folder / "params").iterdir() if p.is_dir()) if (folder / "params").is_dir() \
+        else []
+    if args.profile != "lab" and args.profile not in profiles:
+        raise UsageError(f"--profile {args.profile!r}: no such parameter profile (have {', '.join(profiles)})")
+    if not args.cell_timeout > 0:
+        raise UsageError(f"--cell-timeout must be > 0 seconds, got {args.cell_timeout}")
     out = (args.out or runs_dir() / "demo").resolve()
+    claim_folder(out, OWNER, recognise=_demo_folder)  # before the first byte (actionpp.atomic's rule)
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"demo: {len(nbs)} notebooks, profile {args.profile} -> {out}", flush=True)
+    if args.only is None:
+        for stem, why in OPTIONAL.items():
+            if (folder / f"{stem}.ipynb").is_file():
+                print(f"   not in the sequence: {stem} ({why})", flush=True)
     t_all = time.perf_counter()
     rows = run_sequence(
         nbs,
@@ -265,11 +303,12 @@ def _main(args: argparse.Namespace) -> int:
         cell_timeout=args.cell_timeout,
     )
     total = time.perf_counter() - t_all
+    from actionpp.atomic import atomic_write_text
+
     text = summary_markdown(rows, args.profile, total, out)
-    (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(
-        json.dumps({"profile": args.profile, "seconds": total, "notebooks": rows}, indent=2, default=str)
-    )
+    atomic_write_text(out / "summary.md", text)
+    atomic_write_text(out / "summary.json",
+                      json.dumps({"profile": args.profile, "seconds": total, "notebooks": rows}, indent=2, default=str))
     print()
     print(text)
     failed = [r for r in rows if r["status"] != "ok"]
