@@ -400,7 +400,9 @@ def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme
         _fake_training_dir(r.run_dir(out), r.axes["SEED"], pretrain=50,
                            seconds=600.0 if r.axes["SEED"] == 0 else None, starts=2 if r.axes["SEED"] == 0 else 1)
         (r.run_dir(out) / "run" / "last.pt").write_text("a checkpoint is never published")
-    dest = publish(out, runs, grid, tmp_path / "results" / "t", command="actionpp replicate grid.yaml")
+    # (embedding samples need a real checkpoint: tests/test_replicate_score.py publishes one)
+    dest = publish(out, runs, grid, tmp_path / "results" / "t", command="actionpp replicate grid.yaml",
+                   embeddings=False)
     for r in runs:
         d = dest / r.run_id
         assert {p.name for p in d.iterdir()} == {"done", "metrics.json", "run"}

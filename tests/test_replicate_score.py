@@ -111,3 +111,49 @@ def test_grid_score_block_reaches_every_run_and_a_done_run_without_scores_is_bro
     assert status == "broken" and problem is not None and "scores.json: missing" in problem
     with pytest.raises(rp.GridError, match="score.which"):
         rp.load_grid({"name": "g", "notebooks": ["04_train"], "axes": {"SEED": [0]}, "score": {"which": "first"}})
+
+
+def test_publishing_a_scored_grid_adds_scores_test_tables_paired_analysis_and_embedding_samples(tmp_path: Path) -> None:
+    """A scored grid's published folder: per run scores.json and embeddings.npz (from the last checkpoint), the
+    test-split tables, paired.{csv,md,png}; notebook 05 and 06 read it back (headtail, paired)."""
+    from actionpp import headtail
+    from actionpp.embeddings import SAMPLE_FILE
+    from actionpp.replicate.paired import collect_scored
+    from actionpp.replicate.publish import publish
+    from actionpp.replicate.run import run_grid
+
+    def executor(notebook: Path, output: Path, params: dict) -> None:
+        """04_train in process: train the smoke profile into OUT_DIR/run and write the notebook's metrics.json."""
+        from actionpp.evaluate import evaluate_run
+        from actionpp.notebook import write_metrics
+        from actionpp.report import run_metrics
+
+        output.write_text("{}")
+        cfg = load_config("phantom_smoke", [f"method.name={params['METHOD']}", f"runtime.seed={params['SEED']}",
+                                            *FAST])
+        res = train(cfg, run_dir=Path(params["OUT_DIR"]) / "run", progress=False)
+        ev = evaluate_run(Path(params["OUT_DIR"]) / "run", None, split="val", which="last", device="cpu")
+        write_metrics(params["OUT_DIR"], run_metrics(cfg, res, ev.result, "val", ev.root))
+
+    grid = rp.load_grid({"name": "g", "notebooks": ["04_train"], "profile": "smoke",
+                         "score": {"splits": ["val", "test"], "weights": ["student", "teacher"]},
+                         "axes": {"METHOD": ["action", "actionpp"], "SEED": [0, 1]}})
+    runs = rp.expand(grid)
+    out = tmp_path / "runs"
+    assert {o.status for o in run_grid(runs, out, executor=executor, log=None)} == {"done"}
+    dest = publish(out, runs, grid, tmp_path / "results" / "g", command="test")
+    for r in runs:
+        names = {p.name for p in (dest / r.run_id).iterdir()}
+        assert {"scores.json", SAMPLE_FILE, "metrics.json", "done", "run"} <= names and "last.pt" not in names
+    assert {"results_test.md", "results_test.csv", "paired.md", "paired.csv", "paired.png"} <= {
+        p.name for p in dest.iterdir()}
+    assert "results on the test split" in (dest / "results_test.md").read_text()
+    # the published folder is what notebooks 05 and 06 read
+    assert len(collect_scored(dest)) == 4
+    pub = headtail.load_published(dest, methods=["action", "actionpp"])
+    assert [(r.method, r.seed) for r in pub] == [("action", 0), ("action", 1), ("actionpp", 0), ("actionpp", 1)]
+    assert "ACTION++" in (dest / "paired.md").read_text() and "Scored by the runner" in (dest / "README.md").read_text()
+    # a second publish does not extract the samples again (they are newer than the checkpoints)
+    stamp = (dest / runs[0].run_id / SAMPLE_FILE).stat().st_mtime_ns
+    publish(out, runs, grid, dest, command="test")
+    assert (dest / runs[0].run_id / SAMPLE_FILE).stat().st_mtime_ns == stamp

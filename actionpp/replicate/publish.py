@@ -278,6 +278,13 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         "(which loss term drives the update), and per run its "
         "`done` marker and `metrics.json` (the notebook's), `run/config.yaml`, `run/log.jsonl`, `run/run.json` "
         "and `run/metrics.json` (the training loop's).",
+        *(["", "Scored by the runner: per run `scores.json` (last checkpoint on val and test, student and EMA "
+           "teacher), `results_test.md` / `results_test.csv` (the test split), `paired.md` / `paired.csv` / "
+           "`paired.png` (methods compared per seed: `actionpp.replicate.paired`)."]
+          if (dest / "paired.md").is_file() else []),
+        *(["", "Per run `embeddings.npz`: a sample of its validation-pixel embeddings (head and decoder features, "
+           "class-balanced and natural, fp16) from its last checkpoint, for notebook 05."]
+          if any((dest / r.run_id / "embeddings.npz").is_file() for r in records) else []),
         "",
         "`minutes`: time in training iterations over all of the run's attempts (validation and checkpoint "
         "writes excluded; a run stopped and resumed counts the iterations it repeated after its last "
@@ -291,16 +298,22 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
     return "\n".join(out)
 
 
-def docs_section(dest: Path, docs: Path, grid: Grid) -> str:
+def docs_section(dest: Path, docs: Path, grid: Grid, scored: bool = False) -> str:
     """The Markdown that :func:`publish` writes into ``docs`` between ``<!-- grid:<name>:start/end -->``:
-    the published tables (selected and best checkpoint), the validation-curve figure and the loss shares."""
+    the published tables (selected and best checkpoint), the validation-curve figure and the loss shares;
+    for a scored grid first the paired analysis (verdicts, figure, tables) and the test-split table."""
     rel = Path(os.path.relpath(dest, docs.parent))
 
     def body(name: str) -> str:
         text = (dest / name).read_text().split("\n", 1)[1].strip()  # without its title line
         return text.replace("\n# ", "\n#### ")
 
-    return "\n".join([
+    head: list[str] = []
+    if scored and (dest / "paired.md").is_file():
+        head = [(dest / "paired.md").read_text().strip().replace("\n### ", "\n#### ").replace("### ", "#### ", 1), "",
+                f"![paired differences per budget and class]({rel}/paired.png)", "",
+                "#### Test split (last checkpoint, student, scored by the runner)", "", body("results_test.md"), ""]
+    return "\n".join([*head,
         f"_Written by `actionpp replicate --publish {dest.name} --docs` from `{rel}/`; "
         f"provenance (commits, machine, wall times): [`{rel}/README.md`]({rel}/README.md)._",
         "",
@@ -407,7 +420,7 @@ def _write_docs_section(docs: Path, grid: Grid, body: str) -> None:
 
 
 def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, command: str = "",
-            docs: str | Path | None = None) -> Path:
+            docs: str | Path | None = None, embeddings: bool = True) -> Path:
     """Copy the finished runs' small files and write the tables, the curves and a README into ``dest``.
 
     Only runs that finished with valid metrics are published (:func:`~actionpp.replicate.tables.collect`).
@@ -415,6 +428,9 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
     ``docs`` (a Markdown file, e.g. ``docs/results.md``) the grid's section of that file is rewritten
     (:func:`docs_section`); the rest of the file is left as it is. ``dest`` and ``docs`` are checked
     first (:func:`check_publish`): a path this command may not write is refused before anything is written.
+    Runs the runner scored (``scores.json``) add ``results_test.{csv,md}`` and the paired analysis
+    (``paired.{csv,md,png}``, :mod:`actionpp.replicate.paired`); with ``embeddings`` every 2D run with a
+    checkpoint gets its ``embeddings.npz`` (what notebook 05 reads).
     """
     out, dest = Path(out), Path(dest)
     check_publish(out, grid, dest, docs)
@@ -440,7 +456,69 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
             src = r.path / TRAIN_DIR / name
             if src.is_file():
                 shutil.copyfile(src, d / TRAIN_DIR / name)
+    scored = _publish_scores(records, dest)
+    if embeddings:
+        _publish_embedding_samples(records, dest)
     atomic_write_text(dest / "README.md", _readme(grid, records, runs, command, dest))
     if docs is not None:
-        _write_docs_section(Path(docs), grid, docs_section(dest, Path(docs), grid))
+        _write_docs_section(Path(docs), grid, docs_section(dest, Path(docs), grid, scored=scored))
     return dest
+
+
+def _test_records(records: Sequence[RunRecord], split: str = "test") -> list[RunRecord]:
+    """The runs as scored by the runner on ``split`` (student, ``scores.json``), in the tables' metrics schema."""
+    from actionpp.replicate.score import SCORES, ScoresError, read_scores
+
+    out = []
+    for r in records:
+        try:
+            sc = read_scores(r.path / SCORES)
+        except ScoresError:
+            continue
+        e = (sc["scores"].get(split) or {}).get("student")
+        if not e:
+            continue
+        protocol = dict(r.metrics.get("protocol") or {})
+        protocol["eval_split"] = f"{split} ({e.get('n_volumes')} volumes, scored by the runner)"
+        protocol["model_selection"] = f"{sc.get('which')} checkpoint (scores.json)"
+        m = {**{k: r.metrics.get(k) for k in ("dataset", "data", "method", "labelled_patients", "seed")},
+             "classes": list(sc.get("classes") or e["dice"]), "protocol": protocol,
+             **{k: e[k] for k in ("dice", "jaccard", "hd95", "asd")},
+             **{f"{k}_mean": e.get(f"{k}_mean") for k in ("dice", "jaccard", "hd95", "asd")}}
+        out.append(RunRecord(r.run_id, r.axes, m, r.path))
+    return out
+
+
+def _publish_scores(records: Sequence[RunRecord], dest: Path) -> bool:
+    """Copy each run's ``scores.json``; when any run has one, the test-split tables and the paired analysis."""
+    from actionpp.replicate.paired import write_paired
+    from actionpp.replicate.score import SCORES
+
+    copied = False
+    for r in records:
+        if (r.path / SCORES).is_file():
+            shutil.copyfile(r.path / SCORES, dest / r.run_id / SCORES)
+            copied = True
+    if not copied:
+        return False
+    rows = aggregate(_test_records(records))
+    atomic_write_text(dest / "results_test.csv", results_csv(rows))
+    atomic_write_text(dest / "results_test.md", results_markdown(rows, "results on the test split (last checkpoint, "
+                                                                       "student, scored by the runner)"))
+    write_paired(dest)
+    return True
+
+
+def _publish_embedding_samples(records: Sequence[RunRecord], dest: Path) -> None:
+    """Each 2D run's embedding sample (``embeddings.npz``, :func:`actionpp.embeddings.embedding_sample`) from its
+    last checkpoint, written when missing or older than that checkpoint (a few seconds per run on a CPU)."""
+    from actionpp.embeddings import SAMPLE_FILE, write_embedding_sample
+
+    for r in records:
+        last = r.path / TRAIN_DIR / "last.pt"
+        target = dest / r.run_id / SAMPLE_FILE
+        if r.metrics.get("dataset") != "acdc" or not last.is_file():
+            continue
+        if target.is_file() and target.stat().st_mtime >= last.stat().st_mtime:
+            continue
+        write_embedding_sample(r.path / TRAIN_DIR, target, device="cpu")
