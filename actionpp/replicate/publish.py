@@ -310,8 +310,10 @@ def docs_section(dest: Path, docs: Path, grid: Grid, scored: bool = False) -> st
 
     head: list[str] = []
     if scored and (dest / "paired.md").is_file():
+        figure = [f"![paired differences per budget and class]({rel}/paired.png)", ""] if (
+            dest / "paired.png").is_file() else []
         head = [(dest / "paired.md").read_text().strip().replace("\n### ", "\n#### ").replace("### ", "#### ", 1), "",
-                f"![paired differences per budget and class]({rel}/paired.png)", "",
+                *figure,
                 "#### Test split (last checkpoint, student, scored by the runner)", "", body("results_test.md"), ""]
     return "\n".join([*head,
         f"_Written by `actionpp replicate --publish {dest.name} --docs` from `{rel}/`; "
