@@ -1,5 +1,5 @@
-"""The committed ACDC-lite results (results/acdc_lite, written by ``actionpp replicate --publish``) are
-consistent, and notebook 06 renders them (its default)."""
+"""The committed ACDC-lite results (results/acdc_lite and results/acdc_lite_power, written by ``actionpp
+replicate --publish``) are consistent, and notebook 06 renders them (its default)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,30 @@ def test_notebook_06_renders_the_committed_results(tmp_path):
             {"OUT_DIR": str(out)}, profile="lab")
     m = read_metrics(out)
     assert m["n_runs"] == len(RUNS) and not m["failed"]
+
+
+POWER = repo_root() / "results" / "acdc_lite_power"
+
+
+def test_the_powered_grid_runs_carry_their_scores_and_samples_and_belong_together():
+    """Every published run of the powered grid (issue 18): scored on val (20) and test (40 volumes) from its last
+    checkpoint, the val score equal to the notebook's own last-checkpoint number, an embedding sample of its own."""
+    from actionpp.embeddings import read_embedding_sample
+    from actionpp.replicate.score import ScoreSpec, read_scores
+
+    runs = sorted(p.parent for p in POWER.glob("*/done"))
+    assert runs, f"no published run under {POWER}"
+    spec = ScoreSpec(splits=("val", "test"), weights=("student", "teacher"))
+    for run in runs:
+        axes = json.loads((run / "done").read_text())["axes"]
+        metrics = read_run_metrics(run / "metrics.json")
+        sc = read_scores(run / "scores.json", spec)
+        assert sc["which"] == "last" and sc["iteration"] == metrics["iterations"]
+        assert sc["scores"]["val"]["student"]["n_volumes"] == 20 and sc["scores"]["test"]["student"]["n_volumes"] == 40
+        # the runner's val score of the last checkpoint is the number the notebook reported (acdc_lite selects last)
+        assert sc["scores"]["val"]["student"]["dice_mean"] == pytest.approx(metrics["dice_mean"], abs=1e-9)
+        cfg = stored_config(yaml.safe_load((run / "run" / "config.yaml").read_text()))
+        assert config_hash(cfg) == metrics["config_hash"] and cfg.data.labelled == axes["LABELLED_PATIENTS"]
+        assert cfg.runtime.seed == axes["SEED"] and sc["has_teacher"] == cfg.method.teacher
+        sample = read_embedding_sample(run / "embeddings.npz")
+        assert sample["meta"]["seed"] == axes["SEED"] and sample["meta"]["method"] == metrics["method"]
