@@ -132,9 +132,18 @@ def check_compatible(state: Mapping[str, Any], cfg: Config, path: str | Path) ->
         stored = {}
     diffs = diff_dicts(stored, cfg.to_dict())
     listing = "; ".join(diffs[:12]) + (f"; ... ({len(diffs) - 12} more)" if len(diffs) > 12 else "")
+    # keys added after the checkpoint was written: its run had their old behaviour, which an override restores
+    from actionpp.config import HASH_OMITTED_WHEN
+
+    older = [f"--set {key}={json.dumps(legacy) if not isinstance(legacy, str) else legacy}"
+             for key, legacy in HASH_OMITTED_WHEN.items()
+             if key.split(".")[1] not in (stored.get(key.split(".")[0]) or {}) and
+             getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) != legacy]
+    hint = (f" The checkpoint predates {len(older)} setting(s) whose default changed since: resume it with "
+            f"{' '.join(older)}." if older and stored else "")
     raise CheckpointError(
         f"checkpoint {path} was written by config {stored_hash}, but this run's config is {current}: "
-        f"differing keys (checkpoint != current): {listing or 'unknown'}. "
+        f"differing keys (checkpoint != current): {listing or 'unknown'}.{hint} "
         "Use another run directory, or resume with the checkpoint's own config.yaml."
     )
 

@@ -177,7 +177,13 @@ def _mean_sd(v: list[float]) -> tuple[float, float]:
 
 def tail_comparison(runs: Sequence[PublishedRun], a: str, b: str, cls: str) -> list[TailRow]:
     """``b - a`` on class ``cls`` for every metric both methods have, paired by seed."""
-    nums = {(r.method, r.seed): run_numbers(r)[cls] for r in runs if r.method in (a, b) and cls in r.classes}
+    nums: dict[tuple[str, int], dict[str, float]] = {}
+    for r in runs:
+        if r.method in (a, b) and cls in r.classes:
+            if (r.method, r.seed) in nums:
+                raise ValueError(f"two {r.method} runs of seed {r.seed} (label budgets mixed?): load one budget "
+                                 f"at a time (load_published(..., labelled=N)); one of them is {r.run_id}")
+            nums[(r.method, r.seed)] = run_numbers(r)[cls]
     seeds_a = sorted(s for m, s in nums if m == a)
     seeds_b = sorted(s for m, s in nums if m == b)
     rows = []
@@ -195,7 +201,7 @@ def tail_comparison(runs: Sequence[PublishedRun], a: str, b: str, cls: str) -> l
 
 
 def verdict(rows: Sequence[TailRow], a: str, b: str, cls: str) -> list[str]:
-    """Sentences from a :func:`tail_comparison`: each metric where higher means better separated, b - a with its
+    """Sentences from a :func:`tail_comparison`: each metric where higher is better (Dice, separation), b - a with its
     standard error and 95 % interval, called only when the interval excludes 0; then a one-line summary."""
     lines, ahead = [], {a: 0, b: 0}
     counted = 0
@@ -215,6 +221,6 @@ def verdict(rows: Sequence[TailRow], a: str, b: str, cls: str) -> list[str]:
                      f"+- {r.se:.3f} (standard error), 95 % interval [{iv.lo:+.3f}, {iv.hi:+.3f}] over {r.pairs} "
                      f"paired seeds: {word}")
     if counted:
-        lines.append(f"In short, on the {cls}: of {counted} numbers where higher means better separated, {b} is ahead "
-                     f"on {ahead[b]}, {a} on {ahead[a]}, the rest not distinguishable.")
+        lines.append(f"In short, on the {cls}: of {counted} numbers where higher is better (Dice, accuracy, angle), "
+                     f"{b} is ahead on {ahead[b]}, {a} on {ahead[a]}, the rest not distinguishable.")
     return lines

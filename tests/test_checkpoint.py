@@ -100,3 +100,20 @@ def test_checkpoint_of_another_config_is_refused_naming_hashes_and_keys():
     msg = str(exc.value)
     assert config_hash(other) in msg and config_hash(cfg) in msg and "runs/x/last.pt" in msg
     assert "train.lr: 0.02 != 0.01" in msg and "saacl.lambda_a: 0.1 != 0.2" in msg
+
+
+def test_a_checkpoint_from_before_a_changed_default_says_which_override_resumes_it():
+    """runtime.channels_last became the default after runs were published: the refusal names the way back."""
+    import json
+
+    from actionpp.checkpoint import CheckpointError, check_compatible
+    from actionpp.config import config_hash, load_config
+
+    old = load_config("phantom_smoke", ["runtime.channels_last=false"]).to_dict()
+    del old["runtime"]["channels_last"]  # written before the key existed
+    with pytest.raises(CheckpointError, match="resume it with --set runtime.channels_last=false"):
+        check_compatible({"config_hash": config_hash(old), "config": json.dumps(old)}, load_config("phantom_smoke"),
+                         "run/last.pt")
+    # with the override the hashes agree: nothing to refuse
+    check_compatible({"config_hash": config_hash(old), "config": json.dumps(old)},
+                     load_config("phantom_smoke", ["runtime.channels_last=false"]), "run/last.pt")

@@ -91,3 +91,12 @@ def test_tail_comparison_pairs_by_seed_and_calls_only_beyond_the_interval(tmp_pa
     assert any("nearest class mean accuracy, decoder features" in line and "not distinguishable" in line
                for line in lines)
     assert lines[-1].startswith("In short, on the RV: of ")
+
+
+def test_runs_of_two_budgets_are_not_paired_by_seed_by_accident(tmp_path: Path) -> None:
+    _publish(tmp_path, "action", 0, 0.5, labelled=7)
+    _publish(tmp_path, "action", 0, 0.4, labelled=3)
+    _publish(tmp_path, "actionpp", 0, 0.6, labelled=7)
+    with pytest.raises(ValueError, match="two action runs of seed 0"):
+        H.tail_comparison(H.load_published(tmp_path), "action", "actionpp", "RV")
+    assert H.tail_comparison(H.load_published(tmp_path, labelled=7), "action", "actionpp", "RV")

@@ -340,3 +340,20 @@ def test_forward_at_both_paths_and_the_row_sparse_backward_equal_the_dense_head_
     fast = grads(lambda ms: head.forward_at(ms, size, b, ys, xs))
     for want, got in zip(dense, fast):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n_pixels", [0, 5])
+def test_forward_at_gives_zero_not_missing_gradients_when_no_row_is_used(n_pixels):
+    """A loss that uses none of the head's rows (no hard query, no pixel) leaves zeros in every gradient, as
+    the plain graph does: an optimiser skips a parameter whose gradient is None (no momentum, no decay)."""
+    maps = [torch.randn(1, c, s, s).requires_grad_() for c, s in ((8, 4), (4, 8))]
+    head = RepresentationHead([8, 4], dim=3)
+    b = torch.zeros(n_pixels, dtype=torch.long)
+    ys = xs = torch.arange(n_pixels) % 8
+    (head.forward_at(maps, (8, 8), b, ys, xs).sum() * 0.0).backward()
+    for t in [*maps, *head.parameters()]:
+        assert t.grad is not None and torch.count_nonzero(t.grad) == 0
+    with torch.no_grad():
+        w = head.conv.weight.clone()
+    torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=0.5).step()
+    assert not torch.equal(head.conv.weight, w)  # the decay acts, as with the dense head

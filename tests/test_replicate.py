@@ -528,3 +528,37 @@ def test_a_killed_runner_takes_its_pool_workers_with_it(tmp_path: Path) -> None:
         for pid in [proc.pid, *workers]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_republishing_a_narrowed_grid_removes_the_runs_it_no_longer_has(tmp_path: Path) -> None:
+    """Every reader of a published folder counts its run folders: a run dropped from the grid must not linger."""
+    from actionpp.replicate.publish import publish
+
+    grid = rp.load_grid(_grid(tmp_path, {"SEED": [0, 1]}))
+    runs = rp.expand(grid)
+    out = tmp_path / "out"
+    rp.run_grid(runs, out, executor=_fake_executor, log=None)
+    dest = publish(out, runs, grid, tmp_path / "results" / "t", embeddings=False)
+    assert sorted(p.parent.name for p in dest.glob("*/done")) == ["seed=0", "seed=1"]
+    (dest / "notes.txt").write_text("a reader's note beside the runs")  # not a run folder: left alone
+    publish(out, [r for r in runs if r.axes["SEED"] == 0], grid, dest, embeddings=False)
+    assert sorted(p.parent.name for p in dest.glob("*/done")) == ["seed=0"]
+    assert (dest / "notes.txt").read_text() == "a reader's note beside the runs"
+
+
+def test_a_failed_rerun_of_a_finished_run_keeps_its_result(tmp_path: Path) -> None:
+    """--force (or a broken run re-scored) that fails must not lose the result the grid had."""
+    grid = rp.load_grid(_grid(tmp_path, {"SEED": [0]}))
+    (run,) = rp.expand(grid)
+    out = tmp_path / "out"
+    rp.run_grid([run], out, executor=_fake_executor, log=None)
+    rd = run.run_dir(out)
+    before = {n: (rd / n).read_bytes() for n in ("done", "metrics.json")}
+
+    def failing(notebook: Path, output: Path, params: dict) -> None:
+        raise RuntimeError("the engine refused the run folder")
+
+    (o,) = rp.run_grid([run], out, executor=failing, force=True, log=None)
+    assert o.status == "failed" and "refused" in (o.error or "")
+    assert {n: (rd / n).read_bytes() for n in ("done", "metrics.json")} == before
+    assert rp.run_status(run, out) == "done"

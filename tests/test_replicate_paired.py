@@ -64,7 +64,8 @@ def test_pairs_are_the_shared_seeds_and_the_unpaired_interval_uses_every_run():
     assert test.seeds == (0, 1, 2) and test.paired.n == 3
     assert test.paired.mean == pytest.approx((1 + 2 - 1) / 3)  # d = +1, +2, -1 Dice points
     assert (test.ahead, test.behind) == (2, 1) and test.call == "not distinguishable"
-    assert test.unpaired.n == 7 and test.unpaired.mean == pytest.approx(80.0 - (79 + 80 + 79 + 50) / 4)
+    # the unpaired interval of the same three seeds (what pairing buys): ACTION's unpaired seed 3 is not in it
+    assert test.unpaired.n == 6 and test.unpaired.mean == pytest.approx(test.paired.mean)
     val = next(r for r in rows if (r.a, r.b, r.split, r.cls) == ("actionpp", "action", "val", "mean"))
     # d = 5, 5, 4 on val: mean 14/3, sd 1/sqrt(3), half-width 4.303 / 3 = 1.43: excludes 0
     assert val.paired.mean == pytest.approx(14 / 3) and val.call == "ahead"
@@ -123,3 +124,25 @@ def test_write_paired_reads_a_grid_folder_and_writes_tables_and_figure(tmp_path:
     assert (tmp_path / "pub" / "paired.png").read_bytes()[:4] == b"\x89PNG"
     assert write_paired(tmp_path / "empty", tmp_path / "none")["files"] == []
     assert not (tmp_path / "none").exists()
+
+
+def test_a_zero_width_interval_is_never_a_call_and_ambiguous_runs_are_refused():
+    assert not paired_interval([0.4, 0.4]).excludes_zero  # no spread: no estimate of the noise, no call
+    runs = [_run("actionpp", 0, 0.8, 0.8), _run("action", 0, 0.7, 0.7), _run("action", 0, 0.6, 0.6)]
+    with pytest.raises(ValueError, match="both action at 7 labelled patients, seed 0"):
+        paired_rows(runs)
+    best = ScoredRun("b", "action", None, 7, 1, {"test": {"student": {"dice_mean": 0.5, "dice": {}}}}, which="best")
+    with pytest.raises(ValueError, match="different checkpoints"):
+        paired_rows([_run("actionpp", 0, 0.8, 0.8), best])
+
+
+def test_write_paired_reads_only_the_runs_it_is_given(tmp_path: Path):
+    out = tmp_path / "grid"
+    for seed in (0, 1, 2):
+        _write_run(out, f"method=actionpp_lab=3_seed={seed}", {"METHOD": "actionpp", "LABELLED_PATIENTS": 3,
+                                                                "SEED": seed}, 0.8)
+        _write_run(out, f"method=action_lab=3_seed={seed}", {"METHOD": "action", "LABELLED_PATIENTS": 3,
+                                                              "SEED": seed}, 0.7 if seed < 2 else 0.95)
+    only = [f"method={m}_lab=3_seed={s}" for m in ("actionpp", "action") for s in (0, 1)]
+    res = write_paired(out, tmp_path / "pub", only=only)
+    assert res["runs"] == 4 and "d = +10.0" in res["verdicts"][0]  # seed 2 (the run dropped from the grid) is out

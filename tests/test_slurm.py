@@ -344,7 +344,9 @@ def test_dry_run_prints_both_scripts_from_the_options_and_leaves_finished_runs_o
         "#SBATCH --mem=32G",
     ]
     task_line = array.rstrip().splitlines()[-1]
-    assert task_line.endswith(f'replicate {grid} --out {out} --shard "${{SLURM_ARRAY_TASK_ID}}/3"')
+    fingerprint = rp.grid_fingerprint(rp.expand(rp.load_grid(grid)))
+    assert task_line.endswith(f'replicate {grid} --out {out} --shard "${{SLURM_ARRAY_TASK_ID}}/3" '
+                              f"--expect-grid {fingerprint}")
     assert "#SBATCH --dependency=afterany:<array job id>" in tables and "#SBATCH --mem=32G" in tables
     assert "--gres" not in tables and "--array" not in tables
     assert tables.rstrip().splitlines()[-1].endswith(f"replicate {grid} --out {out} --report-only --publish results/x")
@@ -507,3 +509,19 @@ def test_grid_through_slurm_resumes_the_killed_run_and_skips_finished_ones(
         print(f"  killed task {array1}_1 log:\n" + (out / "slurm" / f"{array1}_1.out").read_text())
         print(f"  resumed task {array2}_1 log:\n" + (out / "slurm" / f"{array2}_1.out").read_text())
         print({s: _attempts(out, s) for s in (0, 1, 2)}, "(the step each attempt started from)")
+
+
+def test_an_array_task_refuses_a_grid_edited_since_it_was_submitted(tmp_path, capsys):
+    """Task i runs `--shard i/N --expect-grid F`: if the grid file changed since submission, shard i could name
+    another run (or two); the task refuses (exit 2) instead of running it."""
+    from actionpp import replicate as rp
+    from actionpp.cli import main
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text("name: g\nnotebooks: [04_train]\nprofile: smoke\naxes: {METHOD: [supervised], SEED: [0, 1]}\n")
+    fingerprint = rp.grid_fingerprint(rp.expand(rp.load_grid(grid_file)))
+    args = ["replicate", str(grid_file), "--out", str(tmp_path / "out"), "--shard", "0/2", "--expect-grid"]
+    assert main([*args, fingerprint, "--dry-run"]) == 0  # the grid it was submitted for
+    grid_file.write_text(grid_file.read_text().replace("SEED: [0, 1]", "SEED: [0, 1, 2]"))
+    assert main([*args, fingerprint, "--dry-run"]) == 2
+    assert "the grid changed since this job was submitted" in capsys.readouterr().err

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--shard", default=None, metavar="i/n", help="run only shard i of n (0-based), e.g. for a SLURM array"
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/replicate/<grid name>)")
+    p.add_argument("--expect-grid", default=None, metavar="FINGERPRINT", help=argparse.SUPPRESS)  # --slurm's tasks
     p.add_argument("--dry-run", action="store_true", help="list the runs with their status and parameters; run nothing")
     p.add_argument(
         "--report-only", action="store_true", help="only (re)write results.csv and results.md from finished runs"
@@ -93,6 +94,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.report_only and args.force:
         raise UsageError("--force re-runs finished runs; --report-only runs nothing: give one of them")
     check_run_parameters(runs)  # a typo'd axis or a mistyped value: before anything starts, dry run included
+    if args.expect_grid is not None and args.expect_grid != rp.grid_fingerprint(runs):
+        raise UsageError(f"{args.grid}: the grid changed since this job was submitted (its runs or their parameters "
+                         "differ), so shard numbers no longer name the same runs; submit it again")
     out = (args.out or runs_dir() / "replicate" / grid.name).resolve()
     shard_txt = f" (shard {args.shard}: {len(selected)} runs)" if args.shard else ""
     print(f"grid {grid.name}: {len(runs)} runs{shard_txt} -> {out}")
@@ -126,6 +130,10 @@ def _main(args: argparse.Namespace) -> int:
         outcomes = rp.run_grid(selected, out, jobs=args.jobs, force=args.force)
     problems: list[str] = []
     records = rp.collect(out, runs, problems)
+    mine = problems
+    if args.shard:  # a shard (a SLURM array task) answers for its own runs, not for the rest of the grid
+        mine = []
+        rp.collect(out, selected, mine)
     csv_path, md_path = rp.write_results(out, records, title=f"{grid.name}: results")
     print(f"results of {len(records)}/{len(runs)} finished runs: {csv_path}, {md_path}")
     for problem in problems:
@@ -139,4 +147,4 @@ def _main(args: argparse.Namespace) -> int:
         print(f"published {len(records)} runs to {dest}")
     if outcomes:
         print(rp.summary(outcomes))
-    return 1 if problems or any(o.status in ("failed", "stale", "busy") for o in outcomes) else 0
+    return 1 if mine or any(o.status in ("failed", "stale", "busy") for o in outcomes) else 0

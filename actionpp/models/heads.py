@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["ProjectionMLP", "GlobalHead", "LocalHead", "RepresentationHead", "local_patches"]
 
@@ -203,11 +204,15 @@ class _RowSparseBackward(torch.autograd.Function):
             return head._embed(tensors[:n_maps], size, b, coords, *tensors[n_maps:])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         b, *tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad[5:]
         rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)  # the rows some loss uses
-        grads: list[Tensor | None] = [None] * len(tensors)
+        # zeros, not None, for every input that asks for a gradient: the plain graph gives zeros when no row is
+        # used (e.g. no hard query), and an optimiser skips a parameter whose gradient is None (no momentum, no
+        # weight decay that step)
+        grads: list[Tensor | None] = [torch.zeros_like(t) if w else None for t, w in zip(tensors, needs)]
         if rows.numel():
             with torch.enable_grad():
                 ins = [t.detach().requires_grad_(bool(w)) for t, w in zip(tensors, needs)]
@@ -216,7 +221,7 @@ class _RowSparseBackward(torch.autograd.Function):
                 wanted = [i for i, t in enumerate(ins) if t.requires_grad]
                 got = torch.autograd.grad(out, [ins[i] for i in wanted], grad[rows], allow_unused=True)
             for i, g in zip(wanted, got):
-                grads[i] = g
+                grads[i] = g if g is not None else torch.zeros_like(tensors[i])
         return (None, None, None, None, None, *grads)
 
 

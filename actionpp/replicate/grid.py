@@ -30,6 +30,7 @@ __all__ = [
     "expand",
     "shard",
     "parse_shard",
+    "grid_fingerprint",
     "id_keys",
     "substitute",
     "SHORT_NAMES",
@@ -380,6 +381,17 @@ def expand(grid: Grid) -> list[Run]:
         raise GridError(f"{grid.source or 'grid'}: several runs share the id(s) {dup}; make axis values distinct")
     order = {rid: k for k, rid in enumerate(sorted(ids))}
     return [Run(rid, axes, grid.notebooks, params, order[rid], grid.score) for rid, axes, params in runs]
+
+
+def grid_fingerprint(runs: Sequence[Run]) -> str:
+    """A short digest of a grid's runs (ids and parameters, in shard order): a SLURM array task checks that the
+    grid it reads is the one it was submitted for, so ``--shard i/N`` still names the same run."""
+    import hashlib
+    import json
+
+    body = [[r.run_id, [json.loads(json.dumps(p, default=str)) for p in r.parameters]]
+            for r in sorted(runs, key=lambda r: r.index)]
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -74,6 +74,7 @@ class ScoredRun:
     scores: Mapping[str, Mapping[str, Mapping[str, Any]]]
     val_curve: tuple[float, ...] = ()
     classes: tuple[str, ...] = ()
+    which: str = "last"  # the checkpoint scored (scores.json)
 
     def dice(self, split: str, weights: str = "student", cls: str = "mean") -> float | None:
         """Dice in [0, 1] of ``cls`` (``"mean"``: mean over the foreground classes); None when absent."""
@@ -98,6 +99,10 @@ class Interval:
 
     @property
     def excludes_zero(self) -> bool:
+        """The interval lies on one side of 0. A zero-width interval (every difference equal: no spread to
+        estimate the noise from) never does."""
+        if not self.width > 0:
+            return False
         return self.lo > 0 or self.hi < 0
 
     @property
@@ -164,18 +169,23 @@ def _val_curve(log: Path) -> tuple[float, ...]:
     return tuple(out)
 
 
-def collect_scored(out: str | Path, problems: list[str] | None = None) -> list[ScoredRun]:
+def collect_scored(out: str | Path, problems: list[str] | None = None,
+                   only: Iterable[str] | None = None) -> list[ScoredRun]:
     """Every finished run under ``out`` that holds a readable ``scores.json`` (sorted by run id).
 
     ``out`` is a grid's output folder or a published copy (run folders with ``done``, ``metrics.json``,
     ``scores.json`` and ``run/log.jsonl``). Runs without scores are left out and, when ``problems``
-    is a list, named in it.
+    is a list, named in it. ``only``: read just these run ids (a grid's current runs; a published folder
+    may still hold folders of runs the grid no longer has).
     """
     from actionpp.replicate.score import SCORES, ScoresError, read_scores
     from actionpp.replicate.tables import collect
 
     runs = []
+    keep = set(only) if only is not None else None
     for rec in collect(out, problems=problems):
+        if keep is not None and rec.run_id not in keep:
+            continue
         try:
             sc = read_scores(rec.path / SCORES)
         except ScoresError as exc:
@@ -189,6 +199,7 @@ def collect_scored(out: str | Path, problems: list[str] | None = None) -> list[S
             labelled=int(axes.get("LABELLED_PATIENTS", rec.metrics.get("labelled_patients", 0))),
             seed=int(axes.get("SEED", rec.metrics.get("seed", 0))), scores=sc["scores"],
             val_curve=_val_curve(rec.path / "run" / "log.jsonl"), classes=tuple(sc.get("classes", ())),
+            which=str(sc.get("which", "last")),
         ))
     return sorted(runs, key=lambda r: r.run_id)
 
@@ -240,6 +251,16 @@ def paired_rows(runs: Sequence[ScoredRun], comparisons: Sequence[tuple[str, str,
                 level: float = LEVEL) -> list[PairedRow]:
     """Every comparison x budget x split x class (``mean`` first) that has runs of both methods, in Dice points."""
     main = _main_runs(runs)
+    whiches = sorted({r.which for r in main})
+    if len(whiches) > 1:
+        raise ValueError(f"the runs score different checkpoints ({', '.join(whiches)}): compare like with like")
+    seen: dict[tuple[str, int, int], str] = {}
+    for r in main:
+        key = (r.method, r.labelled, r.seed)
+        if key in seen:
+            raise ValueError(f"runs {seen[key]} and {r.run_id} are both {r.method} at {r.labelled} labelled patients, "
+                             f"seed {r.seed}: the grid has another axis; compare them one setting at a time")
+        seen[key] = r.run_id
     classes = next((r.classes for r in main if r.classes), ())
     rows = []
     for labelled in sorted({r.labelled for r in main}, reverse=True):
@@ -257,9 +278,10 @@ def paired_rows(runs: Sequence[ScoredRun], comparisons: Sequence[tuple[str, str,
                     if not va or not vb:
                         continue
                     d = [va[s] - vb[s] for s in seeds]
+                    # the unpaired interval of the same seeds: what pairing buys, not what extra runs buy
                     rows.append(PairedRow(
                         a, b, role, labelled, split, cls, paired_interval(d, level),
-                        welch_interval(list(va.values()), list(vb.values()), level),
+                        welch_interval([va[s] for s in seeds], [vb[s] for s in seeds], level),
                         sum(x > 0 for x in d), sum(x < 0 for x in d), seeds,
                     ))
     return rows
@@ -355,15 +377,22 @@ def paired_csv(rows: Sequence[PairedRow]) -> str:
     return buf.getvalue()
 
 
+def _n_volumes(runs: Sequence[ScoredRun], split: str) -> str:
+    ns = sorted({int(r.scores.get(split, {}).get("student", {}).get("n_volumes", 0)) for r in runs} - {0})
+    return " or ".join(map(str, ns)) or "?"
+
+
 def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]], runs: Sequence[ScoredRun]) -> str:
     n_runs = len(runs)
+    which = " / ".join(sorted({r.which for r in runs})) or "last"
     lines = [
         "### Paired differences (runner-written: `actionpp.replicate.paired`)",
         "",
-        f"{n_runs} scored runs. Dice points (x 100) of the last checkpoint's student; d = A - B per seed, the mean "
+        f"{n_runs} scored runs. Dice points (x 100) of the {which} checkpoint's student; d = A - B per seed, the mean "
         f"with its {int(LEVEL * 100)} % t interval over the paired seeds, the sign count (A ahead / behind), and "
-        "beside it the unpaired (Welch) interval of the same runs. **Primary**: ACTION++ - ACTION, mean over "
-        "classes, test split (40 volumes); the call is *ahead* / *behind* only when the interval excludes 0.",
+        "beside it the unpaired (Welch) interval of the same seeds (what the pairing buys). **Primary**: "
+        f"ACTION++ - ACTION, mean over classes, test split ({_n_volumes(runs, 'test')} volumes); the call is "
+        "*ahead* / *behind* only when the interval excludes 0.",
         "",
         "**Verdicts** (the decision rule above, applied):",
         "",
@@ -442,15 +471,17 @@ def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
     return buf.getvalue()
 
 
-def write_paired(source: str | Path, dest: str | Path | None = None) -> dict[str, Any]:
+def write_paired(source: str | Path, dest: str | Path | None = None,
+                 only: Iterable[str] | None = None) -> dict[str, Any]:
     """Read the scored runs under ``source``, write ``paired.csv``, ``paired.md`` and ``paired.png`` into ``dest``.
 
-    ``dest`` defaults to ``source``. Returns ``{"runs", "rows", "verdicts", "markdown", "files"}``; with no
+    ``dest`` defaults to ``source``; ``only``: the run ids to analyse (:func:`collect_scored`). Returns
+    ``{"runs", "rows", "verdicts", "markdown", "files"}``; with no
     scored run nothing is written.
     """
     source = Path(source)
     dest = Path(dest) if dest is not None else source
-    runs = collect_scored(source)
+    runs = collect_scored(source, only=only)
     rows = paired_rows(runs)
     noise = noise_rows(runs)
     md = paired_markdown(rows, noise, runs)

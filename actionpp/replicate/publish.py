@@ -278,9 +278,9 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         "(which loss term drives the update), and per run its "
         "`done` marker and `metrics.json` (the notebook's), `run/config.yaml`, `run/log.jsonl`, `run/run.json` "
         "and `run/metrics.json` (the training loop's).",
-        *(["", "Scored by the runner: per run `scores.json` (last checkpoint on val and test, student and EMA "
-           "teacher), `results_test.md` / `results_test.csv` (the test split), `paired.md` / `paired.csv` / "
-           "`paired.png` (methods compared per seed: `actionpp.replicate.paired`)."]
+        *(["", "Scored by the runner: per run `scores.json` (its checkpoint on val and test, student and EMA "
+           "teacher, as the grid's `score` block asks), `results_test.md` / `results_test.csv` (the test split), "
+           "`paired.md` / `paired.csv` / `paired.png` (methods compared per seed: `actionpp.replicate.paired`)."]
           if (dest / "paired.md").is_file() else []),
         *(["", "Per run `embeddings.npz`: a sample of its validation-pixel embeddings (head and decoder features, "
            "class-balanced and natural, fp16) from its last checkpoint, for notebook 05."]
@@ -314,7 +314,7 @@ def docs_section(dest: Path, docs: Path, grid: Grid, scored: bool = False) -> st
             dest / "paired.png").is_file() else []
         head = [(dest / "paired.md").read_text().strip().replace("\n### ", "\n#### ").replace("### ", "#### ", 1), "",
                 *figure,
-                "#### Test split (last checkpoint, student, scored by the runner)", "", body("results_test.md"), ""]
+                "#### Test split (student, scored by the runner)", "", body("results_test.md"), ""]
     return "\n".join([*head,
         f"_Written by `actionpp replicate --publish {dest.name} --docs` from `{rel}/`; "
         f"provenance (commits, machine, wall times): [`{rel}/README.md`]({rel}/README.md)._",
@@ -458,6 +458,7 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
             src = r.path / TRAIN_DIR / name
             if src.is_file():
                 shutil.copyfile(src, d / TRAIN_DIR / name)
+    _prune_stale(dest, records)
     scored = _publish_scores(records, dest)
     if embeddings:
         _publish_embedding_samples(records, dest)
@@ -465,6 +466,19 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
     if docs is not None:
         _write_docs_section(Path(docs), grid, docs_section(dest, Path(docs), grid, scored=scored))
     return dest
+
+
+def _prune_stale(dest: Path, records: Sequence[RunRecord]) -> None:
+    """Remove the run folders an earlier publish wrote into ``dest`` whose runs are not among ``records`` (dropped
+    from the grid, or stale): every reader of ``dest`` (tables, the paired analysis, notebooks 05 and 06) would
+    otherwise count them. Only folders of this command's own layout are removed (``dest`` carries its marker)."""
+    current = {r.run_id for r in records}
+    for d in sorted(p.parent for p in dest.glob(f"*/{DONE}")):
+        if d.name in current:
+            continue
+        names = {p.name for p in d.iterdir()}
+        if names <= {"done", "metrics.json", "scores.json", "embeddings.npz", TRAIN_DIR}:  # what publish writes
+            shutil.rmtree(d)
 
 
 def _test_records(records: Sequence[RunRecord], split: str = "test") -> list[RunRecord]:
@@ -503,11 +517,13 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path) -> bool:
             copied = True
     if not copied:
         return False
-    rows = aggregate(_test_records(records))
+    test = _test_records(records)
+    rows = aggregate(test)
+    which = " / ".join(sorted({str(r.metrics["protocol"]["model_selection"]).split(" ")[0] for r in test})) or "last"
     atomic_write_text(dest / "results_test.csv", results_csv(rows))
-    atomic_write_text(dest / "results_test.md", results_markdown(rows, "results on the test split (last checkpoint, "
-                                                                       "student, scored by the runner)"))
-    write_paired(dest)
+    atomic_write_text(dest / "results_test.md", results_markdown(rows, f"results on the test split ({which} "
+                                                                       "checkpoint, student, scored by the runner)"))
+    write_paired(dest, only=[r.run_id for r in records])
     return True
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actionpp.atomic import atomic_write_text, check_folder, claim_folder, remove_stale_temporaries
+from actionpp.atomic import atomic_write_bytes, atomic_write_text, check_folder, claim_folder, remove_stale_temporaries
 from actionpp.replicate.grid import Run, substitute
 from actionpp.replicate.score import SCORES, ScoresError, read_scores, score_run
 from actionpp.report import RunMetricsError, read_run_metrics
@@ -273,8 +273,20 @@ def _run_lock(rd: Path) -> Any:
 
 def _execute_locked(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
     remove_stale_temporaries(rd, (DONE, FAILED, METRICS, SCORES))  # left by a killed attempt's atomic writes
+    # the earlier attempt's result files go, so that a metrics.json without done is never mistaken for a result;
+    # kept in memory and put back if this attempt fails, so a failed re-run (--force, a broken run re-scored)
+    # never loses a result the grid had
+    previous = {name: (rd / name).read_bytes() for name in (DONE, METRICS, SCORES) if (rd / name).is_file()}
     for name in (DONE, METRICS, SCORES):
         (rd / name).unlink(missing_ok=True)
+    outcome = _attempt(run, out, rd, executor)
+    if outcome.status == "failed" and previous:
+        for name, data in previous.items():
+            atomic_write_bytes(rd / name, data)
+    return outcome
+
+
+def _attempt(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
     t0 = time.perf_counter()
     mapping = {"run_dir": str(rd), "out": str(out)}
     for i, (step, params) in enumerate(zip(run.notebooks, run.parameters)):

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from actionpp.atomic import atomic_write_text
-from actionpp.replicate.grid import Run
+from actionpp.replicate.grid import Run, grid_fingerprint
 from actionpp.replicate.run import run_status
 
 __all__ = [
@@ -165,6 +165,7 @@ class Plan:
     force: bool = False
     publish: str | None = None
     docs: str | None = None
+    fingerprint: str = ""  # grid_fingerprint of the runs at submission: a task refuses a grid edited since
 
     def _actionpp(self) -> str:
         return (f"exec {shlex.quote(self.python)} -m actionpp.cli replicate {shlex.quote(self.grid_arg)} "
@@ -190,7 +191,8 @@ class Plan:
         about = [f"# This job: the array of grid {self.grid_name}, {len(self.submit)} of its {self.n_runs} runs",
                  "# (task i = the run at position i of the grid sorted by run id):"]
         about += [f"#   task {r.index:>3}: {r.run_id}" for r in sorted(self.submit, key=lambda r: r.index)]
-        command = f'{self._actionpp()} --shard "${{SLURM_ARRAY_TASK_ID}}/{self.n_runs}"'
+        command = (f'{self._actionpp()} --shard "${{SLURM_ARRAY_TASK_ID}}/{self.n_runs}"'
+                   f" --expect-grid {self.fingerprint}")
         if self.force:
             command += " --force"
         return render(template, {"sbatch": _sbatch_lines(lines), "about": "\n".join(about),
@@ -361,7 +363,8 @@ def main(args: argparse.Namespace) -> int:
     groups = select_runs(runs, out, queued, args.force)
     plan = Plan(grid.name, str(args.grid), str(args.out) if args.out is not None else str(out), out, len(runs),
                 tuple(groups["submit"]), opts, Path.cwd(), sys.executable, args.force,
-                None if args.publish is None else str(args.publish), None if args.docs is None else str(args.docs))
+                None if args.publish is None else str(args.publish), None if args.docs is None else str(args.docs),
+                grid_fingerprint(runs))
     print(f"grid {grid.name}: {len(runs)} runs -> {out} (SLURM array: task i = the run at position i by run id)")
     group_of = {r.run_id: name for name, members in groups.items() for r in members}
     for r in sorted(runs, key=lambda r: r.index):
