@@ -428,9 +428,9 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
 
 def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
     """PNG: per comparison a panel; per budget and class the paired mean (test, filled; val, open) and 95 % interval."""
-    shown = [r for r in rows if r.role in ("primary", "secondary")]
+    shown = [r for r in rows if r.role in ("primary", "secondary") and r.paired.n >= 2]
     if not shown:
-        return None
+        return None  # no interval to draw yet (one seed a side)
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -495,4 +495,6 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
         if png is not None:
             atomic_write_bytes(dest / "paired.png", png)
             files.append("paired.png")
+        else:
+            (dest / "paired.png").unlink(missing_ok=True)  # an earlier figure of this function no longer holds
     return {"runs": len(runs), "rows": rows, "verdicts": verdicts(rows), "markdown": md, "files": files}
