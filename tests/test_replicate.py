@@ -389,7 +389,8 @@ def _fake_training_dir(run_dir: Path, seed: int, pretrain: int, seconds: float |
 
 
 def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme(tmp_path: Path) -> None:
-    from actionpp.replicate.publish import best_records, publish, validation_curves
+    from actionpp.replicate.logs import best_records, validation_curves
+    from actionpp.replicate.publish import publish
 
     grid = rp.load_grid(_grid(tmp_path, {"SEED": [0, 1]}))
     runs = rp.expand(grid)

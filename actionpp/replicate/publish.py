@@ -17,7 +17,7 @@
   ``run/config.yaml``, ``run/log.jsonl``, ``run/run.json`` (environment, git commit, start times),
   ``run/metrics.json`` (the training loop's own summary): the grid's own layout without the
   checkpoints and executed notebooks, so every reader of a grid folder
-  (:func:`~actionpp.replicate.tables.collect`, :func:`best_records`, :func:`validation_curves`,
+  (:func:`~actionpp.replicate.tables.collect`, :mod:`actionpp.replicate.logs`,
   notebook 06) reads a published folder too; nothing is edited, only copied;
 - ``README.md``: the grid file, the command, the commits the runs trained on, dates, wall times.
 
@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,179 +44,14 @@ from typing import Any
 
 from actionpp.atomic import OwnershipError, atomic_write_text, check_folder, claim_folder
 from actionpp.replicate.grid import Grid, Run
+from actionpp.replicate.logs import TRAIN_DIR, best_records, loss_shares, plot_validation_curves, train_summary
 from actionpp.replicate.run import DONE
 from actionpp.replicate.tables import RunRecord, aggregate, collect, results_csv, results_markdown, write_results
-from actionpp.runlog import read_json_file
 
-__all__ = ["publish", "check_publish", "best_records", "validation_curves", "plot_validation_curves", "loss_shares",
-           "TRAIN_DIR", "OWNER"]
+__all__ = ["publish", "check_publish", "OWNER"]
 
-TRAIN_DIR = "run"  # the training run directory inside a grid run (04_train: OUT_DIR / "run")
 OWNER = "publish"  # the published folder's marker: DIR/.actionpp-publish.json (actionpp.atomic)
 _COPIED = ("config.yaml", "log.jsonl", "run.json", "metrics.json")  # from the training run directory
-
-
-def _train_summary(record: RunRecord) -> dict[str, Any]:
-    p = record.path / TRAIN_DIR / "metrics.json"
-    data = read_json_file(p, "the training run's summary") if p.is_file() else {}
-    return data if isinstance(data, dict) else {}
-
-
-def best_records(records: Sequence[RunRecord]) -> list[RunRecord]:
-    """The runs at their best validation checkpoint: ``dice`` per class and ``dice_mean`` from
-    ``metrics["val_best"]`` (or the training run's own ``metrics.json``); other metrics absent."""
-    out = []
-    for r in records:
-        best = r.metrics.get("val_best") or _train_summary(r).get("best")
-        if not best or not best.get("dice_per_class"):
-            continue
-        per_class = {str(k): float(v) for k, v in best["dice_per_class"].items()}
-        m = {
-            "dataset": r.metrics.get("dataset"),
-            "data": r.metrics.get("data"),
-            "method": r.metrics.get("method"),
-            "labelled_patients": r.metrics.get("labelled_patients"),
-            "classes": list(r.metrics.get("classes") or per_class),
-            "dice": per_class,
-            "dice_mean": float(best["dice"]),
-            "protocol": {
-                **(r.metrics.get("protocol") or {}),
-                "model_selection": "best validation checkpoint (iteration "
-                                   f"{r.metrics.get('val_best_iteration', _train_summary(r).get('best_iteration'))})",
-            },
-        }
-        out.append(RunRecord(r.run_id, r.axes, m, r.path))
-    return out
-
-
-def validation_curves(record: RunRecord) -> list[dict[str, Any]]:
-    """``[{"iteration", "finetune_iteration", "dice", "dice_per_class"}]`` from the run's training log."""
-    log = record.path / TRAIN_DIR / "log.jsonl"
-    if not log.is_file():
-        return []
-    cfg_file = record.path / TRAIN_DIR / "config.yaml"
-    pre = 0
-    if cfg_file.is_file():
-        import yaml
-
-        cfg = yaml.safe_load(cfg_file.read_text()) or {}
-        if (cfg.get("method") or {}).get("pretrain"):
-            pre = int((cfg.get("train") or {}).get("pretrain_iters", 0))
-    rows = []
-    for line in log.read_text().splitlines():
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if e.get("kind") == "val" and e.get("dice") is not None:
-            rows.append({"iteration": int(e["iteration"]), "finetune_iteration": int(e["iteration"]) - pre,
-                         "dice": float(e["dice"]), "dice_per_class": e.get("dice_per_class") or {}})
-    return rows
-
-
-def _group_key(r: RunRecord) -> str:
-    return ", ".join(f"{k}={v}" for k, v in r.axes.items() if k != "SEED") or r.run_id
-
-
-def _curve_groups(records: Sequence[RunRecord]) -> dict[str, dict[int, list[float]]]:
-    groups: dict[str, dict[int, list[float]]] = {}
-    for r in records:
-        for row in validation_curves(r):
-            groups.setdefault(_group_key(r), {}).setdefault(row["finetune_iteration"], []).append(row["dice"])
-    return groups
-
-
-def _draw_curves(ax: Any, groups: dict[str, dict[int, list[float]]], title: str) -> None:
-    for name, by_it in groups.items():
-        its = sorted(by_it)
-        mean = [statistics.fmean(by_it[i]) for i in its]
-        ax.plot(its, mean, marker="o", ms=3, label=f"{name} (n={max(len(v) for v in by_it.values())})")
-        ax.fill_between(its, [min(by_it[i]) for i in its], [max(by_it[i]) for i in its], alpha=0.15)
-    ax.axvline(0, color="0.6", lw=0.8, ls=":")
-    ax.set(xlabel="fine-tuning iteration (pre-training at negative iterations)", ylabel="validation Dice", title=title)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-
-
-def plot_validation_curves(records: Sequence[RunRecord], path: Path, title: str) -> Path | None:
-    """Mean validation Dice over seeds against fine-tuning iteration, one line per group (seed range shaded).
-
-    Runs with a ``VARIANT`` axis (ablations) get a second panel, with the main runs of the same
-    method drawn again there for reference.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    main = [r for r in records if "VARIANT" not in r.axes]
-    variants = [r for r in records if "VARIANT" in r.axes]
-    if not _curve_groups(records):
-        return None
-    panels = [(main, f"{title}: methods")]
-    if variants:
-        methods = {r.metrics.get("method") for r in variants}
-        ref = [r for r in main if r.axes.get("METHOD") in methods or r.metrics.get("method") in methods]
-        panels.append((ref + variants, f"{title}: ablations (seed 0 unless n says more)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 4.5), squeeze=False)
-    for ax, (recs, t) in zip(axes[0], panels):
-        _draw_curves(ax, _curve_groups(recs), t)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _finetune_log(record: RunRecord) -> list[dict[str, Any]]:
-    log = record.path / TRAIN_DIR / "log.jsonl"
-    rows = []
-    for line in (log.read_text().splitlines() if log.is_file() else []):
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if e.get("kind") == "train" and e.get("phase") == "finetune":
-            rows.append(e)
-    return rows
-
-
-def loss_shares(records: Sequence[RunRecord]) -> str:
-    """Markdown: per run, mean ``share/<term>`` over the first and last quarter of fine-tuning, and
-    the mean centre share of the SAACL gradient (``centre_share/averaged`` / ``separate``)."""
-    lines = ["# Which loss term drives the update", "",
-             "Share of the update on the backbone that each weighted loss term drives, (w_k g_k . g) / ||g||^2 "
-             "with g the sum of the weighted gradients (the shares add up to 1; a negative share pulls against "
-             "the update), read from the training logs (every `runtime.log_every` iterations) and averaged over "
-             "the first and the last quarter of fine-tuning. `centre`: the centre term's share of the SAACL "
-             "gradient on the anchors, ||g_c|| / (||g_c|| + ||g_rest||), under the official `averaged` form and "
-             "the `separate` form, on the same embeddings (the run trains with one of them: its config says which).",
-             ""]
-    header = "| run | window | " + " | ".join(["sup", "unsup", "consistency", "anco", "saacl"]) + \
-        " | centre (averaged) | centre (separate) |"
-    lines += [header, "|" + "---|" * 9]
-    for r in records:
-        rows = _finetune_log(r)
-        if not rows or not any(k.startswith("share/") for k in rows[0]):
-            continue
-        last_it = max(int(e["iteration"]) for e in rows)
-        first_it = min(int(e["iteration"]) for e in rows)
-        span = max(last_it - first_it, 1)
-        windows = {
-            "first quarter": [e for e in rows if int(e["iteration"]) <= first_it + span / 4],
-            "last quarter": [e for e in rows if int(e["iteration"]) >= last_it - span / 4],
-        }
-        for wname, sel in windows.items():
-            def mean(key: str, sel: list[dict[str, Any]] = sel) -> str:
-                vals = [float(e[key]) for e in sel if e.get(key) is not None]
-                return f"{statistics.fmean(vals):.3f}" if vals else "-"
-
-            cells = [mean(f"share/{t}") for t in ("sup", "unsup", "consistency", "anco", "saacl")]
-            cells += [mean("centre_share/averaged"), mean("centre_share/separate")]
-            lines.append(f"| {r.run_id} | {wname} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _machine() -> str:
@@ -246,7 +80,7 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         if env.get("torch"):
             torch_versions.add(str(env["torch"]))
         marker = json.loads((r.path / DONE).read_text())
-        train = _train_summary(r)
+        train = train_summary(r)
         # training time over every attempt (the loop keeps it in its checkpoints); the marker's seconds
         # are the last attempt's notebook only, which undercounts a run that was resumed
         seconds = float(train.get("seconds", marker.get("seconds", 0.0)))
