@@ -78,7 +78,6 @@ __all__ = [
     "cutmix",
     "classmix",
     "mix_targets",
-    "apply_mix",
     "colour_jitter",
     "gaussian_kernels",
     "blur",
@@ -609,7 +608,6 @@ def mix_targets(t: Tensor, mask: Tensor, perm: Tensor) -> Tensor:
     return torch.where(m, t[perm.to(t.device)], t)
 
 
-apply_mix = mix_targets  # alias: the same operation under the engine's name
 
 
 def cutmix(

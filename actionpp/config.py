@@ -45,6 +45,8 @@ from typing import Any, Literal
 
 import yaml
 
+from actionpp.data.spec import dataset_spec
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -85,62 +87,82 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- sections
 
 
+# Every field carries its reason and where its default comes from ("method.md N": docs/method.md
+# section N; "official": the official ACTION++ code; "SSL4MIS" / "UA-MT": the community baselines;
+# "ours": a choice of this project). The profiles (configs/*.yaml) say the same per value.
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data, at which size."""
+    """Which data, at which size (the dataset itself is a :class:`~actionpp.data.spec.DatasetSpec`)."""
 
-    dataset: Literal["acdc", "la"] = "acdc"
-    root: str = "phantom"  # "phantom" (generated on first use), a dataset folder, or a pack file
-    phantom_preset: Literal["acdc", "longtail"] = "acdc"
-    phantom_patients: int | None = None  # None = the phantom's default patient count
-    phantom_seed: int = 0
-    labelled: int | None = 7  # ACDC: labelled patients (3 = 5 %, 7 = 10 %); LA: labelled scans; None = all
-    size: int = 256  # ACDC: every slice resized (nearest) to size x size
-    crop: tuple[int, int, int] = (112, 112, 80)  # LA: random training crop
-    num_classes: int = 4  # counts background (ACDC 4, LA 2)
-    val_split: str = "val"  # split used for model selection; never "test"
-    val_max_volumes: int | None = None  # evaluate only the first N validation volumes (None = all)
+    dataset: str = "acdc"  # a registered DatasetSpec (actionpp.data.spec): acdc (method.md 6) or la
+    root: str = "phantom"  # "phantom" (generated on first use), "shared", a dataset folder, or a pack file (ours)
+    phantom_preset: Literal["acdc", "longtail"] = "acdc"  # cardiac phantom's class shares; longtail: rarer RV (ours)
+    phantom_patients: int | None = None  # None = the phantom's default patient count (its spec's; ours)
+    phantom_seed: int = 0  # the phantom's own seed: the same seed writes the same files (ours)
+    labelled: int | None = 7  # ACDC: labelled patients (3 = 5 %, 7 = 10 %; SSL4MIS); LA: labelled scans; None = all
+    size: int = 256  # 2D: every slice resized (nearest) to size x size (method.md 6, SSL4MIS)
+    crop: tuple[int, int, int] = (112, 112, 80)  # 3D: random training crop and evaluation window (method.md 6, UA-MT)
+    num_classes: int = 4  # counts background; must equal the dataset spec's classes (ACDC 4, LA 2)
+    val_split: str = "val"  # split used for model selection; never "test" (method.md 6)
+    val_max_volumes: int | None = None  # evaluate only the first N validation volumes (None = all; ours, for speed)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Backbone and heads."""
 
-    arch: Literal["unet2d", "vnet3d"] = "unet2d"
-    in_channels: int = 1
-    rep_dim: int = 128  # representation head output = class-centre dimension
-    proj_hidden: int = 512  # ISD projection MLP hidden width (pre-training)
-    proj_dim: int = 128  # ISD projection output width (pre-training)
+    arch: Literal["unet2d", "vnet3d"] = "unet2d"  # the dataset spec's: SSL4MIS 2D U-Net / UA-MT 3D V-Net (method.md 6)
+    in_channels: int = 1  # ACDC and LA images have one channel
+    rep_dim: int = 128  # representation head output = class-centre dimension (method.md 8: paper 128)
+    proj_hidden: int = 512  # ISD projection MLP hidden width (pre-training; ours, BYOL style)
+    proj_dim: int = 128  # ISD projection output width (pre-training; method.md 5)
 
 
 @dataclass(frozen=True)
 class MethodConfig:
     """The method: a name that expands to switches (see :data:`METHOD_PRESETS`)."""
 
-    name: str = "actionpp"
-    pretrain: bool = True  # run the ISD pre-training phase (global + local distillation + supervised)
+    name: str = "actionpp"  # a key of METHOD_PRESETS: supervised, mean_teacher, action, actionpp, ablations
+    pretrain: bool = True  # run the ISD pre-training phase (global + local distillation + supervised; method.md 5)
     finetune: bool = True  # run the fine-tuning phase
-    teacher: bool = True  # keep an EMA teacher (needed by every unlabelled term)
-    unsup: bool = True  # pseudo-label CE on unlabelled images
-    consistency: bool = False  # mean-teacher MSE consistency on unlabelled images
-    anco: bool = True  # anatomical contrast (ReCo style)
-    saacl: bool = True  # supervised adaptive anatomical contrast
-    ats: bool = True  # temperature from the schedule (False: fixed temperature.fixed_tau)
+    teacher: bool = True  # keep an EMA teacher (needed by every unlabelled term and SAACL; method.md 5)
+    unsup: bool = True  # pseudo-label CE on unlabelled images (ACTION, method.md 5)
+    consistency: bool = False  # mean-teacher MSE consistency on unlabelled images (SSL4MIS mean teacher)
+    anco: bool = True  # anatomical contrast, ReCo style (ACTION, method.md 5)
+    saacl: bool = True  # supervised adaptive anatomical contrast (ACTION++, method.md 3)
+    ats: bool = True  # temperatures from the schedule (method.md 4); False: fixed temperature.fixed_tau
+
+    @property
+    def finetune_unlabelled(self) -> bool:
+        """Fine-tuning reads unlabelled images (pseudo-labels, consistency or AnCo's unlabelled pixels)."""
+        return self.unsup or self.consistency or self.anco
+
+    @property
+    def uses_unlabelled(self) -> bool:
+        """The method reads unlabelled images in some phase (pre-training always does)."""
+        return self.pretrain or self.finetune_unlabelled
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Some switched-on term needs the EMA teacher (its targets, its view of the anchors, or ISD)."""
+        return self.uses_unlabelled or self.saacl
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation (each phase restarts SGD and its poly decay, as the two official scripts do)."""
 
-    pretrain_iters: int = 10_000
-    finetune_iters: int = 20_000
-    batch_labelled: int = 4
-    batch_unlabelled: int = 4
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9  # lr = lr0 * (1 - it / max_it) ** poly_power
-    ema_momentum: float = 0.99
+    pretrain_iters: int = 10_000  # method.md 6: paper ACDC 10 k pre-training
+    finetune_iters: int = 20_000  # method.md 6: paper ACDC 20 k fine-tuning
+    batch_labelled: int = 4  # paper batch 8, read as 4 labelled + 4 unlabelled (official 2D split)
+    batch_unlabelled: int = 4  # see batch_labelled
+    lr: float = 0.01  # method.md 6: SGD lr 0.01
+    momentum: float = 0.9  # method.md 6
+    weight_decay: float = 1e-4  # method.md 6
+    poly_power: float = 0.9  # lr = lr0 * (1 - it / max_it) ** poly_power (method.md 6)
+    ema_momentum: float = 0.99  # method.md 5: EMA teacher momentum
     nesterov_finetune: bool = False  # Nesterov momentum in fine-tuning (official 2D and 3D fine-tuning scripts)
     # student forward of the labelled + unlabelled batch: one BatchNorm batch, or two (official fine-tuning)
     finetune_forward: Literal["joint", "separate"] = "joint"
@@ -152,69 +174,77 @@ class TrainConfig:
 class LossConfig:
     """Loss weights of the fine-tuning objective (pre-training weights live in ``pretrain``)."""
 
-    sup: float = 1.0  # 0.5 (CE + Dice) on labelled images, times this
-    unsup: float = 1.0
-    unsup_threshold: float = 0.97  # pseudo-label confidence defining the per-image weight
-    consistency: float = 0.1  # mean teacher: final weight of the MSE consistency
-    consistency_rampup: int = 1000  # iterations of the sigmoid ramp-up exp(-5 (1 - t)^2)
+    sup: float = 1.0  # 0.5 (CE + Dice) on labelled images, times this (method.md 5)
+    unsup: float = 1.0  # pseudo-label CE weight (method.md 5)
+    unsup_threshold: float = 0.97  # pseudo-label confidence defining the per-image weight (method.md 5)
+    consistency: float = 0.1  # mean teacher: final weight of the MSE consistency (SSL4MIS 0.1)
+    consistency_rampup: int = 1000  # iterations of the sigmoid ramp-up exp(-5 (1 - t)^2) (SSL4MIS form; ours length)
     consistency_noise: float = 0.1  # teacher input noise, clamped to +-2x this (SSL4MIS)
-    anco: float = 1.0
-    saacl: float = 1.0
+    anco: float = 1.0  # method.md 8: paper "equal combination" (official x 0.01)
+    saacl: float = 1.0  # method.md 8: paper "equal combination" (official x 0.01)
 
 
 @dataclass(frozen=True)
 class AncoConfig:
     """Anatomical contrast (ReCo style)."""
 
-    queries_per_class: int = 256
-    negatives: int = 512
-    strong_threshold: float = 0.97  # hard queries: student confidence below this
-    weak_threshold: float = 0.7  # unlabelled pixels need teacher confidence >= this
-    pixels_per_class: int = 1024  # candidate pixels sampled per class and batch for the head
+    queries_per_class: int = 256  # method.md 5: hard queries per class
+    negatives: int = 512  # method.md 5: negatives per query
+    strong_threshold: float = 0.97  # hard queries: student confidence below this (method.md 5)
+    weak_threshold: float = 0.7  # unlabelled pixels need teacher confidence >= this (method.md 5)
+    pixels_per_class: int = 1024  # candidate pixels sampled per class and batch for the head (ours, method.md 9)
 
 
 @dataclass(frozen=True)
 class SaaclConfig:
-    """Supervised adaptive anatomical contrast."""
+    """Supervised adaptive anatomical contrast (method.md 1-3).
 
-    lambda_a: float = 0.2
-    anchors_per_class: int = 256
-    queue_size: int = 12_288
-    centre_method: Literal["optimize", "simplex", "tsc", "tammes"] = "optimize"
-    allocator_momentum: float = 0.1
-    assignment: Literal["hungarian", "random", "identity"] = "hungarian"
+    Temperature precedence (one rule, :func:`actionpp.train.objective.temperature_schedules`):
+    ``fixed_tau``, when set, is SAACL's temperature whatever ``method.ats`` and ``temperature.*`` say;
+    otherwise SAACL follows ATS (the cosine with low end ``tau_min`` when set; a ``step`` schedule is AnCo's)
+    or, without ATS, ``temperature.fixed_tau``. Setting both ``tau_min`` and ``fixed_tau`` is an error
+    (``tau_min`` could never act).
+    """
+
+    lambda_a: float = 0.2  # weight of the class-centre term (method.md 3 / 8: paper 0.2; official 2D 0.1)
+    anchors_per_class: int = 256  # ground-truth anchors per class present in the labelled batch (method.md 3)
+    queue_size: int = 12_288  # FIFO of teacher embeddings, the anchors' other positives and negatives (official)
+    centre_method: Literal["optimize", "simplex", "tsc", "tammes"] = "optimize"  # class centres (method.md 1)
+    allocator_momentum: float = 0.1  # EMA weight of the batch mean in the running class means (method.md 2: official)
+    assignment: Literal["hungarian", "random", "identity"] = "hungarian"  # method.md 2 (ablation: random)
+    # method.md 3: how the centre term enters: official "averaged" (one of the 1/|P_i| positives) or "separate"
     centre_term: Literal["averaged", "separate"] = "averaged"
-    tau_min: float | None = None
-    fixed_tau: float | None = None
+    tau_min: float | None = None  # SAACL's own ATS low end (official 2D 0.07); None = temperature.tau_min (paper)
+    fixed_tau: float | None = None  # SAACL at a fixed temperature, even with ATS (official 3D 0.07); None = scheduled
 
 
 @dataclass(frozen=True)
 class TemperatureConfig:
     """Contrastive temperature: schedule when method.ats, else fixed_tau."""
 
-    kind: Literal["cosine", "cosine_epoch", "constant", "step"] = "cosine"
-    tau_min: float = 0.1
-    tau_max: float = 1.0
+    kind: Literal["cosine", "cosine_epoch", "constant", "step"] = "cosine"  # method.md 4: per-iteration cosine
+    tau_min: float = 0.1  # method.md 4: paper tau_min
+    tau_max: float = 1.0  # method.md 4: paper tau_max
     period: float | None = None  # cosine: iterations per cycle; cosine_epoch: epochs; None = one cycle over fine-tuning
-    epoch_iters: int | None = None  # cosine_epoch: iterations per epoch (None = unlabelled images / batch)
-    step_milestones: tuple[int, ...] = ()  # step: fine-tuning iterations where tau changes
+    epoch_iters: int | None = None  # cosine_epoch: iterations per epoch (None = unlabelled images / batch; official)
+    step_milestones: tuple[int, ...] = ()  # step: fine-tuning iterations where tau changes (ours, an ablation)
     step_values: tuple[float, ...] = ()  # step: len(step_milestones) + 1 temperatures
-    fixed_tau: float = 0.5  # ACTION's fixed temperature (used when method.ats is false)
+    fixed_tau: float = 0.5  # ACTION's fixed temperature (method.md 5; used when method.ats is false)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """ISD global + local distillation (ACTION pre-training)."""
 
-    memory_bank: int = 36
-    tau_s: float = 0.1
-    tau_t: float = 0.01
-    patch: int = 64  # local: pooled windows of the output map
-    stride: int = 32
-    global_weight: float = 1.0
-    local_weight: float = 1.0
-    sup: float = 1.0
-    tau_max: float = 1.0
+    memory_bank: int = 36  # method.md 5: ISD memory bank of 36 teacher embeddings (images)
+    tau_s: float = 0.1  # method.md 5: ISD student temperature
+    tau_t: float = 0.01  # method.md 5: ISD teacher temperature (ACDC)
+    patch: int = 64  # local: pooled windows of the output map (method.md 5: 64 x 64)
+    stride: int = 32  # method.md 5: window stride
+    global_weight: float = 1.0  # official code: global + local + supervised, equal weights
+    local_weight: float = 1.0  # official code
+    sup: float = 1.0  # method.md 5: plus the supervised loss on labelled images
+    tau_max: float = 1.0  # method.md 4: ATS in pre-training: tau_s and tau_t each cosine from here to their value
     period: float | None = None  # ATS period in pre-training (iterations, or epochs for cosine_epoch); None = one cycle
 
 
@@ -222,20 +252,20 @@ class PretrainConfig:
 class AugmentConfig:
     """Batched on-device augmentation."""
 
-    labelled_rotate: bool = True
-    labelled_flip: bool = True
-    mix: Literal["cutmix", "classmix", "none"] = "cutmix"
-    jitter: bool = True
-    blur: bool = True
+    labelled_rotate: bool = True  # method.md 8: paper labelled augmentation = rotation + flip (official 2D: none)
+    labelled_flip: bool = True  # method.md 8
+    mix: Literal["cutmix", "classmix", "none"] = "cutmix"  # strong view of the unlabelled batch (method.md 5)
+    jitter: bool = True  # colour jitter in the strong view (method.md 5)
+    blur: bool = True  # Gaussian blur in the strong view (method.md 5)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Validation during training and model selection."""
 
-    every: int = 1000  # iterations between validations (0 = only at the end)
-    select: Literal["best", "last"] = "best"  # which checkpoint a finished run reports as its model
-    batch: int = 16  # slices per forward at validation
+    every: int = 1000  # iterations between validations (0 = only at the end; ours)
+    select: Literal["best", "last"] = "best"  # which checkpoint a finished run reports (official: last, method.md 6)
+    batch: int = 16  # slices per forward at validation (speed only)
 
 
 @dataclass(frozen=True)
@@ -243,16 +273,16 @@ class RuntimeConfig:
     """Where and how the loop runs (device, precision, logging, checkpoints)."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
+    seed: int = 0  # every generator of a run derives from it (actionpp.train.state)
     deterministic: bool = False  # torch.use_deterministic_algorithms(True)
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA only
     compile: bool = False  # torch.compile the student forward
     channels_last: bool = True  # networks and inputs channels-last: 0.85x the CPU step (docs/benchmarks.md)
-    log_every: int = 50
+    log_every: int = 50  # iterations per log line (the loss terms are read from the device only then)
     grad_norms: bool = True  # at log iterations, log each loss term's gradient norm and share on the backbone
-    checkpoint_every: int = 1000
-    progress: bool = True
-    tensorboard: bool = False
+    checkpoint_every: int = 1000  # iterations between last.pt writes (0 = phase ends only)
+    progress: bool = True  # a tqdm bar
+    tensorboard: bool = False  # also write TensorBoard events
 
 
 @dataclass(frozen=True)
@@ -531,14 +561,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue  # the next member of the union may take it
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if origin is Literal:
         if isinstance(value, bool) and ("on" if value else "off") in args:
@@ -708,9 +737,7 @@ def _check_ranges(cfg: Config) -> None:
             if not ok:
                 raise ConfigError(f"{key}: {_range_text(lo, hi, bounds)}, got {value!r}")
     d, t = cfg.data, cfg.temperature
-    if d.dataset == "acdc" and d.phantom_patients is not None and d.phantom_patients < 3:
-        raise ConfigError(f"data.phantom_patients: the ACDC phantom needs at least 3 patients (train / val / test), "
-                          f"got {d.phantom_patients}")
+    _check_dataset(cfg)
     if any(b <= a for a, b in zip(t.step_milestones, t.step_milestones[1:])):
         raise ConfigError(f"temperature.step_milestones: must increase, got {list(t.step_milestones)}")
     if cfg.train.nesterov_finetune and cfg.finetune_iters and cfg.train.momentum == 0:
@@ -719,6 +746,25 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.model.arch == "vnet3d" and cfg.method.pretrain and cfg.pretrain.patch > min(d.crop):
         raise ConfigError(f"pretrain.patch: must fit in the smallest side of data.crop={list(d.crop)}, "
                           f"got {cfg.pretrain.patch}")
+
+
+def _check_dataset(cfg: Config) -> None:
+    """The data settings against the dataset's spec (:mod:`actionpp.data.spec`): a registered dataset, its
+    architecture and class count, enough phantom patients for its splits. :class:`ConfigError` naming the key."""
+    d = cfg.data
+    try:
+        spec = dataset_spec(d.dataset)
+    except ValueError as exc:
+        raise ConfigError(f"data.dataset: {exc}") from None
+    if cfg.model.arch != spec.arch:
+        raise ConfigError(f"model.arch: data.dataset={d.dataset!r} trains with {spec.arch}, got {cfg.model.arch!r}")
+    if d.num_classes != spec.num_classes:
+        raise ConfigError(f"data.num_classes: data.dataset={d.dataset!r} has {spec.num_classes} classes "
+                          f"({', '.join(spec.class_names)}), got {d.num_classes}")
+    least = spec.phantom.min_patients
+    if d.phantom_patients is not None and d.phantom_patients < least:
+        raise ConfigError(f"data.phantom_patients: the {spec.title} phantom needs at least {least} patients "
+                          f"({' / '.join(spec.splits)}), got {d.phantom_patients}")
 
 
 def _check_values(cfg: Config) -> None:
@@ -737,11 +783,6 @@ def _check_values(cfg: Config) -> None:
     need(all(c >= 16 and c % 16 == 0 for c in cfg.data.crop), "data.crop", "every side must be a multiple of 16")
     need(cfg.data.val_split != "test", "data.val_split", "the test split is never used for model selection")
     need(cfg.model.rep_dim >= 2, "model.rep_dim", "must be >= 2")
-    need(
-        (cfg.model.arch == "unet2d") == (cfg.data.dataset == "acdc"),
-        "model.arch",
-        f"unet2d goes with dataset acdc and vnet3d with la (data.dataset={cfg.data.dataset!r})",
-    )
     need(cfg.train.pretrain_iters >= 0, "train.pretrain_iters", "must be >= 0")
     need(cfg.train.finetune_iters >= 0, "train.finetune_iters", "must be >= 0")
     need(cfg.train.batch_labelled >= 1, "train.batch_labelled", "must be >= 1")
@@ -749,16 +790,12 @@ def _check_values(cfg: Config) -> None:
     need(cfg.train.lr > 0, "train.lr", "must be > 0")
     need(0.0 <= cfg.train.ema_momentum <= 1.0, "train.ema_momentum", "must be in [0, 1]")
     need(cfg.total_iters >= 1, "train.finetune_iters", "the run has no iterations (both phases off or zero)")
-    needs_unlab = cfg.method.unsup or cfg.method.consistency or cfg.method.pretrain or cfg.method.anco
     need(
-        not needs_unlab or cfg.train.batch_unlabelled >= 1,
+        not cfg.method.uses_unlabelled or cfg.train.batch_unlabelled >= 1,
         "train.batch_unlabelled",
         f"method {cfg.method.name!r} uses unlabelled images, so it must be >= 1",
     )
-    uses_teacher = (
-        cfg.method.unsup or cfg.method.consistency or cfg.method.anco or cfg.method.saacl or cfg.method.pretrain
-    )
-    need(cfg.method.teacher or not uses_teacher, "method.teacher", "the selected terms need the EMA teacher")
+    need(cfg.method.teacher or not cfg.method.uses_teacher, "method.teacher", "the selected terms need the EMA teacher")
     need(0.0 < cfg.temperature.tau_min <= cfg.temperature.tau_max, "temperature.tau_min", "must be in (0, tau_max]")
     need(cfg.temperature.fixed_tau > 0, "temperature.fixed_tau", "must be > 0")
     need(
@@ -767,6 +804,11 @@ def _check_values(cfg: Config) -> None:
         "must be in (0, temperature.tau_max] or null",
     )
     need(cfg.saacl.fixed_tau is None or cfg.saacl.fixed_tau > 0, "saacl.fixed_tau", "must be > 0 or null")
+    need(
+        cfg.saacl.tau_min is None or cfg.saacl.fixed_tau is None,
+        "saacl.tau_min",
+        f"has no effect while saacl.fixed_tau={cfg.saacl.fixed_tau} fixes SAACL's temperature; set one of the two",
+    )
     need(
         cfg.pretrain.tau_max >= max(cfg.pretrain.tau_s, cfg.pretrain.tau_t),
         "pretrain.tau_max",

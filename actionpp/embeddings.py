@@ -46,7 +46,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,16 +55,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from actionpp import sampling as sampling_
+from actionpp.data.spec import dataset_spec
 from actionpp.metrics import mean_std
 from actionpp.models.backbone import Backbone
 from actionpp.models.heads import RepresentationHead
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from actionpp.config import Config
 
 __all__ = [
     "Embeddings",
     "RunModel",
     "load_run",
     "validation_slices",
-    "sample_pixels",
+    "sample_positions",
     "extract",
     "class_means",
     "alignment",
@@ -135,51 +140,43 @@ class RunModel:
     head: RepresentationHead
     centres: Tensor | None
     assignment: Tensor | None
-    config: Any
+    config: Config
     checkpoint: str
 
 
-def load_run(run_dir: str | Any, which: str = "auto", device: str | torch.device = "cpu") -> RunModel:
+def load_run(run_dir: str | Path, which: str = "auto", device: str | torch.device = "cpu") -> RunModel:
     """Load the student backbone *and* its representation head from a training run directory.
 
-    ``which``: ``"best"``, ``"last"`` or ``"auto"`` (the run's ``eval.select``), as
-    :func:`actionpp.models.segmodel.load_model`, which returns the backbone only. The centres
-    and their assignment come from ``last.pt`` (``best.pt`` stores no allocator; the centres are
-    fixed and the assignment is the one at the end of training). Raises
-    :class:`actionpp.checkpoint.CheckpointError` naming the folder when it holds no checkpoint.
+    ``which``: ``"best"``, ``"last"`` or ``"auto"`` (the run's ``eval.select``), read by
+    :func:`actionpp.models.segmodel.load_segmodel` (which :func:`~actionpp.models.segmodel.load_model`
+    reads too, for the backbone only). The centres and their assignment come from ``last.pt``
+    (``best.pt`` stores no allocator; the centres are fixed and the assignment is the one at the end
+    of training). Raises :class:`actionpp.checkpoint.CheckpointError` naming the folder when it holds no
+    checkpoint.
     """
-    import json
-    from pathlib import Path
-
-    from actionpp.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-    from actionpp.config import stored_config
-    from actionpp.models.segmodel import SegModel
+    from actionpp.checkpoint import CheckpointError, load_checkpoint
+    from actionpp.models.segmodel import load_segmodel
 
     rd = Path(run_dir)
     if not rd.is_dir():
         raise CheckpointError(f"run directory {rd} does not exist")
-    path = find_checkpoint(rd, which)
-    state = load_checkpoint(path, map_location="cpu")
-    cfg = stored_config(json.loads(state["config"]))
-    model = SegModel(cfg)
-    model.load_state_dict(state["student"])
-    model.to(device).eval()
-    centres = assignment = None
-    last = (
-        state
-        if path.name == "last.pt"
+    loaded = load_segmodel(rd, which, device)
+    last: Mapping[str, Any] = (
+        loaded.state
+        if loaded.checkpoint.name == "last.pt"
         else (load_checkpoint(rd / "last.pt", map_location="cpu") if (rd / "last.pt").is_file() else {})
     )
-    alloc = last.get("allocator") if isinstance(last, Mapping) else None
+    centres = assignment = None
+    alloc = last.get("allocator")
     if alloc is not None:
         assignment = alloc["assignment"].long().cpu()
         centres = F.normalize(alloc["centres"].float().cpu(), dim=1)[assignment]
-    return RunModel(model.net, model.rep, centres, assignment, cfg, str(path))
+    return RunModel(loaded.model.net, loaded.model.rep, centres, assignment, loaded.config, str(loaded.checkpoint))
 
 
-def validation_slices(config: Any, split: str = "val", max_volumes: int | None = None) -> tuple[Tensor, Tensor]:
+def validation_slices(config: Config, split: str = "val", max_volumes: int | None = None) -> tuple[Tensor, Tensor]:
     """The slices of ``split`` as the model sees them: ``images (S, 1, size, size)`` float32 and
-    ``labels (S, size, size)`` int64, nearest-resized to ``config.data.size`` (ACDC only).
+    ``labels (S, size, size)`` int64, nearest-resized to ``config.data.size`` (a 2D dataset: ACDC).
 
     The data folder comes from ``config.data.root`` (``"phantom"``, ``"shared"`` or a path).
     ``max_volumes`` keeps the first volumes only.
@@ -187,8 +184,8 @@ def validation_slices(config: Any, split: str = "val", max_volumes: int | None =
     from actionpp.data.roots import resolve_data_root
     from actionpp.data.tensors import load_volumes, resize_nearest
 
-    if config.data.dataset != "acdc":
-        raise ValueError(f"validation_slices supports the 2D ACDC layout only, got dataset {config.data.dataset!r}")
+    if dataset_spec(config.data.dataset).spatial_dims != 2:
+        raise ValueError(f"validation_slices supports 2D datasets only, got dataset {config.data.dataset!r}")
     root = resolve_data_root(config.data.root, config)
     vols = load_volumes(root, split)
     if max_volumes is not None:
@@ -208,7 +205,7 @@ def validation_slices(config: Any, split: str = "val", max_volumes: int | None =
 # ---------------------------------------------------------------------------------------------
 
 
-def sample_pixels(
+def sample_positions(
     labels: Tensor,
     num_classes: int,
     sampling: str = "balanced",
@@ -217,6 +214,9 @@ def sample_pixels(
     seed: int = 0,
 ) -> Tensor:
     """Pixel positions ``(M, 3)`` int64 rows ``(slice, y, x)`` drawn from ``labels (S, H, W)``.
+
+    (Not :func:`actionpp.sampling.sample_pixels`, which it calls: that one draws the training's
+    ``(idx, labels)`` from a batch; this one the positions of a study's two samplings.)
 
     ``"balanced"``: for every class, ``min(per_class, #pixels of that class)`` pixels without
     replacement, uniformly among that class's pixels (classes in order 0..K-1). ``"natural"``:
@@ -261,7 +261,7 @@ def extract(
     decoder maps (all of them for the official 2D head). Only the sampled pixels are computed
     (``head.forward_at``), in slice batches of ``batch``, on the model's device; both modules are
     put in eval mode for the call and restored after. Returns unit-norm rows on the CPU in the
-    order of :func:`sample_pixels`. 3D backbones are not supported (ValueError).
+    order of :func:`sample_positions`. 3D backbones are not supported (ValueError).
     """
     if (
         images.ndim != 4
@@ -275,7 +275,7 @@ def extract(
         )
     if getattr(head, "spatial_dims", 2) != 2:
         raise ValueError("extract supports 2D models only (the head has spatial_dims=3)")
-    idx = sample_pixels(labels, num_classes, sampling, per_class, total, seed)
+    idx = sample_positions(labels, num_classes, sampling, per_class, total, seed)
     counts = torch.bincount(labels.reshape(-1).to("cpu", torch.long), minlength=num_classes)
     device = next(model.parameters()).device
     n_maps = len(head.in_channels_list)
@@ -324,7 +324,7 @@ def embedding_sample(
     """A small, self-contained sample of a 2D run's pixel embeddings on ``split`` (the published ``embeddings.npz``).
 
     For both samplings (``balanced``: up to ``per_class`` pixels of every class; ``natural``: ``total``
-    pixels uniformly; :func:`sample_pixels`, seeded by ``seed``), at the same pixels:
+    pixels uniformly; :func:`sample_positions`, seeded by ``seed``), at the same pixels:
     ``<sampling>_head (N, d)`` the representation head's output, L2-normalised; ``<sampling>_features
     (N, C)`` the decoder features the segmentation head reads (the last decoder map), as they are;
     ``<sampling>_labels (N,)`` the ground truth and ``<sampling>_pred (N,)`` the network's prediction.
@@ -334,7 +334,6 @@ def embedding_sample(
     Vectors are float16 (a run's sample is ~0.6 MB); labels int8.
     """
     import json
-    from pathlib import Path
 
     rm = load_run(run_dir, which, device)
     cfg = rm.config
@@ -343,7 +342,7 @@ def embedding_sample(
     dev = next(rm.net.parameters()).device
     out: dict[str, np.ndarray] = {}
     for sampling in SAMPLINGS:
-        idx = sample_pixels(labels, k, sampling, per_class, total, seed)
+        idx = sample_positions(labels, k, sampling, per_class, total, seed)
         head = torch.empty(idx.shape[0], rm.head.dim)
         feats: Tensor | None = None
         pred = torch.empty(idx.shape[0], dtype=torch.long)
@@ -380,7 +379,6 @@ def embedding_sample(
 def write_embedding_sample(run_dir: str | Any, path: str | Any, **kwargs: Any) -> Any:
     """:func:`embedding_sample` of ``run_dir`` saved (compressed, atomically) to ``path``; returns the path."""
     import io
-    from pathlib import Path
 
     from actionpp.atomic import atomic_write_bytes
 
@@ -395,7 +393,6 @@ def read_embedding_sample(path: str | Any) -> dict[str, Any]:
     Raises ``ValueError`` naming the file when it is unreadable or of another format.
     """
     import json
-    from pathlib import Path
 
     p = Path(path)
     try:

@@ -1,13 +1,15 @@
 """The evaluation protocol: predict every volume, score it per class, summarise, record how.
 
-``evaluate(model, volumes, dataset="acdc")`` runs ``inference.predict_slices``
-(ACDC: nearest resize of each slice to ``size``, back again) or
-``inference.sliding_window`` (LA: 112 x 112 x 80 windows, strides 18 / 18 / 4),
-scores each 3D volume with ``metrics.volume_metrics`` and summarises with
-``metrics.summarise``. The returned ``EvalResult.protocol`` states the split,
-the resize / window settings, the distance units and the empty-mask policy, so
-every reported number carries its protocol. Optionally the predictions are
-written as NIfTI (with the volume's spacing) for ITK-SNAP or 3D Slicer.
+``evaluate(model, volumes, dataset="acdc")`` predicts as the dataset's spec says
+(:class:`actionpp.data.spec.DatasetSpec`, ``evaluation``): ``slice-wise`` runs
+``inference.predict_slices`` (ACDC: nearest resize of each slice to ``size``, back
+again), ``sliding-window`` runs ``inference.sliding_window`` (LA: 112 x 112 x 80
+windows, strides 18 / 18 / 4); it scores each 3D volume with
+``metrics.volume_metrics`` and summarises with ``metrics.summarise``. The returned
+``EvalResult.protocol`` states the split, the resize / window settings, the distance
+units and the empty-mask policy, so every reported number carries its protocol.
+Optionally the predictions are written as NIfTI (with the volume's spacing) for
+ITK-SNAP or 3D Slicer.
 
 Taught in notebooks/04_train.ipynb.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from actionpp.atomic import atomic_path, check_file, check_folder, claim_folder, record_files, written_unchanged
+from actionpp.data.spec import DatasetSpec, dataset_names, dataset_spec
 from actionpp.inference import predict_slices, sliding_window
 from actionpp.metrics import POLICIES, summarise, volume_metrics
 
@@ -43,8 +46,27 @@ __all__ = [
     "CLASS_NAMES",
 ]
 
-DATASETS = {"acdc": 4, "la": 2}
-CLASS_NAMES = {"acdc": {1: "RV", 2: "Myo", 3: "LV"}, "la": {1: "LA"}}
+class _Registered(Mapping[str, Any]):
+    """A read-only view of the registered datasets (:mod:`actionpp.data.spec`), one value per spec."""
+
+    def __init__(self, value: Callable[[DatasetSpec], Any], what: str) -> None:
+        self._value, self.__doc__ = value, what
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._value(dataset_spec(name))
+        except ValueError:
+            raise KeyError(name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dataset_names())
+
+    def __len__(self) -> int:
+        return len(dataset_names())
+
+
+DATASETS: Mapping[str, int] = _Registered(lambda s: s.num_classes, "dataset -> classes (background included)")
+CLASS_NAMES: Mapping[str, dict[int, str]] = _Registered(lambda s: s.foreground, "dataset -> {index: foreground name}")
 
 
 def class_name(dataset: str, c: Any) -> str:
@@ -154,8 +176,9 @@ def evaluate(
     """Predict and score every volume.
 
     ``volumes``: objects with ``name``, ``image``, ``label``, ``spacing``
-    (``actionpp.data.Volume``): ACDC ``(S, H, W)`` stacks, LA ``(X, Y, Z)``.
-    ``num_classes``: default 4 (ACDC) / 2 (LA). ``batch_size``: slices (default
+    (``actionpp.data.Volume``): 2D datasets ``(S, H, W)`` stacks (ACDC), 3D ``(X, Y, Z)`` (LA).
+    ``dataset``: a registered dataset; its spec says slice-wise or sliding window.
+    ``num_classes``: default the dataset's (ACDC 4, LA 2). ``batch_size``: slices (default
     16) or windows (default 4) per forward. ``split``: a label recorded in the
     protocol (e.g. ``"val.list"``). Raises ``ValueError`` for an unknown dataset
     or policy, an image / label shape mismatch, or no volumes.
@@ -171,7 +194,8 @@ def evaluate(
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    k = DATASETS[dataset] if num_classes is None else int(num_classes)
+    spec = dataset_spec(dataset)
+    k = spec.num_classes if num_classes is None else int(num_classes)
     vols = list(volumes)
     if not vols:
         raise ValueError("evaluate got no volumes")
@@ -188,7 +212,7 @@ def evaluate(
         image, label = np.asarray(vol.image), np.asarray(vol.label)
         if image.shape != label.shape or image.ndim != 3:
             raise ValueError(f"volume {vol.name}: image {image.shape} and label {label.shape} must be equal 3D shapes")
-        if dataset == "acdc":
+        if spec.evaluation == "slice-wise":
             pred = predict_slices(model, image, size=size, batch_size=batch_size or 16, device=device)
         else:
             pred, _ = sliding_window(
@@ -201,15 +225,15 @@ def evaluate(
             record_files(out_dir, PREDICTIONS_OWNER, [save_nifti(pred, out_dir / f"{vol.name}_pred.nii.gz", spacing)])
     summary = summarise(per_volume)
     inference: dict[str, Any]
-    if dataset == "acdc":
+    if spec.evaluation == "slice-wise":
         inference = {
-            "method": "slice-wise (SSL4MIS)",
+            "method": f"slice-wise ({spec.layout})",
             "resize": f"each slice to {size} x {size} with scipy.ndimage.zoom order 0, prediction back with order 0",
             "metrics_on": "the stacked 3D volume",
         }
     else:
         inference = {
-            "method": "sliding window (UA-MT)",
+            "method": f"sliding window ({spec.layout})",
             "patch": list(patch),
             "stride": list(stride),
             "aggregation": "softmax averaged over windows, zero padding to the patch size",
@@ -219,7 +243,7 @@ def evaluate(
         "split": split,
         "n_volumes": len(vols),
         "num_classes": k,
-        "class_names": CLASS_NAMES.get(dataset, {}) if num_classes is None else {},
+        "class_names": spec.foreground if num_classes is None else {},
         "inference": inference,
         "distance_units": "voxels (*_vox, the field's convention) and mm (*_mm, unknown without spacing)",
         "hd95": "95th percentile of pooled pred->gt and gt->pred surface distances (medpy hd95)",

@@ -41,10 +41,17 @@ _ALIASES = {"bg": "background", "BG": "background", "atrium": "LA"}
 def class_colours(dataset: str = "acdc") -> dict[str, str]:
     """Class name -> hex colour of ``dataset`` (``"acdc"``: background, RV, Myo, LV; ``"la"``: background,
     LA), in label order. Every notebook draws a class in this colour, so the RV (the tail of notebooks
-    04-05) is the same orange everywhere."""
-    if dataset not in _CLASS_COLOURS:
-        raise ValueError(f"unknown dataset {dataset!r}: expected one of {sorted(_CLASS_COLOURS)}")
-    return dict(_CLASS_COLOURS[dataset])
+    04-05) is the same orange everywhere. Another registered dataset (:mod:`actionpp.data.spec`) gets its
+    spec's classes in the palette's order, the background grey."""
+    if dataset in _CLASS_COLOURS:
+        return dict(_CLASS_COLOURS[dataset])
+    from actionpp.data.spec import dataset_names, dataset_spec
+
+    if dataset not in dataset_names():
+        raise ValueError(f"unknown dataset {dataset!r}: expected one of {dataset_names()}")
+    palette = [c for name, c in OKABE_ITO.items() if name != "grey"]
+    names = dataset_spec(dataset).class_names
+    return {"background": OKABE_ITO["grey"], **{n: palette[i % len(palette)] for i, n in enumerate(names[1:])}}
 
 
 def class_colour(name: str, dataset: str = "acdc") -> str:

@@ -14,7 +14,12 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: the report is read without importing training
+    from actionpp.config import Config
+    from actionpp.evaluate import EvalResult
+    from actionpp.train import RunResult
 
 __all__ = ["run_metrics", "check_run_metrics", "read_run_metrics", "RunMetricsError", "REQUIRED_KEYS"]
 
@@ -28,21 +33,24 @@ _POLICY_TEXT = {
 }
 
 
-def run_metrics(cfg: Any, result: Any, evaluation: Any, eval_split: str, data_root: str | Path) -> dict[str, Any]:
+def run_metrics(cfg: Config, result: RunResult, evaluation: EvalResult, eval_split: str,
+                data_root: str | Path) -> dict[str, Any]:
     """The ``metrics.json`` of one training run, in the schema the results tables read.
 
-    ``cfg``: the run's :class:`actionpp.config.Config`; ``result``: the engine's ``RunResult``;
+    ``cfg``: the run's :class:`actionpp.config.Config`; ``result``: the engine's :class:`~actionpp.train.RunResult`;
     ``evaluation``: an :class:`actionpp.evaluate.EvalResult` of the selected checkpoint on
-    ``eval_split``; ``data_root``: the resolved dataset folder (for the split description).
-    Per-class numbers are means over the evaluated volumes (Dice / Jaccard in [0, 1], HD95 / ASD
-    in voxels; ``hd95_mm`` / ``asd_mm`` in mm, NaN without spacing); ``*_mean`` are the means
-    over classes. ``protocol`` states how every number was obtained.
+    ``eval_split``; ``data_root``: the resolved dataset folder (for the split description, in the
+    words of the dataset's spec, ``DatasetSpec.describe``). Per-class numbers are means over the
+    evaluated volumes (Dice / Jaccard in [0, 1], HD95 / ASD in voxels; ``hd95_mm`` / ``asd_mm`` in mm,
+    NaN without spacing); ``*_mean`` are the means over classes. ``protocol`` states how every number
+    was obtained.
     """
     from actionpp.data.roots import open_dataset
-    from actionpp.evaluate import CLASS_NAMES
+    from actionpp.data.spec import dataset_spec
 
     dataset = cfg.data.dataset
-    names = CLASS_NAMES.get(dataset, {})
+    spec = dataset_spec(dataset)
+    names = spec.foreground
     summ = evaluation.summary
     per_class = summ["per_class"]
     cls_keys = sorted(per_class, key=lambda c: int(c) if str(c).isdigit() else str(c))
@@ -51,27 +59,8 @@ def run_metrics(cfg: Any, result: Any, evaluation: Any, eval_split: str, data_ro
     def block(key: str) -> dict[str, float]:
         return {n: float(per_class[c][key]) for n, c in zip(classes, cls_keys)}
 
-    ds = open_dataset(data_root)
-    n_labelled: int
-    if dataset == "acdc":
-        from actionpp.data.acdc import first_patients, patient_of
-
-        slices = list(ds.train_slices)
-        n_labelled = first_patients(slices, cfg.data.labelled)
-        n_train = len({patient_of(n) for n in slices})
-        split = (
-            f"{cfg.data.root} ({Path(data_root).name}): train {n_train} patients ({len(slices)} slices), "
-            f"val {len(ds.volumes('val'))} volumes, test {len(ds.volumes('test')) if ds.has_split('test') else 0} "
-            f"volumes"
-        )
-        labelled_txt = f"{n_labelled} slices ({cfg.data.labelled} patients)"
-    else:
-        train = ds.volumes("train")
-        n_labelled = len(train) if cfg.data.labelled is None else min(cfg.data.labelled, len(train))
-        split = (
-            f"{cfg.data.root} ({Path(data_root).name}): train {len(train)} scans, test {len(ds.volumes('test'))} scans"
-        )
-        labelled_txt = f"{n_labelled} scans"
+    described, n_labelled, labelled_txt = spec.describe(open_dataset(data_root), cfg.data)
+    split = f"{cfg.data.root} ({Path(data_root).name}): {described}"
     pre, fine = cfg.pretrain_iters, cfg.finetune_iters
     val_every = f"every {cfg.eval.every} iterations" if cfg.eval.every else "at the end"
     protocol = {
@@ -86,7 +75,7 @@ def run_metrics(cfg: Any, result: Any, evaluation: Any, eval_split: str, data_ro
         "distance_units": "voxels (HD95, ASD); *_mm columns in mm",
         "input": (
             f"slices resized to {cfg.data.size} x {cfg.data.size} (nearest), metrics on the 3D volume"
-            if dataset == "acdc"
+            if spec.evaluation == "slice-wise"
             else f"sliding window {list(cfg.data.crop)}"
         ),
     }

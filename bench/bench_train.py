@@ -62,10 +62,25 @@ from actionpp import benchdoc  # noqa: E402
 from actionpp.config import Config, load_config  # noqa: E402
 from actionpp.distributed import DistInfo, resolve_device  # noqa: E402
 from actionpp.train import prepare  # noqa: E402
-from actionpp.train.batches import BatchSource  # noqa: E402
-from actionpp.train.objective import Objective  # noqa: E402
-from actionpp.train.state import TrainerState  # noqa: E402
-from actionpp.train.steps import autocast, finetune_step, pretrain_step  # noqa: E402
+
+try:  # the step API of actionpp.train (what prepare returns, one step of each phase, the stages a probe sees)
+    from actionpp.train import (  # noqa: E402
+        FINETUNE_STAGES,
+        PRETRAIN_STAGES,
+        BatchSource,
+        Objective,
+        TrainerState,
+        autocast,
+        finetune_step,
+        pretrain_step,
+    )
+except ImportError:  # a --baseline checkout from before that API (it is never profiled: --profile is not passed)
+    from actionpp.train.batches import BatchSource  # type: ignore[no-redef]  # noqa: E402
+    from actionpp.train.objective import Objective  # type: ignore[no-redef]  # noqa: E402
+    from actionpp.train.state import TrainerState  # type: ignore[no-redef]  # noqa: E402
+    from actionpp.train.steps import autocast, finetune_step, pretrain_step  # type: ignore[no-redef]  # noqa: E402
+
+    FINETUNE_STAGES = PRETRAIN_STAGES = ()
 
 METHODS = ("supervised", "mean_teacher", "action", "actionpp")
 PAPER_PRETRAIN, PAPER_FINETUNE = 10_000, 20_000  # the paper's ACDC schedule
@@ -144,7 +159,7 @@ def floor_counts(cfg: Config, phase: str) -> tuple[int, int]:
     b_l, b_u, m = cfg.train.batch_labelled, cfg.train.batch_unlabelled, cfg.method
     if phase == "pretrain":
         return b_l + b_u, b_l + b_u
-    unlab = b_u if (m.unsup or m.consistency or m.anco) else 0
+    unlab = b_u if m.finetune_unlabelled else 0
     return b_l + unlab, unlab + (b_l if m.saacl else 0)
 
 
@@ -305,7 +320,7 @@ def time_ssl4mis(cfg: Config, batches: BatchSource, device: torch.device, warmup
     """
     from actionpp.models import UNet2D
 
-    data = batches.data
+    data = getattr(batches.data, "train", batches.data)  # the 2D training tensors (a baseline: the data itself)
     k, size = cfg.data.num_classes, cfg.data.size
     x_l = data.x_l.detach().cpu().numpy()[:, 0]
     y_l = data.y_l.detach().cpu().numpy().astype(np.uint8)
@@ -364,62 +379,43 @@ def time_ssl4mis(cfg: Config, batches: BatchSource, device: torch.device, warmup
 # =========================================================================== where the time goes
 
 
-_STAGES = {
-    "batch + weak view": ("batches", ("labelled", "unlabelled")),
-    "strong view (mix, jitter, blur)": ("batches", ("mix", "photometric")),
-    "loss terms": ("objective", ("finetune_terms", "pretrain_terms")),
-    "EMA teacher update": ("teacher", ("update",)),
-}
+HUNGARIAN = "Hungarian matching (host)"
 
 
 @contextlib.contextmanager
-def _instrumented(tr: TrainerState, batches: BatchSource, objective: Objective,
-                  host_s: dict[str, float]) -> Iterator[None]:
-    """Wrap the stages of a step in ``torch.profiler.record_function`` ranges (instance attributes only)."""
+def _instrumented(tr: TrainerState, host_s: dict[str, float]) -> Iterator[None]:
+    """Each stage of a step in a ``torch.profiler.record_function`` range, its host time into ``host_s``.
+
+    The stages are the step's own (``TrainerState.probe``: :data:`actionpp.train.FINETUNE_STAGES`,
+    ``PRETRAIN_STAGES``); inside the ``centres`` stage the Hungarian matching (scipy's
+    ``linear_sum_assignment``, called by ``actionpp.allocation``) is timed on its own.
+    """
     from torch.profiler import record_function
 
     import actionpp.allocation as allocation
-    import actionpp.train.steps as steps_mod
 
-    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def inner(*a: Any, **kw: Any) -> Any:
-            t = time.perf_counter()
-            with record_function(name):
-                out = fn(*a, **kw)
-            host_s[name] = host_s.get(name, 0.0) + time.perf_counter() - t
-            return out
-        return inner
+    @contextlib.contextmanager
+    def probe(stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        with record_function(stage):
+            yield
+        host_s[stage] = host_s.get(stage, 0.0) + time.perf_counter() - t
 
-    owners = {"batches": batches, "objective": objective, "teacher": tr.teacher}
-    patched: list[tuple[Any, str, bool, Any]] = []  # (object, attribute, had an instance attribute, old value)
+    matching = allocation.linear_sum_assignment
 
-    def patch(obj: Any, attr: str, name: str) -> None:
-        had = attr in vars(obj) if hasattr(obj, "__dict__") else False
-        old = getattr(obj, attr)
-        patched.append((obj, attr, had, old))
-        setattr(obj, attr, wrap(name, old))
+    @functools.wraps(matching)
+    def timed_matching(*a: Any, **kw: Any) -> Any:
+        with probe(HUNGARIAN):
+            return matching(*a, **kw)
 
-    for stage, (owner, attrs) in _STAGES.items():
-        obj = owners[owner]
-        if obj is None:
-            continue
-        for attr in attrs:
-            patch(obj, attr, stage)
-    patch(steps_mod, "sample_pixels", "pixel sampling")
-    patch(steps_mod, "_optimise", "backward + SGD step")
-    patch(allocation, "linear_sum_assignment", "Hungarian matching (host)")
-    patch(tr, "ddp", "student forward")
-    if tr.teacher is not None:
-        patch(tr.teacher.model.net, "forward_features", "teacher forward")
+    before = tr.probe
+    tr.probe = probe
+    allocation.linear_sum_assignment = timed_matching  # type: ignore[assignment]
     try:
         yield
     finally:
-        for obj, attr, had, old in reversed(patched):
-            if had:
-                setattr(obj, attr, old)
-            else:
-                delattr(obj, attr)
+        tr.probe = before
+        allocation.linear_sum_assignment = matching  # type: ignore[assignment]
 
 
 def count_sync_warnings(fn: Callable[[], Any]) -> Counter[str]:
@@ -496,14 +492,13 @@ def profile_phase(tr: TrainerState, batches: BatchSource, objective: Objective, 
     sites = _sync_sites(lambda: run(steps), tr.device)
     host_s: dict[str, float] = {}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with _instrumented(tr, batches, objective, host_s), profile(activities=activities) as prof:
+    with _instrumented(tr, host_s), profile(activities=activities) as prof:
         run(steps)
         _sync(tr.device)
     from torch.autograd import DeviceType
 
     avgs = prof.key_averages()
-    stage_names = set(list(_STAGES) + ["pixel sampling", "backward + SGD step", "Hungarian matching (host)",
-                                       "student forward", "teacher forward"])
+    stage_names = {*FINETUNE_STAGES, *PRETRAIN_STAGES, HUNGARIAN}
     stages = {}
     for e in avgs:
         if e.key in stage_names:
@@ -534,7 +529,7 @@ def profile_phase(tr: TrainerState, batches: BatchSource, objective: Objective, 
         "syncs_per_step": (sum(sites.values()) / steps) if sites is not None else None,
         "sync_sites": {k: v / steps for k, v in sites.most_common(20)} if sites is not None else None,
         "stages": stages,
-        "hungarian_host_ms_per_step": host_s.get("Hungarian matching (host)", 0.0) * 1000 / steps,
+        "hungarian_host_ms_per_step": host_s.get(HUNGARIAN, 0.0) * 1000 / steps,
         "top_cpu_ops": [(e.key, _evt(e, "self_cpu_time_total") / 1000 / steps, e.count / steps) for e in top_cpu],
         "top_gpu_ops": [(e.key, _evt(e, "self_device_time_total", "self_cuda_time_total") / 1000 / steps,
                          e.count / steps) for e in top_gpu],

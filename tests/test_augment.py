@@ -192,7 +192,7 @@ def test_cutmix_box_area_and_mix_targets(area: tuple[float, float]) -> None:
     assert torch.equal(mixed[0][:, ~mask[0, 0]], x[0][:, ~mask[0, 0]])
     # labels (B, H, W) are mixed with the same mask
     lab = torch.arange(b).view(b, 1, 1).expand(b, h, w)
-    ml = A.apply_mix(lab, mask, perm)
+    ml = A.mix_targets(lab, mask, perm)
     assert torch.equal(ml, torch.where(mask[:, 0], perm.view(b, 1, 1), lab))
 
 

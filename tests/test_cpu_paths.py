@@ -189,10 +189,10 @@ def test_paper_profile_shapes_one_step(phantom_acdc, profile, dim, phases):
     assert (cfg.data.size, cfg.train.batch_labelled, cfg.train.batch_unlabelled) == (256, 4, 4)
     assert (cfg.saacl.queue_size, cfg.model.rep_dim) == (12_288, dim)
     st, batches, objective, _ = prepare(cfg, CPU)
-    assert st.queue is not None
+    assert st.saacl is not None
     g = torch.Generator().manual_seed(0)
     full = torch.nn.functional.normalize(torch.randn(cfg.saacl.queue_size, dim, generator=g), dim=1)
-    st.queue.push(full, torch.randint(0, 4, (cfg.saacl.queue_size,), generator=g))  # a full queue
+    st.saacl.queue.push(full, torch.randint(0, 4, (cfg.saacl.queue_size,), generator=g))  # a full queue
     terms = []
     if phases[0]:
         st.optimizer = st.new_optimizer("pretrain")
@@ -201,8 +201,8 @@ def test_paper_profile_shapes_one_step(phantom_acdc, profile, dim, phases):
     terms.append(finetune_step(st, batches, objective, 0))
     assert "saacl" in terms[-1] and "anco" in terms[-1]
     assert all(math.isfinite(float(v)) for t in terms for v in t.values())
-    assert st.queue.embeddings.shape == (12_288, dim)
-    assert st.allocator is not None and st.allocator.class_centres().shape == (4, dim)
+    assert st.saacl.queue.embeddings.shape == (12_288, dim)
+    assert st.saacl.allocator.class_centres().shape == (4, dim)
     x_l, _ = batches.labelled()
     assert x_l.shape == (4, 1, 256, 256)
 

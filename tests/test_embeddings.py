@@ -91,17 +91,17 @@ def test_sampling_balanced_and_natural_counts() -> None:
     lab = torch.zeros(2, 8, 8, dtype=torch.long)
     lab[0, :2, :2] = 1  # 4 pixels of class 1
     lab[1, 4:, 4:] = 2  # 16 pixels of class 2
-    idx = E.sample_pixels(lab, 3, "balanced", per_class=10, seed=0)
+    idx = E.sample_positions(lab, 3, "balanced", per_class=10, seed=0)
     got = lab[idx[:, 0], idx[:, 1], idx[:, 2]]
     assert torch.bincount(got, minlength=3).tolist() == [10, 4, 10]  # class 1 has only 4
     assert len({tuple(r) for r in idx.tolist()}) == idx.shape[0]  # without replacement
-    nat = E.sample_pixels(lab, 3, "natural", total=128, seed=0)  # every pixel once
+    nat = E.sample_positions(lab, 3, "natural", total=128, seed=0)  # every pixel once
     assert torch.bincount(lab[nat[:, 0], nat[:, 1], nat[:, 2]], minlength=3).tolist() == [108, 4, 16]
-    assert torch.equal(E.sample_pixels(lab, 3, "balanced", per_class=10, seed=0), idx)  # seeded
+    assert torch.equal(E.sample_positions(lab, 3, "balanced", per_class=10, seed=0), idx)  # seeded
     with pytest.raises(ValueError, match="labels must lie"):
-        E.sample_pixels(lab, 2)
+        E.sample_positions(lab, 2)
     with pytest.raises(ValueError, match="sampling"):
-        E.sample_pixels(lab, 3, "uniform")
+        E.sample_positions(lab, 3, "uniform")
 
 
 def test_extract_matches_the_dense_head_at_sampled_pixels() -> None:

@@ -20,9 +20,13 @@ def register(subparsers: Any) -> None:
     ph = sub.add_parser("phantom", help="generate a synthetic data set in the real layout",
                         description="Generate a seeded, deterministic phantom in the SSL4MIS (ACDC) or UA-MT (LA) "
                                     "layout and print a summary (counts, class shares, seconds).")
-    ph.add_argument("--kind", choices=["acdc", "la"], default="acdc", help="cardiac 2D+t (acdc) or 3D left atrium (la)")
-    ph.add_argument("--preset", choices=["acdc", "longtail"], default="acdc",
-                    help="class shares: like real ACDC, or with a clearly rarer RV (longtail)")
+    from actionpp.data.spec import dataset_names, dataset_specs
+
+    presets = list(dict.fromkeys(p for s in dataset_specs() for p in s.phantom.presets))  # acdc, longtail
+    ph.add_argument("--kind", choices=dataset_names(), default="acdc",
+                    help="a registered dataset: cardiac 2D+t (acdc), 3D left atrium (la), ...")
+    ph.add_argument("--preset", choices=presets, default=presets[0],
+                    help="class shares of the cardiac phantom: like real ACDC, or with a clearly rarer RV (longtail)")
     ph.add_argument("--patients", type=int, default=None, help="number of synthetic patients (default 20)")
     ph.add_argument("--seed", type=int, default=0, help="random seed (same seed = identical files)")
     ph.add_argument(
@@ -99,11 +103,13 @@ def _phantom(args: argparse.Namespace) -> int:
     from actionpp.atomic import OwnershipError
     from actionpp.cli import UsageError
     from actionpp.data import phantom
+    from actionpp.data.spec import dataset_spec
 
-    least = 3 if args.kind == "acdc" else 2
+    spec = dataset_spec(args.kind)
+    least = spec.phantom.min_patients
     if args.patients is not None and args.patients < least:
-        raise UsageError(f"--patients: an {args.kind.upper()} phantom needs at least {least} patients "
-                         f"({'train/val/test' if args.kind == 'acdc' else 'train/test'}), got {args.patients}")
+        raise UsageError(f"--patients: {spec.article_title} phantom needs at least {least} patients "
+                         f"({'/'.join(spec.splits)}), got {args.patients}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.out is not None:

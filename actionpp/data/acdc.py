@@ -161,7 +161,8 @@ def to_unit_range(volume: np.ndarray) -> np.ndarray:
     lo, hi = v.min(), v.max()
     if hi == lo:
         return np.zeros(v.shape, dtype=np.float32)
-    return ((v - lo) / (hi - lo)).astype(np.float32)
+    scaled: np.ndarray = ((v - lo) / (hi - lo)).astype(np.float32)
+    return scaled
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:

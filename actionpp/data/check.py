@@ -1,4 +1,4 @@
-"""Validate a dataset (ACDC SSL4MIS layout, LA UA-MT layout, or a pack) and summarise it.
+"""Validate a dataset (a registered layout: ACDC SSL4MIS, LA UA-MT, ...; or a pack) and summarise it.
 
 :func:`check_dataset` reads every listed file once and collects every problem; if any,
 it raises one :class:`DataError` whose message lists them, each starting with the file
@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from actionpp.data.core import DataError
 from actionpp.data.roots import open_dataset
+from actionpp.data.spec import SliceReader, dataset_spec
 
 __all__ = ["check_dataset", "verify_manifest", "write_manifest"]
+
+T = TypeVar("T")
 
 
 class _Stats:
@@ -60,74 +64,74 @@ class _Stats:
 def check_dataset(root: str | Path, *, partial: bool = False) -> dict[str, Any]:
     """Validate ``root`` (dataset folder or pack) and return a JSON-able summary.
 
-    ``partial=True`` tolerates listed LA / ACDC-volume files that are absent (the shared real LA
-    subset holds 5 of 100 ids) and reports them under ``missing``; training slices must always exist.
+    What is checked is the dataset's spec: its split lists (the required ones must exist), its training
+    slices (a 2D dataset) and the labelled subsets of its standard settings. ``partial=True`` tolerates
+    listed volume files that are absent (the shared real LA subset holds 5 of 100 ids) and reports them
+    under ``missing``; training slices must always exist.
     Raises :class:`DataError` listing every problem found (each line names its file).
     """
     t0 = time.perf_counter()
     root = Path(root)
     ds = open_dataset(root)
+    spec = dataset_spec(ds.kind)
     errors: list[str] = []
     missing: list[str] = []
     out: dict[str, Any] = {"root": str(root), "kind": ds.kind, "num_classes": ds.num_classes,
-                           "layout": "pack" if root.is_file() else ("SSL4MIS" if ds.kind == "acdc" else "UA-MT")}
+                           "layout": "pack" if root.is_file() else spec.layout}
 
-    def read(fn: Any, *args: Any) -> Any:
+    def read(fn: Callable[..., T], *args: Any) -> T | None:
         try:
             return fn(*args)
         except DataError as exc:
             errors.append(str(exc))
             return None
 
-    def vol_path(name: str) -> Path:
-        if root.is_file():
-            return root
-        return ds.volume_path(name) if ds.kind == "acdc" else ds.path(name)
+    def where(name: str) -> str:
+        """How a missing volume is named: its file in a folder, its name in a pack."""
+        path = getattr(ds, "volume_path", None)
+        return str(path(name)) if path is not None and not root.is_file() else name
 
     lists: dict[str, int] = {}
-    splits = ("train", "val", "test") if ds.kind == "acdc" else ("train", "test")
-    if ds.kind == "acdc":
-        names = read(lambda: ds.train_slices)
+    if spec.training == "slices":
+        sr = cast(SliceReader, ds)
+        names = read(lambda: sr.train_slices)
         st = _Stats(ds.num_classes)
         if names is not None:
             lists["train_slices"] = len(names)
-            from actionpp.data.acdc import first_patients, patient_of
-
             seen = set()
             for name in names:
                 if name in seen:
                     errors.append(f"{root}/train_slices.list: duplicate name {name}")
                 seen.add(name)
-                pair = read(ds.read_slice, name)
+                pair = read(sr.read_slice, name)
                 if pair is not None:
                     st.add(pair[0], pair[1], str(pair[0].dtype))
-            patients = list(dict.fromkeys(patient_of(n) for n in names))
-            out["train_patients"] = len(patients)
+            units = spec.units(names)
+            out[f"train_{spec.labelled_unit}"] = units
             out["labelled"] = {}
-            for k in (3, 7):
-                if len(patients) >= k:
-                    m = first_patients(names, k)
-                    out["labelled"][f"{k}_patients"] = {"labelled_slices": m, "unlabelled_slices": len(names) - m}
+            for k in spec.standard_labelled:
+                if units >= k:
+                    m = len(spec.split_labelled(sr, k)[0])
+                    out["labelled"][f"{k}_{spec.labelled_unit}"] = {"labelled_slices": m,
+                                                                     "unlabelled_slices": len(names) - m}
         out["train_slices"] = st.summary()
     volumes: dict[str, Any] = {}
-    for split in splits:
+    for split in spec.splits:
         if not ds.has_split(split):
-            if split in ("train", "val") or (ds.kind == "la" and split == "test"):
+            if split in spec.required_splits:
                 errors.append(f"{root}/{split}.list: list file missing")
             continue
         frames = read(ds.volumes, split)
         if frames is None:
             continue
         lists[split] = len(frames)
-        if ds.kind == "acdc" and split == "train":
-            continue  # SSL4MIS training frames are read as slices
+        if spec.training == "slices" and split == "train":
+            continue  # the training frames are read as slices
+        absent = set(frames) - set(ds.available(split)) if partial else set()
         st = _Stats(ds.num_classes)
         for name in frames:
-            if not root.is_file() and not vol_path(name).is_file() and partial:
-                missing.append(str(vol_path(name)))
-                continue
-            if root.is_file() and ds.kind == "la" and name not in ds.available(split) and partial:
-                missing.append(name)
+            if name in absent:
+                missing.append(where(name))
                 continue
             v = read(ds.read_volume, name)
             if v is not None:
@@ -135,8 +139,9 @@ def check_dataset(root: str | Path, *, partial: bool = False) -> dict[str, Any]:
         volumes[split] = st.summary()
     out["lists"] = lists
     out["volumes"] = volumes
-    if ds.kind == "la" and "train" in lists:
-        out["labelled"] = {f"{k}_cases": {"labelled": k, "unlabelled": max(lists["train"] - k, 0)} for k in (4, 8)}
+    if spec.training == "volumes" and "train" in lists:
+        out["labelled"] = {f"{k}_{spec.labelled_unit}": {"labelled": k, "unlabelled": max(lists["train"] - k, 0)}
+                           for k in spec.standard_labelled}
     if missing:
         out["missing"] = {"count": len(missing), "first": missing[:3]}
     out["seconds"] = round(time.perf_counter() - t0, 2)

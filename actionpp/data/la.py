@@ -21,10 +21,11 @@ import numpy as np
 
 from actionpp.data.core import DataError, Volume, read_h5_volume, read_list
 
-__all__ = ["LA_FOLDER", "NUM_CLASSES", "LADataset", "read_nifti_pair"]
+__all__ = ["LA_FOLDER", "NUM_CLASSES", "CLASS_NAMES", "LADataset", "read_nifti_pair"]
 
 LA_FOLDER = "2018LA_Seg_Training Set"
-NUM_CLASSES = 2
+CLASS_NAMES = ("background", "LA")
+NUM_CLASSES = len(CLASS_NAMES)
 SPLITS = ("train", "test")
 
 
@@ -56,6 +57,8 @@ class LADataset:
 
     def path(self, case: str) -> Path:
         return self.root / LA_FOLDER / case / "mri_norm2.h5"
+
+    volume_path = path  # the name ACDCDataset gives it (data.check names a missing file by it)
 
     def available(self, split: str) -> list[str]:
         """Ids of ``split`` whose file exists, in list order."""

@@ -39,14 +39,14 @@ import zlib
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from actionpp.atomic import OwnershipError, atomic_path, check_file
-from actionpp.data.acdc import ACDCDataset
 from actionpp.data.core import DataError, Volume, is_within
 from actionpp.data.folders import open_folder
+from actionpp.data.spec import SliceReader, dataset_spec
 
 __all__ = ["MAGIC", "VERSION", "Pack", "pack_dataset", "load_pack", "read_header", "encode_unit", "decode_unit"]
 
@@ -223,26 +223,28 @@ def pack_dataset(
         return n
 
     lists: dict[str, list[str]] = {}
-    if isinstance(ds, ACDCDataset):
-        lists["train_slices"] = list(ds.train_slices)
+    spec = dataset_spec(ds.kind)
+    if spec.training == "slices":  # the training images are the slices; the train split's volumes are not packed
+        sr = cast(SliceReader, ds)
+        lists["train_slices"] = list(sr.train_slices)
         hints: dict[str, int] = {}
-        for name in ds.train_slices:
-            image, label = ds.read_slice(name)
-            frame = name.rsplit("_slice_", 1)[0]
+        for name in sr.train_slices:
+            image, label = sr.read_slice(name)
+            frame = name.rsplit("_slice_", 1)[0]  # ACDC: the slices of one frame share the codec's n
             n = put(name, "slice", image, label, None, hints.get(frame))
             if n:
                 hints[frame] = n
         if "train" in leave_out:
-            raise DataError("leave_out: ACDC's train split is the training slices; it cannot be left out")
-        for split in ("train", "val", "test"):
+            raise DataError(f"leave_out: {spec.title}'s train split is the training slices; it cannot be left out")
+        for split in spec.splits:
             if ds.has_split(split) and split not in leave_out:
                 lists[split] = list(ds.volumes(split))
-        for split in ("val", "test"):
+        for split in (s for s in spec.splits if s != "train"):
             for frame in lists.get(split, []):
                 v = ds.read_volume(frame)
                 put(frame, "volume", v.image, v.label, v.spacing, hints.get(frame))
     else:
-        for split in ("train", "test"):
+        for split in spec.splits:
             if ds.has_split(split) and split not in leave_out:
                 lists[split] = list(ds.volumes(split))
                 for case in ds.available(split):

@@ -49,20 +49,21 @@ from scipy.ndimage import gaussian_filter
 
 from actionpp.data.acdc import to_unit_range
 from actionpp.data.core import DataError
+from actionpp.data.spec import DatasetSpec, dataset_spec
 
-__all__ = ["PRESETS", "ensure_phantom", "generate_acdc_phantom", "generate_la_phantom", "generate_into",
-           "acdc_patient", "la_case", "default_patients"]
+__all__ = ["PRESETS", "DEFAULT_PRESET", "ensure_phantom", "generate_acdc_phantom", "generate_la_phantom",
+           "generate_into", "acdc_patient", "la_case", "default_patients", "phantom_dir", "write_info"]
 
 PHANTOM_VERSION = 2  # bump when the generator's output changes: cached phantoms are then regenerated
-PRESETS = ("acdc", "longtail")
-KINDS = ("acdc", "la")
+PRESETS = ("acdc", "longtail")  # the cardiac phantom's class shares (data.phantom_preset)
+DEFAULT_PRESET = PRESETS[0]  # the folder-name part of a phantom without presets (LA: la-acdc-<seed>-<n>)
 # preset -> (LV scale, Myo thickness scale, RV scale, RV apical extent)
 _SHAPE = {"acdc": (1.0, 1.0, 1.0, 1.0), "longtail": (1.0, 1.0, 0.75, 0.9)}
 
 
 def default_patients(kind: str) -> int:
-    """Default number of phantom patients (20 for both kinds)."""
-    return 20
+    """Default number of phantom patients of dataset ``kind`` (its spec's; 20 for ACDC and LA)."""
+    return dataset_spec(kind).phantom.default_patients
 
 
 # --------------------------------------------------------------------------------------
@@ -73,7 +74,8 @@ def _disk(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: f
     c, s = np.cos(ang), np.sin(ang)
     dy, dx = yy - cy, xx - cx
     u, v = c * dx + s * dy, -s * dx + c * dy
-    return (u / rx) ** 2 + (v / ry) ** 2 < 1.0
+    inside: np.ndarray = (u / rx) ** 2 + (v / ry) ** 2 < 1.0
+    return inside
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], amp: float) -> np.ndarray:
@@ -240,9 +242,13 @@ def _write_h5(path: Path, image: np.ndarray, label: np.ndarray, **attrs: Any) ->
             h.attrs[k] = v
 
 
-def _write_info(out: Path, **params: Any) -> None:
-    (out / "phantom.json").write_text(json.dumps({"generator": "actionpp.data.phantom", "version": PHANTOM_VERSION,
-                                                  **params}, indent=1) + "\n")
+def write_info(out: Path, *, kind: str, version: int = PHANTOM_VERSION, **params: Any) -> None:
+    """``out/phantom.json``: what generated the folder (``kind``, generator ``version``, its parameters).
+
+    Every generator writes it last; :func:`ensure_phantom` takes a folder with the spec's version as complete.
+    """
+    (out / "phantom.json").write_text(json.dumps({"generator": "actionpp.data.phantom", "version": version,
+                                                  "kind": kind, **params}, indent=1) + "\n")
 
 
 def _write_nifti(path: Path, arr_shw: np.ndarray, spacing_shw: tuple[float, ...]) -> None:
@@ -250,8 +256,8 @@ def _write_nifti(path: Path, arr_shw: np.ndarray, spacing_shw: tuple[float, ...]
 
     data = np.transpose(arr_shw, (2, 1, 0))  # (S, H, W) -> nibabel (X, Y, Z)
     affine = np.diag([spacing_shw[2], spacing_shw[1], spacing_shw[0], 1.0])
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_zooms((spacing_shw[2], spacing_shw[1], spacing_shw[0]))
+    img = nib.Nifti1Image(data, affine)  # type: ignore[no-untyped-call]  # nibabel is untyped
+    img.header.set_zooms((spacing_shw[2], spacing_shw[1], spacing_shw[0]))  # type: ignore[no-untyped-call]
     nib.save(img, str(path))
 
 
@@ -306,7 +312,7 @@ def generate_acdc_phantom(out: str | Path, *, preset: str = "acdc", patients: in
         for name in ("train.list", "val.list", "test.list", "train_slices.list"):
             shutil.copy(out / name, out / "raw" / name)
     share = counts / counts.sum()
-    _write_info(out, kind="acdc", preset=preset, patients=patients, seed=seed, nifti=nifti)
+    write_info(out, kind="acdc", preset=preset, patients=patients, seed=seed, nifti=nifti)
     return {
         "kind": "acdc", "preset": preset, "seed": seed, "root": str(out),
         "patients": {s: len(v) for s, v in split.items()},
@@ -327,7 +333,8 @@ def _tube(grid: tuple[np.ndarray, ...], a: np.ndarray, b: np.ndarray, r0: float,
     L2 = float(ab @ ab)
     tt = np.clip(((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / L2, 0, 1)
     d2 = (x - a[0] - tt * ab[0]) ** 2 + (y - a[1] - tt * ab[1]) ** 2 + (z - a[2] - tt * ab[2]) ** 2
-    return d2 < (r0 + (r1 - r0) * tt) ** 2
+    inside: np.ndarray = d2 < (r0 + (r1 - r0) * tt) ** 2
+    return inside
 
 
 def _ellipsoid(grid: tuple[np.ndarray, ...], c: np.ndarray, radii: np.ndarray, ang: float = 0.0) -> np.ndarray:
@@ -335,7 +342,8 @@ def _ellipsoid(grid: tuple[np.ndarray, ...], c: np.ndarray, radii: np.ndarray, a
     cs, sn = np.cos(ang), np.sin(ang)
     dx, dy, dz = x - c[0], y - c[1], z - c[2]
     u, v = cs * dx + sn * dy, -sn * dx + cs * dy
-    return (u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (dz / radii[2]) ** 2 < 1.0
+    inside: np.ndarray = (u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (dz / radii[2]) ** 2 < 1.0
+    return inside
 
 
 def la_case(seed: int, index: int) -> dict[str, Any]:
@@ -420,7 +428,7 @@ def generate_la_phantom(out: str | Path, *, patients: int = 20, seed: int = 0, n
                 import nibabel as nib
 
                 nib.save(
-                    nib.Nifti1Image(case[part], np.diag([*case["spacing"], 1.0])),
+                    nib.Nifti1Image(case[part], np.diag([*case["spacing"], 1.0])),  # type: ignore[no-untyped-call]
                     str(nd / f"{case['id']}_{part}.nii.gz"),
                 )
         ids.append(case["id"])
@@ -428,7 +436,7 @@ def generate_la_phantom(out: str | Path, *, patients: int = 20, seed: int = 0, n
         tot += case["label"].size
     (out / "train.list").write_text("".join(f"{c}\n" for c in ids[:n_tr]))
     (out / "test.list").write_text("".join(f"{c}\n" for c in ids[n_tr:]))
-    _write_info(out, kind="la", preset=None, patients=patients, seed=seed, nifti=nifti)
+    write_info(out, kind="la", preset=None, patients=patients, seed=seed, nifti=nifti)
     return {
         "kind": "la",
         "seed": seed,
@@ -445,21 +453,21 @@ def generate_la_phantom(out: str | Path, *, patients: int = 20, seed: int = 0, n
 # --------------------------------------------------------------------------------------
 
 
-def generate_into(out: str | Path, *, kind: str = "acdc", preset: str = "acdc", patients: int = 20, seed: int = 0,
-                  nifti: bool = False) -> dict[str, Any]:
-    """Generate a phantom into the new folder ``out`` whole or not at all: written into a temporary sibling
-    and renamed into place when complete (an interrupted run leaves no half folder). Refuses (DataError)
-    an ``out`` that exists, also one that appeared meanwhile. Returns the generator's summary."""
+def generate_into(out: str | Path, *, kind: str = "acdc", preset: str = DEFAULT_PRESET, patients: int = 20,
+                  seed: int = 0, nifti: bool = False) -> dict[str, Any]:
+    """Generate the phantom of dataset ``kind`` (its spec's generator) into the new folder ``out`` whole or not at
+    all: written into a temporary sibling and renamed into place when complete (an interrupted run leaves no half
+    folder). Refuses (DataError) an ``out`` that exists, also one that appeared meanwhile. Returns the generator's
+    summary."""
+    spec = dataset_spec(kind)
+    _check_preset(spec, preset)
     out = Path(out)
     if out.exists() or out.is_symlink():
         raise DataError(f"{out}: exists; choose a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
     try:
-        if kind == "acdc":
-            s = generate_acdc_phantom(tmp, preset=preset, patients=patients, seed=seed, nifti=nifti)
-        else:
-            s = generate_la_phantom(tmp, patients=patients, seed=seed, nifti=nifti)
+        s = spec.phantom.generate(tmp, preset=preset, patients=patients, seed=seed, nifti=nifti)
         if out.exists() or out.is_symlink():
             raise DataError(f"{out}: appeared while the phantom was generated; choose a new folder")
         os.rename(tmp, out)
@@ -490,52 +498,61 @@ def _is_phantom_folder(folder: Path) -> bool:
 
 
 def phantom_dir(
-    kind: str = "acdc", preset: str = "acdc", patients: int | None = None, seed: int = 0, nifti: bool = False
+    kind: str = "acdc", preset: str = DEFAULT_PRESET, patients: int | None = None, seed: int = 0, nifti: bool = False
 ) -> Path:
-    """``<repo>/data/phantom/<kind>-<preset>-<seed>-<patients>[-nifti]`` (LA ignores ``preset``)."""
+    """``<repo>/data/phantom/<kind>-<preset>-<seed>-<patients>[-nifti]`` (a phantom without presets ignores
+    ``preset`` but keeps it in the name)."""
     from actionpp.paths import repo_root
 
     n = default_patients(kind) if patients is None else patients
     return repo_root() / "data" / "phantom" / f"{kind}-{preset}-{seed}-{n}{'-nifti' if nifti else ''}"
 
 
-def _is_current(folder: Path, kind: str) -> bool:
-    """A complete phantom written by this generator version."""
-    marker = "train_slices.list" if kind == "acdc" else "train.list"
+def _is_current(folder: Path, spec: DatasetSpec) -> bool:
+    """A complete phantom of ``spec`` written by its generator's current version."""
     info = folder / "phantom.json"
-    if not ((folder / marker).is_file() and info.is_file()):
+    if not (info.is_file() and spec.detect(folder)):
         return False
     try:
-        return json.loads(info.read_text()).get("version") == PHANTOM_VERSION
+        data = json.loads(info.read_text())
     except ValueError:
         return False
+    return isinstance(data, dict) and data.get("version") == spec.phantom.version and data.get("kind") == spec.name
+
+
+def _check_preset(spec: DatasetSpec, preset: str) -> None:
+    known = spec.phantom.presets or PRESETS  # a phantom without presets accepts (and ignores) the cardiac ones
+    if preset not in known:
+        raise ValueError(f"preset must be one of {known}, got {preset!r}")
 
 
 def ensure_phantom(
     kind: str = "acdc",
-    preset: str = "acdc",
+    preset: str = DEFAULT_PRESET,
     patients: int | None = None,
     seed: int = 0,
     root: str | Path | None = None,
     *,
     nifti: bool = False,
 ) -> Path:
-    """Generate a phantom once and return its folder; later calls return the cached folder at once.
+    """Generate the phantom of dataset ``kind`` once and return its folder; later calls return the cached folder.
 
+    ``kind``: a registered dataset (its spec's :class:`~actionpp.data.spec.PhantomSpec` generates it).
     ``root``: the folder to use (default :func:`phantom_dir`). Generation writes into a sibling
     temporary folder that is renamed into place only when complete, so an interrupted run never
     leaves a folder that looks finished. A folder written by another generator version
-    (``phantom.json`` records :data:`PHANTOM_VERSION`) or left incomplete is regenerated and
+    (``phantom.json`` records the spec's version) or left incomplete is regenerated and
     swapped in. Concurrent callers each write their own temporary folder; the first rename wins.
     ``nifti=True`` (keyword, an extension of the contract) also writes the NIfTI layout.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    n = default_patients(kind) if patients is None else int(patients)
+    try:
+        spec = dataset_spec(kind)
+    except ValueError as exc:
+        raise ValueError(f"kind: {exc}") from None
+    _check_preset(spec, preset)
+    n = spec.phantom.default_patients if patients is None else int(patients)
     folder = Path(root) if root is not None else phantom_dir(kind, preset, n, seed, nifti)
-    if _is_current(folder, kind):
+    if _is_current(folder, spec):
         return folder
     if (folder.exists() or folder.is_symlink()) and not (folder.is_dir() and _is_phantom_folder(folder)):
         raise DataError(f"{folder}: exists and is not a phantom this generator wrote (no phantom.json); refusing to "
@@ -545,18 +562,15 @@ def ensure_phantom(
     tmp = folder.parent / f".{folder.name}.tmp-{stamp}"
     old = folder.parent / f".{folder.name}.old-{stamp}"
     try:
-        if kind == "acdc":
-            generate_acdc_phantom(tmp, preset=preset, patients=n, seed=seed, nifti=nifti)
-        else:
-            generate_la_phantom(tmp, patients=n, seed=seed, nifti=nifti)
-        if _is_current(folder, kind):
+        spec.phantom.generate(tmp, preset=preset, patients=n, seed=seed, nifti=nifti)
+        if _is_current(folder, spec):
             return folder  # another process finished first
         if folder.exists():
             os.replace(folder, old)  # stale or incomplete: move aside, then swap in
         try:
             os.replace(tmp, folder)
         except OSError:
-            if not _is_current(folder, kind):
+            if not _is_current(folder, spec):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

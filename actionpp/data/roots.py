@@ -1,6 +1,6 @@
 """Where a run's data come from: ``data.root`` names (``phantom``, ``shared``), folders and pack files.
 
-- :func:`open_dataset`: a dataset folder (ACDC or LA layout) or a pack file;
+- :func:`open_dataset`: a dataset folder (a registered layout) or a pack file;
 - :func:`resolve_data_root`: ``data.root`` of a config to a folder or pack file.
 
 Taught in notebooks/00_data_tour.ipynb.
@@ -9,49 +9,54 @@ Taught in notebooks/00_data_tour.ipynb.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Protocol, cast
 
 from actionpp.data.core import DataError
 from actionpp.data.folders import open_folder
-from actionpp.data.pack import load_pack
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from actionpp.config import Config
+from actionpp.data.pack import Pack, load_pack
+from actionpp.data.spec import DatasetReader, DataSettings, dataset_spec
 
 __all__ = ["open_dataset", "resolve_data_root"]
 
 
-def open_dataset(root_or_pack: str | Path) -> Any:
-    """Open a dataset folder (ACDC or LA layout, auto-detected) or a pack file.
+class HasData(Protocol):
+    """A whole configuration: its ``data`` section are the settings."""
 
-    Returns an :class:`~actionpp.data.acdc.ACDCDataset`, :class:`~actionpp.data.la.LADataset`
-    or :class:`~actionpp.data.pack.Pack`; all three offer ``volumes(split)`` and ``read_volume(name)``.
+    @property
+    def data(self) -> DataSettings: ...
+
+
+def open_dataset(root_or_pack: str | Path) -> DatasetReader:
+    """Open a dataset folder (a registered layout, auto-detected) or a pack file.
+
+    Returns the dataset's reader (:class:`~actionpp.data.acdc.ACDCDataset`, :class:`~actionpp.data.la.LADataset`,
+    ...) or a :class:`~actionpp.data.pack.Pack`; all offer ``volumes(split)``, ``available(split)`` and
+    ``read_volume(name)`` (:class:`~actionpp.data.spec.DatasetReader`).
     """
     p = Path(root_or_pack)
     if p.is_file():
-        return load_pack(p)
+        pack: Pack = load_pack(p)
+        return pack
     return open_folder(p)
 
 
-def resolve_data_root(root: str, cfg: Config | None = None, dataset: str | None = None) -> Path:
+def resolve_data_root(root: str, settings: DataSettings | HasData | None = None, dataset: str | None = None) -> Path:
     """``"phantom"`` -> the generated phantom folder; ``"shared"`` -> ``../shared/data/<dataset>``; else the path.
 
-    ``cfg`` (optional) gives the dataset and the phantom's preset, patient count and seed;
-    ``dataset`` overrides the dataset (default ``cfg.data.dataset``, else ``"acdc"``).
-    Raises :class:`DataError` naming the path when it does not exist.
+    ``settings`` (optional; a config's ``data`` section, or the config itself) give the dataset and the
+    phantom's preset, patient count and seed; ``dataset`` overrides the dataset (default
+    ``settings.dataset``, else ``"acdc"``). Raises :class:`DataError` naming the path when it does not exist.
     """
-    dataset = dataset or (cfg.data.dataset if cfg is not None else "acdc")
+    d = _data_settings(settings)
+    dataset = dataset or (d.dataset if d is not None else "acdc")
     if root == "phantom":
-        from actionpp.data.phantom import ensure_phantom
+        from actionpp.data.phantom import DEFAULT_PRESET, ensure_phantom
 
-        if cfg is not None:
-            return Path(
-                ensure_phantom(
-                    kind=dataset, preset=cfg.data.phantom_preset if dataset == "acdc" else "acdc",
-                    patients=cfg.data.phantom_patients, seed=cfg.data.phantom_seed,
-                )
-            )
-        return Path(ensure_phantom(kind=dataset))
+        if d is None:
+            return Path(ensure_phantom(kind=dataset))
+        presets = dataset_spec(dataset).phantom.presets
+        return Path(ensure_phantom(kind=dataset, preset=d.phantom_preset if presets else DEFAULT_PRESET,
+                                   patients=d.phantom_patients, seed=d.phantom_seed))
     if root == "shared":
         from actionpp.paths import shared_data, shared_root
 
@@ -66,3 +71,11 @@ def resolve_data_root(root: str, cfg: Config | None = None, dataset: str | None 
     if not p.exists():
         raise DataError(f"data.root={root!r}: {p} does not exist")
     return p
+
+
+def _data_settings(settings: DataSettings | HasData | None) -> DataSettings | None:
+    """A config's ``data`` section, or the settings themselves (a whole config is accepted, as before)."""
+    if settings is None:
+        return None
+    data: DataSettings | None = getattr(settings, "data", None)
+    return data if data is not None else cast(DataSettings, settings)

@@ -34,9 +34,12 @@ import sys
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from actionpp.losses.saacl import CentreTerm
 
 __all__ = [
     "Case",
@@ -518,7 +521,7 @@ def _cases_anchor_loss(rng: np.random.Generator) -> list[Case]:
         k, d, q = int(rng.integers(2, 5)), int(rng.integers(3, 9)), int(rng.integers(0, 12))
         tau = float(rng.choice([0.1, 0.2, 0.5, 1.0]))
         lam = float(rng.choice([0.1, 0.2, 1.0]))
-        form = "averaged" if i % 2 == 0 else "separate"
+        form: CentreTerm = "averaged" if i % 2 == 0 else "separate"
         v, label, view, queue, qlab, centres = _anchor_case(rng, k, d, q)
         lib = saacl_loss(v[None], torch.tensor([label]), view[None], queue, qlab, centres, tau, lam,
                          centre_term=form)
@@ -550,7 +553,7 @@ def _cases_centre_weight(rng: np.random.Generator) -> list[Case]:
         n_same = int(rng.choice([0, 1, 3, 10, 60, 500]))
         n_other = int(rng.integers(0, 20))
         lam = float(rng.choice([0.1, 0.2, 0.5]))
-        form = "averaged" if i % 2 == 0 else "separate"
+        form: CentreTerm = "averaged" if i % 2 == 0 else "separate"
         v, label, view, _, _, centres = _anchor_case(rng, k, d, 0)
         others = [c for c in range(k) if c != label]
         qlab = torch.tensor([label] * n_same + [others[j % len(others)] for j in range(n_other)]).long()

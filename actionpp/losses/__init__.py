@@ -18,7 +18,7 @@ from .consistency import consistency_loss, sigmoid_rampup, teacher_input_noise
 from .isd import isd_loss
 from .pseudo import pseudo_label_loss
 from .queue import FeatureQueue, MemoryBank
-from .saacl import CENTRE_TERMS, centre_gradient_share, saacl_loss
+from .saacl import CENTRE_TERMS, CentreTerm, centre_gradient_share, saacl_loss
 from .supervised import dice_loss, supervised_loss
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "saacl_loss",
     "centre_gradient_share",
     "CENTRE_TERMS",
+    "CentreTerm",
     "FeatureQueue",
     "anatomical_contrast_loss",
     "valid_mask",

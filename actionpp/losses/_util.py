@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
 
 
@@ -30,7 +33,7 @@ def check_labels(labels: torch.Tensor, num_classes: int, name: str = "labels") -
         return
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.numel():
-        vals = sorted(set(bad.unique().tolist()))
+        vals = sorted(set(bad.tolist()))
         shown = vals[:10] + (["..."] if len(vals) > 10 else [])
         raise ValueError(f"{name} must be in [0, {num_classes}), got out-of-range value(s) {shown}")
 
@@ -45,7 +48,7 @@ class _LogSumExpAgainst(torch.autograd.Function):
     """``logsumexp(a @ b.T, dim=1)`` with the gradient for ``a`` only, in row chunks (see below)."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, chunk: int) -> torch.Tensor:
         lse = a.new_empty(a.shape[0])  # N
         grad_dir = a.new_empty(a.shape) if ctx.needs_input_grad[0] else None  # N x d: softmax(a b^T) @ b
         for s in range(0, a.shape[0], chunk):
@@ -60,7 +63,7 @@ class _LogSumExpAgainst(torch.autograd.Function):
         return lse
 
     @staticmethod
-    def backward(ctx, grad_lse: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+    def backward(ctx: Any, grad_lse: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (grad_dir,) = ctx.saved_tensors
         return (grad_lse[:, None] * grad_dir if grad_dir is not None else None), None, None
 
@@ -76,5 +79,5 @@ def logsumexp_against(a: torch.Tensor, b: torch.Tensor, chunk_elements: int = 1 
     if b.requires_grad or b.shape[0] == 0:
         return torch.logsumexp(a @ b.T, dim=1)
     chunk = max(1, chunk_elements // max(b.shape[0], 1))
-    out: torch.Tensor = _LogSumExpAgainst.apply(a, b, chunk)
-    return out
+    apply = cast(Callable[..., torch.Tensor], _LogSumExpAgainst.apply)  # torch types Function.apply loosely
+    return apply(a, b, chunk)

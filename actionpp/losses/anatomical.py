@@ -24,7 +24,8 @@ Taught in notebooks/03_contrastive_losses.ipynb.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +61,8 @@ def negative_similarities(queries: torch.Tensor, pixels: torch.Tensor, idx: torc
     ``queries`` (nq, d), ``pixels`` (N, d) treated as constants (pass them detached: the anatomical
     contrast's negatives carry no gradient), ``idx`` (nq, M) long: each query's negatives.
     """
-    out: torch.Tensor = _NegativeSimilarities.apply(queries, pixels.detach(), idx)
-    return out
+    apply = cast(Callable[..., torch.Tensor], _NegativeSimilarities.apply)  # torch types Function.apply loosely
+    return apply(queries, pixels.detach(), idx)
 
 
 def valid_mask(
@@ -160,4 +161,5 @@ def anatomical_contrast_loss(
         l_neg = negative_similarities(qv, v.detach(), neg_idx)  # nq x M
         logits = torch.cat([l_pos, l_neg], dim=1) / tau  # nq x (1 + M)
         total = total + (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
-    return total / n_cls + grad_zero(emb)
+    loss: torch.Tensor = total / n_cls + grad_zero(emb)
+    return loss

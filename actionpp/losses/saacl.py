@@ -35,14 +35,18 @@ Taught in notebooks/03_contrastive_losses.ipynb.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 from ._util import check_2d, check_labels, grad_zero, logsumexp_against
 
-__all__ = ["saacl_loss", "centre_gradient_share", "CENTRE_TERMS"]
+__all__ = ["saacl_loss", "centre_gradient_share", "CENTRE_TERMS", "CentreTerm"]
 
-CENTRE_TERMS = ("averaged", "separate")
+CentreTerm = Literal["averaged", "separate"]
+"""The two forms of the centre term (the config's ``saacl.centre_term``)."""
+CENTRE_TERMS: tuple[CentreTerm, ...] = ("averaged", "separate")
 
 
 def saacl_loss(
@@ -55,7 +59,7 @@ def saacl_loss(
     tau: float,
     lambda_a: float,
     include_centres_as_candidates: bool = True,
-    centre_term: str = "averaged",
+    centre_term: CentreTerm = "averaged",
 ) -> torch.Tensor:
     """The SAACL loss (see the module docstring); returns a scalar.
 
@@ -159,7 +163,7 @@ def centre_gradient_share(
     class_centres: torch.Tensor,
     tau: float,
     lambda_a: float,
-    centre_term: str = "averaged",
+    centre_term: CentreTerm = "averaged",
 ) -> float:
     """Share of the SAACL gradient on the anchors that the centre term drives, in [0, 1].
 

@@ -10,7 +10,8 @@ inside DistributedDataParallel's forward for its gradient to be averaged across
 ranks. The caller draws the pixel coordinates first (``actionpp.sampling``) and
 passes them in; the head is evaluated only there (``RepresentationHead.forward_at``).
 
-:func:`load_model` returns the bare backbone of a checkpoint for inference.
+:func:`load_segmodel` reads a checkpoint back as a :class:`SegModel`; :func:`load_model` returns its bare
+backbone for inference.
 
 Taught in notebooks/04_train.ipynb.
 """
@@ -21,6 +22,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +34,7 @@ from actionpp.models.unet import UNet2D
 from actionpp.models.vnet import VNet3D
 from actionpp.sampling import embed_at
 
-__all__ = ["PixelQuery", "SegOutput", "SegModel", "load_model"]
+__all__ = ["PixelQuery", "SegOutput", "SegModel", "LoadedModel", "load_segmodel", "load_model"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,61 @@ class SegModel(nn.Module):
         return out
 
 
+@dataclass
+class LoadedModel:
+    """A checkpoint read back as a :class:`SegModel` (eval mode): the model, its run's config, the file
+    it came from and the checkpoint itself (what else it holds: the allocator, the iteration, ...)."""
+
+    model: SegModel
+    config: Config
+    checkpoint: Path
+    state: Mapping[str, Any]
+
+
+def load_segmodel(
+    run_dir_or_checkpoint: str | Path,
+    which: str = "best",
+    device: str | torch.device = "cpu",
+    weights: str = "student",
+    heads: bool = True,
+) -> LoadedModel:
+    """A checkpoint's :class:`SegModel` in eval mode on ``device`` (the one loader of trained weights).
+
+    ``which``: ``best`` (falls back to ``last.pt`` when the run did not validate), ``last`` or ``auto``
+    (the run's ``eval.select``), for a run directory. ``weights``: ``student`` or ``teacher`` (the EMA
+    teacher of the same checkpoint). ``heads``: also load the heads (the representation head the
+    embeddings read); False loads the backbone only (inference: the heads keep their initial weights).
+    Raises :class:`~actionpp.checkpoint.CheckpointError` naming the file for a missing teacher or weights
+    that do not fit this version's model.
+    """
+    from actionpp.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+    from actionpp.config import stored_config
+    from actionpp.distributed import resolve_device
+
+    path = find_checkpoint(run_dir_or_checkpoint, which)
+    state = load_checkpoint(path, map_location="cpu")
+    cfg = stored_config(json.loads(state["config"]))
+    if weights == "student":
+        prefix, full = "", state["student"]
+    elif weights == "teacher":
+        if state.get("teacher") is None:
+            raise CheckpointError(f"{path}: method {cfg.method.name!r} has no teacher")
+        prefix, full = "model.", state["teacher"]
+    else:
+        raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
+    model = SegModel(cfg)
+    own = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+    try:
+        if heads:
+            model.load_state_dict(own)
+        else:  # only the backbone: the heads are not needed (nor loaded) for inference
+            model.net.load_state_dict({k[len("net."):]: v for k, v in own.items() if k.startswith("net.")})
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the {weights} network does not match this version's model: {exc}") from exc
+    dev = resolve_device(str(device)) if isinstance(device, str) else device
+    return LoadedModel(model.to(dev).eval(), cfg, path, state)
+
+
 def load_model(
     run_dir_or_checkpoint: str | Path,
     which: str = "best",
@@ -152,27 +209,7 @@ def load_model(
     ``last`` or ``auto`` (the run's ``eval.select``). ``weights``: ``student`` (what is
     evaluated) or ``teacher``. The network is the bare backbone (``UNet2D`` / ``VNet3D``):
     the contrastive heads are dropped at inference. ``device``: a torch device or
-    ``"auto"`` / ``"cpu"`` / ``"cuda[:N]"`` (default the CPU).
+    ``"auto"`` / ``"cpu"`` / ``"cuda[:N]"`` (default the CPU). :func:`load_segmodel` keeps the heads.
     """
-    from actionpp.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-    from actionpp.config import stored_config
-    from actionpp.distributed import resolve_device
-
-    path = find_checkpoint(run_dir_or_checkpoint, which)
-    state = load_checkpoint(path, map_location="cpu")
-    cfg = stored_config(json.loads(state["config"]))
-    if weights == "student":
-        prefix, full = "net.", state["student"]
-    elif weights == "teacher":
-        if state.get("teacher") is None:
-            raise CheckpointError(f"{path}: method {cfg.method.name!r} has no teacher")
-        prefix, full = "model.net.", state["teacher"]
-    else:
-        raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
-    net = SegModel(cfg).net  # only the backbone: the heads are not needed (nor loaded) for inference
-    try:
-        net.load_state_dict({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)})
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: the {weights} network does not match this version's model: {exc}") from exc
-    dev = resolve_device(str(device)) if isinstance(device, str) else device
-    return net.to(dev).eval(), cfg
+    loaded = load_segmodel(run_dir_or_checkpoint, which, device, weights, heads=False)
+    return loaded.model.net, loaded.config

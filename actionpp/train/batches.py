@@ -19,6 +19,7 @@ from torch import Tensor
 
 from actionpp import augment as aug
 from actionpp.config import Config
+from actionpp.data.spec import TrainTensors
 from actionpp.train.data import TrainingData
 
 __all__ = ["BatchSource"]
@@ -34,7 +35,7 @@ class BatchSource:
         self.device = device
         self.gen_batch = gen_batch
         self.gen_aug = gen_aug
-        self.spatial_dims = 2 if cfg.model.arch == "unet2d" else 3
+        self.spatial_dims = data.spatial_dims
 
     def _draw(self, n: int, k: int) -> Tensor:
         """``k`` distinct indices in ``[0, n)`` (with repetition when k > n), from the batch generator."""
@@ -48,25 +49,28 @@ class BatchSource:
         """``(x (B_l, C, ...), y (B_l, ...))``: the weak view of a labelled batch."""
         cfg = self.cfg
         idx = self._draw(self.data.n_l, cfg.train.batch_labelled)
-        if self.spatial_dims == 2:
+        train = self.data.train
+        y: Tensor | None
+        if isinstance(train, TrainTensors):
             i = idx.to(self.device)
-            x, y = self.data.x_l[i], self.data.y_l[i]
-        else:
-            xs = [self.data.x_l[j] for j in idx.tolist()]
-            ys = [self.data.y_l[j] for j in idx.tolist()]
+            x, y = train.x_l[i], train.y_l[i]
+        else:  # 3D: random crops of the drawn volumes
+            xs = [train.x_l[j] for j in idx.tolist()]
+            ys = [train.y_l[j] for j in idx.tolist()]
             x, y = aug.random_crop(xs, ys, cfg.data.crop, self.gen_aug)
         x, y_out = self.weak(x, y)
-        assert y_out is not None
+        assert y_out is not None  # labels in, labels out
         return x, y_out
 
     def unlabelled(self) -> Tensor:
         """``x (B_u, C, ...)``: the weak view of an unlabelled batch."""
         cfg = self.cfg
         idx = self._draw(self.data.n_u, cfg.train.batch_unlabelled)
-        if self.spatial_dims == 2:
-            x = self.data.x_u[idx.to(self.device)]
+        train = self.data.train
+        if isinstance(train, TrainTensors):
+            x = train.x_u[idx.to(self.device)]
         else:
-            x, _ = aug.random_crop([self.data.x_u[j] for j in idx.tolist()], None, cfg.data.crop, self.gen_aug)
+            x, _ = aug.random_crop([train.x_u[j] for j in idx.tolist()], None, cfg.data.crop, self.gen_aug)
         return self.weak(x, None)[0]
 
     def weak(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -1,4 +1,8 @@
-"""The training data of a run: tensors on the device (2D) or volume lists (3D), and the validation volumes.
+"""The training data of a run: its dataset's training set on the device, and the validation volumes.
+
+What the training set is (2D slices stacked on the device, or 3D volumes as a list) and which images
+are labelled is the dataset's :class:`~actionpp.data.spec.DatasetSpec`; this module only loads it once
+per process and names the setting when the data cannot satisfy it.
 
 Taught in notebooks/04_train.ipynb.
 """
@@ -7,41 +11,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from actionpp.config import Config
-from actionpp.data.core import DataError
+from actionpp.config import Config, ConfigError
+from actionpp.data.core import DataError, Volume
 from actionpp.data.roots import resolve_data_root
+from actionpp.data.spec import LabelledError, TrainSet, TrainTensors, dataset_spec
 
 __all__ = ["TrainingData", "load_training_data"]
 
 
 @dataclass
 class TrainingData:
-    """``x_l`` / ``y_l`` labelled images and labels, ``x_u`` unlabelled images, ``val`` volumes (numpy).
+    """``train``: the labelled and unlabelled training images; ``val``: validation volumes (numpy); ``root``.
 
-    2D: ``x_l (N_l, 1, S, S)``, ``y_l (N_l, S, S)``, ``x_u (N_u, 1, S, S)`` tensors on the
-    device; 3D: lists of per-volume tensors (cropped per batch).
+    2D (:class:`~actionpp.data.spec.TrainTensors`): ``x_l (N_l, 1, S, S)``, ``y_l (N_l, S, S)``,
+    ``x_u (N_u, 1, S, S)`` tensors on the device; 3D (:class:`~actionpp.data.spec.TrainVolumes`): lists
+    of per-volume tensors (cropped per batch).
     """
 
-    x_l: Any
-    y_l: Any
-    x_u: Any
-    val: list[Any]
+    train: TrainSet
+    val: list[Volume]
     root: Path
 
     @property
+    def spatial_dims(self) -> int:
+        """2 for stacked slices, 3 for volumes."""
+        return 2 if isinstance(self.train, TrainTensors) else 3
+
+    @property
     def n_l(self) -> int:
-        return len(self.x_l)
+        """Labelled training images."""
+        return len(self.train.x_l)
 
     @property
     def n_u(self) -> int:
-        return len(self.x_u)
+        """Unlabelled training images."""
+        return len(self.train.x_u)
 
 
-_CACHE: dict[tuple[Any, ...], TrainingData] = {}
+_CACHE: dict[tuple[object, ...], TrainingData] = {}
 
 
 def load_training_data(cfg: Config, device: torch.device, with_val: bool) -> TrainingData:
@@ -56,27 +66,18 @@ def load_training_data(cfg: Config, device: torch.device, with_val: bool) -> Tra
 
 
 def _read(cfg: Config, root: Path, device: torch.device, with_val: bool) -> TrainingData:
-    from actionpp.data import tensors
+    from actionpp.data.tensors import load_volumes
 
-    x_l: Any
-    y_l: Any
-    x_u: Any
-    if cfg.data.dataset == "acdc":
-        t = tensors.load_acdc_training(root, cfg.data.labelled, cfg.data.size, device)
-        x_l, y_l, x_u = t.x_l, t.y_l, t.x_u
-    else:
-        labelled = cfg.data.labelled
-        if labelled is None:  # all labelled
-            from actionpp.data.roots import open_dataset
-
-            labelled = len(open_dataset(root).volumes("train"))
-        v = tensors.load_la_training(root, labelled, device)
-        x_l, y_l, x_u = v.x_l, v.y_l, v.x_u
-    if len(x_l) == 0:
+    spec = dataset_spec(cfg.data.dataset)
+    try:
+        train = spec.load_training(root, cfg.data.labelled, cfg.data.size, device)
+    except LabelledError as exc:  # the data hold fewer labelled images than data.labelled asks: a setting
+        raise ConfigError(str(exc)) from None
+    if len(train.x_l) == 0:
         raise DataError(f"{root}: no labelled training images (data.labelled={cfg.data.labelled})")
-    val: list[Any] = []
+    val: list[Volume] = []
     if with_val and cfg.data.val_split != "none":
-        val = tensors.load_volumes(root, cfg.data.val_split)
+        val = load_volumes(root, cfg.data.val_split)
         if cfg.data.val_max_volumes is not None:
             val = val[: cfg.data.val_max_volumes]
-    return TrainingData(x_l, y_l, x_u, val, root)
+    return TrainingData(train, val, root)

@@ -46,6 +46,11 @@ Choices and deviations (each can be checked in the code):
   batch, teacher input noise N(0, 0.1^2) clipped to +-0.2, weight ``loss.consistency *
   exp(-5 (1 - t)^2)`` with ``t = it / loss.consistency_rampup`` in fine-tuning iterations
   (SSL4MIS ramps over its whole 30 k-iteration run; the profiles ramp over the first 20 %).
+- **The log** (``log.jsonl``, one ``train`` line every ``runtime.log_every`` iterations): ``loss/<term>``
+  are means over the iterations since the previous line; ``lr`` and the temperatures (``tau``: AnCo,
+  ``tau_saacl``, ``tau_s``, ``tau_t``) are the values at the logged iteration, side by side. Logs
+  written before this rule hold the temperatures' window mean under the same keys: a reader reads
+  both alike (a schedule moves little over one window; at ``log_every: 1`` they are equal).
 - **Loss diagnostics**: at log iterations each weighted term's gradient on the backbone
   (``grad/<term>``, ``share/<term>``) and the centre term's share of the SAACL anchor
   gradient under both ``saacl.centre_term`` forms go to the log (``runtime.grad_norms``).
@@ -214,7 +219,7 @@ def poly_lr(base_lr: float, it: int, max_it: int, power: float = 0.9) -> float:
     """``base_lr * (1 - it / max_it) ** power`` (it = 0 .. max_it - 1); 0 for it >= max_it."""
     if max_it <= 0 or it >= max_it:
         return 0.0
-    return base_lr * (1.0 - it / max_it) ** power
+    return float(base_lr * (1.0 - it / max_it) ** power)
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -544,28 +549,49 @@ def _loop(run: _Run) -> None:
             pbar.close()
 
 
+class _PhaseClock:
+    """The training time of one phase, without validation and checkpoint writing (``its_per_s``)."""
+
+    def __init__(self, st: TrainerState, phase: str) -> None:
+        self.st, self.phase = st, phase
+        self.mark = time.perf_counter()
+        self.steps = 0  # steps since the mark
+
+    def book(self) -> float:
+        """Add the time and steps since the mark to the phase's totals; returns seconds per step."""
+        now = time.perf_counter()
+        self.st.phase_seconds[self.phase] += now - self.mark
+        self.st.phase_done_iters[self.phase] += self.steps
+        per_step = (now - self.mark) / max(self.steps, 1)
+        self.mark, self.steps = now, 0
+        return per_step
+
+    def restart(self) -> None:
+        """A new mark (after validation or a checkpoint, which are not training time)."""
+        self.mark = time.perf_counter()
+
+
 def _run_phase(run: _Run, phase: str, start: int, n: int, pbar: Any) -> None:
     st, cfg = run.st, run.st.cfg
     rt = cfg.runtime
     end = start + n
     total = cfg.total_iters
-    if st.phase_of_optimizer != phase or st.optimizer is None:
+    if st.phase_of_optimizer != phase:  # a fresh SGD per phase, unless the checkpoint's is resumed
         st.optimizer = st.new_optimizer(phase)
         st.phase_of_optimizer = phase
     st.student.train()
     step = pretrain_step if phase == "pretrain" else finetune_step
-    names: list[str] | None = None
+    names: list[str] | None = None  # the loss terms (total included), accumulated over a log window
+    taus: list[str] = []  # the temperatures: logged at the iteration, like the lr
     acc: Tensor | None = None  # running sums of the loss terms since the last log
     acc_n = 0
     first_bad = torch.full((), -1, dtype=torch.long, device=st.device)
     bad_terms: Tensor | None = None
-    t_mark = time.perf_counter()
-    steps_since = 0
+    clock = _PhaseClock(st, phase)
 
     def check() -> None:  # the host read of the divergence flag, at log / checkpoint time only
         k = int(first_bad.item())
-        if k >= 0:
-            assert names is not None and bad_terms is not None
+        if k >= 0 and names is not None and bad_terms is not None:
             raise TrainingDiverged(k, phase, dict(zip(names, bad_terms.tolist())), st.last_checkpoint)
 
     while st.iteration < end:
@@ -574,17 +600,18 @@ def _run_phase(run: _Run, phase: str, start: int, n: int, pbar: Any) -> None:
         it = st.iteration
         pit = it - start
         lr = poly_lr(cfg.train.lr, pit, n, cfg.train.poly_power)
-        assert st.optimizer is not None
         for g in st.optimizer.param_groups:
             g["lr"] = lr
         done = it + 1
         at_end = done == end
-        diagnostics: dict[str, Any] | None = {} if rt.grad_norms and (done % rt.log_every == 0 or at_end) else None
+        log_now = done % rt.log_every == 0 or at_end
+        diagnostics: dict[str, Any] | None = {} if rt.grad_norms and log_now else None
         terms = step(st, run.batches, run.objective, pit, diagnostics)
         st.iteration = done
-        steps_since += 1
+        clock.steps += 1
         if names is None:
-            names = list(terms)
+            names = [k for k in terms if not k.startswith("tau")]
+            taus = [k for k in terms if k.startswith("tau")]
         vec = torch.stack([terms[k].float().to(st.device) for k in names])  # (T,)
         acc = vec if acc is None else acc + vec
         acc_n += 1
@@ -593,21 +620,16 @@ def _run_phase(run: _Run, phase: str, start: int, n: int, pbar: Any) -> None:
         bad_terms = vec if bad_terms is None else torch.where(newly_bad, vec, bad_terms)
         if pbar is not None:
             pbar.update(1)
-        if done % rt.log_every == 0 or at_end:
-            assert acc is not None
+        if log_now:
             means = (acc / acc_n).tolist()  # the one host read per log interval
-            now = time.perf_counter()
-            st.phase_seconds[phase] += now - t_mark
-            st.phase_done_iters[phase] += steps_since
-            step_s = (now - t_mark) / max(steps_since, 1)
-            t_mark, steps_since = now, 0
+            step_s = clock.book()
             check()
             entry: dict[str, Any] = {"kind": "train", "phase": phase, "iteration": done, "lr": lr}
-            for k, v in zip(names, means):
-                entry[k if k.startswith("tau") else f"loss/{k}"] = v
+            entry.update({f"loss/{k}": v for k, v in zip(names, means)})  # means over the log window
+            entry.update({k: float(terms[k]) for k in taus})  # the temperature at this iteration
             entry.update(diagnostics or {})
-            if st.allocator is not None and phase == "finetune":
-                entry["assignment"] = [int(a) for a in st.allocator.assignment.tolist()]
+            if st.saacl is not None and phase == "finetune":
+                entry["assignment"] = [int(a) for a in st.saacl.allocator.assignment.tolist()]
             entry["step_s"] = step_s
             run.logger.log(entry)
             if pbar is not None:
@@ -616,17 +638,14 @@ def _run_phase(run: _Run, phase: str, start: int, n: int, pbar: Any) -> None:
         do_ckpt = (rt.checkpoint_every and done % rt.checkpoint_every == 0) or at_end
         do_val = cfg.eval.every and done % cfg.eval.every == 0 and done != total
         if do_ckpt or do_val:
-            now = time.perf_counter()
-            st.phase_seconds[phase] += now - t_mark
-            st.phase_done_iters[phase] += steps_since
-            steps_since = 0
+            clock.book()
             check()  # never checkpoint or select a diverged model
             if do_val and st.info.is_main:
                 validate_and_select(st, run.val, run.run_dir, run.logger, done)
             if do_ckpt:
                 _save(st, run.run_dir)
             barrier(st.info)
-            t_mark = time.perf_counter()
+            clock.restart()
 
 
 # =========================================================================== checkpoints and the end

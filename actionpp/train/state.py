@@ -1,11 +1,13 @@
 """Everything a run carries from one iteration to the next, and its checkpoint form.
 
 :class:`TrainerState` holds the student (and its DDP wrapper), the EMA teacher, the
-optimiser of the current phase, the method state (class centres and their allocator,
-the SAACL queue, the ISD memory banks), the four random generators, the counters and
-the best validation score. :meth:`TrainerState.state_dict` is a plain dict that
-``torch.load(weights_only=True)`` reads back; :meth:`TrainerState.load_state_dict`
-restores it exactly, so a killed run resumes bit-for-bit.
+optimiser of the current phase, the method state (``saacl``: the class centres' allocator
+and the SAACL queue; ``banks``: the ISD memory banks), the four random generators, the
+counters and the best validation score. What a switched-on term needs comes from
+:meth:`TrainerState.require_teacher`, ``require_saacl`` and ``require_banks`` (an error
+naming the switch that is off, never None); ``probe`` instruments the steps' stages.
+:meth:`TrainerState.state_dict` is a plain dict that ``torch.load(weights_only=True)`` reads back;
+:meth:`TrainerState.load_state_dict` restores it exactly, so a killed run resumes bit-for-bit.
 
 Random generators (each seeded from ``runtime.seed`` plus a per-rank offset):
 ``batch`` (CPU: which images), ``aug`` (the device: augmentation, mean-teacher noise),
@@ -16,12 +18,14 @@ Taught in notebooks/04_train.ipynb.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,9 +39,33 @@ from actionpp.losses import FeatureQueue, MemoryBank
 from actionpp.models import EMATeacher
 from actionpp.models.segmodel import SegModel
 
-__all__ = ["PHASES", "TrainerState", "windows_per_image", "phase_bounds"]
+__all__ = ["PHASES", "TrainerState", "SaaclState", "IsdBanks", "StageProbe", "windows_per_image", "phase_bounds"]
 
 PHASES = ("pretrain", "finetune")
+
+
+class StageProbe(Protocol):
+    """Instrumentation of a step (:mod:`actionpp.train.steps`): called with a stage's name, it returns the
+    context the stage runs in (a timer, a ``torch.profiler.record_function``). Set as ``TrainerState.probe``;
+    it never changes what a step computes."""
+
+    def __call__(self, stage: str) -> contextlib.AbstractContextManager[Any]: ...
+
+
+@dataclass
+class SaaclState:
+    """SAACL's running state (``method.saacl``): the class-centre allocator and the teacher-embedding queue."""
+
+    allocator: CentreAllocator
+    queue: FeatureQueue
+
+
+@dataclass
+class IsdBanks:
+    """ISD's memory banks (``method.pretrain``): one global embedding per image, and every local window of it."""
+
+    global_bank: MemoryBank
+    local_bank: MemoryBank
 
 
 def windows_per_image(cfg: Config) -> int:
@@ -104,36 +132,58 @@ class TrainerState:
             net = self.student.net
             setattr(net, "forward_features", torch.compile(net.forward_features))  # noqa: B010 - mypy forbids method assignment
 
-        # ---- method state: centres and allocator, SAACL queue, ISD memory banks
-        self.allocator: CentreAllocator | None = None
-        self.queue: FeatureQueue | None = None
+        # ---- method state: centres and allocator with the SAACL queue, ISD memory banks
+        self.saacl: SaaclState | None = None
         if cfg.method.saacl:
             from actionpp.centers import make_centers
 
             centres = make_centers(cfg.data.num_classes, cfg.model.rep_dim, method=cfg.saacl.centre_method, seed=seed)
-            self.allocator = CentreAllocator(
-                centres.vectors.to(device), momentum=cfg.saacl.allocator_momentum, mode=cfg.saacl.assignment, seed=seed
+            self.saacl = SaaclState(
+                CentreAllocator(centres.vectors.to(device), momentum=cfg.saacl.allocator_momentum,
+                                mode=cfg.saacl.assignment, seed=seed),
+                FeatureQueue(cfg.saacl.queue_size, cfg.model.rep_dim, device=device),
             )
-            self.queue = FeatureQueue(cfg.saacl.queue_size, cfg.model.rep_dim, device=device)
-        self.bank_g: MemoryBank | None = None
-        self.bank_l: MemoryBank | None = None
+        self.banks: IsdBanks | None = None
         if cfg.method.pretrain:
             # the banks hold memory_bank *images*: one global embedding each, and all its local windows
-            self.bank_g = MemoryBank(cfg.pretrain.memory_bank, cfg.model.proj_dim, device=device)
-            self.bank_l = MemoryBank(
-                cfg.pretrain.memory_bank * windows_per_image(cfg), cfg.model.proj_dim, device=device
+            self.banks = IsdBanks(
+                MemoryBank(cfg.pretrain.memory_bank, cfg.model.proj_dim, device=device),
+                MemoryBank(cfg.pretrain.memory_bank * windows_per_image(cfg), cfg.model.proj_dim, device=device),
             )
 
-        # ---- optimiser (re-created at each phase start) and counters
+        # ---- optimiser (a fresh one at each phase start: phase_of_optimizer says whose it is) and counters
         self.iteration = 0  # completed iterations over both phases
-        self.phase_of_optimizer: str | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.phase_of_optimizer: str | None = None  # None: no phase has stepped this optimiser yet
+        self.optimizer: torch.optim.Optimizer = self.new_optimizer(self.phase_at(0) or "finetune")
         self.best_score = -math.inf
         self.best_iteration: int | None = None
         self.best_summary: dict[str, Any] | None = None
         self.phase_seconds = {p: 0.0 for p in PHASES}
         self.phase_done_iters = {p: 0 for p in PHASES}
         self.last_checkpoint: Path | None = None
+        self.probe: StageProbe | None = None  # instrumentation of the steps' stages (never checkpointed)
+
+    # ------------------------------------------------------------------ what a switched-on term needs
+
+    def require_teacher(self) -> EMATeacher[SegModel]:
+        """The EMA teacher; :class:`RuntimeError` when the run has none (``method.teacher`` off)."""
+        if self.teacher is None:
+            raise RuntimeError(f"method {self.cfg.method.name!r}: a term needs the EMA teacher, but method.teacher "
+                               "is off")
+        return self.teacher
+
+    def require_saacl(self) -> SaaclState:
+        """SAACL's allocator and queue; :class:`RuntimeError` when ``method.saacl`` is off."""
+        if self.saacl is None:
+            raise RuntimeError(f"method {self.cfg.method.name!r}: SAACL's state is asked for, but method.saacl is off")
+        return self.saacl
+
+    def require_banks(self) -> IsdBanks:
+        """ISD's memory banks; :class:`RuntimeError` when ``method.pretrain`` is off."""
+        if self.banks is None:
+            raise RuntimeError(f"method {self.cfg.method.name!r}: ISD's banks are asked for, but method.pretrain "
+                               "is off")
+        return self.banks
 
     def layout(self, x: Tensor) -> Tensor:
         """``x`` in the networks' memory format (``runtime.channels_last``; a no-op otherwise)."""
@@ -171,11 +221,11 @@ class TrainerState:
             "config_hash": self.hash,
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "allocator": self.allocator.state_dict() if self.allocator is not None else None,
-            "queue": self.queue.state_dict() if self.queue is not None else None,
-            "bank_g": self.bank_g.state_dict() if self.bank_g is not None else None,
-            "bank_l": self.bank_l.state_dict() if self.bank_l is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "allocator": self.saacl.allocator.state_dict() if self.saacl is not None else None,
+            "queue": self.saacl.queue.state_dict() if self.saacl is not None else None,
+            "bank_g": self.banks.global_bank.state_dict() if self.banks is not None else None,
+            "bank_l": self.banks.local_bank.state_dict() if self.banks is not None else None,
             "rng": rngs,
             "world_size": self.info.world_size,
             "best": {
@@ -205,19 +255,17 @@ class TrainerState:
             self.teacher.load_state_dict(state["teacher"])
         self.iteration = int(state["iteration"])
         phase = state.get("phase")
-        self.phase_of_optimizer = None
-        self.optimizer = None
+        self.phase_of_optimizer = None  # the loop starts a fresh optimiser unless the checkpoint's is resumed
         if phase is not None and state.get("optimizer") is not None and self.phase_at(self.iteration) == phase:
             self.optimizer = self.new_optimizer(phase)
             self.optimizer.load_state_dict(state["optimizer"])
             self.phase_of_optimizer = phase
-        if self.allocator is not None:
-            self.allocator.load_state_dict(state["allocator"])
-        if self.queue is not None:
-            self.queue.load_state_dict(state["queue"])
-        if self.bank_g is not None and self.bank_l is not None:
-            self.bank_g.load_state_dict(state["bank_g"])
-            self.bank_l.load_state_dict(state["bank_l"])
+        if self.saacl is not None:
+            self.saacl.allocator.load_state_dict(state["allocator"])
+            self.saacl.queue.load_state_dict(state["queue"])
+        if self.banks is not None:
+            self.banks.global_bank.load_state_dict(state["bank_g"])
+            self.banks.local_bank.load_state_dict(state["bank_l"])
         rngs = state["rng"]
         if len(rngs) != self.info.world_size:
             raise CheckpointError(

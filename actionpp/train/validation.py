@@ -74,4 +74,5 @@ class _FloatLogits(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x).float()
+        logits: Tensor = self.net(x)
+        return logits.float()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from actionpp.checkpoint import CheckpointError, load_checkpoint
-from actionpp.config import load_config
+from actionpp.config import ConfigError, load_config
 from actionpp.losses import sigmoid_rampup
 from actionpp.models.segmodel import load_model
 from actionpp.runlog import read_jsonl
@@ -113,6 +113,25 @@ def test_ats_schedules_every_contrastive_temperature(tmp_path):
     train(_cfg("method.name=action", "runtime.log_every=1"), run_dir=tmp_path / "action", progress=False)
     pre = [e for e in read_jsonl(tmp_path / "action" / "log.jsonl") if e.get("phase") == "pretrain"]
     assert [e["tau_s"] for e in pre] + [e["tau_t"] for e in pre] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+
+
+def test_the_log_gives_the_temperature_at_the_iteration_like_the_lr(tmp_path):
+    """Every two iterations a line: the loss terms are the window's means, lr and tau the values at the logged
+    iteration (the ATS cosine over 4 fine-tuning iterations: 1.0, 0.55, 0.1, 0.55)."""
+    train(_cfg("method.name=actionpp", "runtime.log_every=2"), run_dir=tmp_path, progress=False)
+    ft = [e for e in read_jsonl(tmp_path / "log.jsonl") if e["kind"] == "train" and e["phase"] == "finetune"]
+    assert [e["iteration"] for e in ft] == [4, 6]
+    assert [e["tau"] for e in ft] == pytest.approx([0.55, 0.55])  # not the window means 0.775 and 0.325
+    assert [e["tau_saacl"] for e in ft] == pytest.approx([0.55, 0.55])
+    assert [e["lr"] for e in ft] == pytest.approx([0.01 * (1 - i / 4) ** 0.9 for i in (1, 3)])
+
+
+def test_saacl_temperature_settings_that_cannot_act_are_refused():
+    """saacl.fixed_tau wins over ATS for SAACL (the documented precedence); a tau_min beside it could never act."""
+    cfg = load_config("phantom_smoke", ["saacl.fixed_tau=0.07"])
+    assert cfg.method.ats and cfg.saacl.fixed_tau == 0.07  # official 3D: ATS for AnCo, SAACL fixed
+    with pytest.raises(ConfigError, match="saacl.tau_min: has no effect while saacl.fixed_tau=0.07"):
+        load_config("phantom_smoke", ["saacl.fixed_tau=0.07", "saacl.tau_min=0.05"])
 
 
 @pytest.mark.parametrize("bank", [36, 10])
