@@ -281,6 +281,22 @@ def prepare(
     return st, BatchSource(cfg, data, device, st.gen_batch, st.gen_aug), Objective(cfg, data.n_u), data.val
 
 
+def _check_run_folder(run_dir: Path, info: DistInfo) -> None:
+    """The ownership check (:func:`~actionpp.atomic.check_folder`), by rank 0 alone, its answer shared: the
+    other ranks would race rank 0's claim of a new folder (its marker's temporary file, then ``.lock``)."""
+    error = None
+    if info.is_main:
+        try:
+            check_folder(run_dir, OWNER, recognise=_engine_folder())
+        except OwnershipError as exc:
+            error = exc
+    shared = broadcast_object(None if error is None else str(error), info)
+    if error is not None:
+        raise error
+    if shared is not None:
+        raise OwnershipError(shared)
+
+
 @dataclass
 class _Run:
     """A run in progress: its state, data, objective, run directory and logger."""
@@ -300,7 +316,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, progress: bool, info: DistInf
     h = config_hash(cfg)
     # everything is checked before the first byte is written: the folder is the engine's (or new), it holds
     # no other config's run, and a checkpoint in it is resumed only when asked and only of this config
-    check_folder(run_dir, OWNER, recognise=_engine_folder())
+    _check_run_folder(run_dir, info)
     cached = _finished(run_dir, h, info)
     if cached is not None:
         return cached
