@@ -151,6 +151,7 @@ def test_bf16_training_loop_validates_checkpoints_and_resumes_bit_exactly(tmp_pa
 # =========================================================================== torch.compile
 
 
+@pytest.mark.extended  # torch.compile's first trace takes most of a minute: CI runs it after the default suite
 def test_compile_traces_the_unet_without_graph_breaks_and_steps_like_eager(monkeypatch):
     import torch._dynamo
 

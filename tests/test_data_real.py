@@ -46,6 +46,7 @@ def test_acdc_labelled_tensors(acdc_root: Path) -> None:
     assert float(t.x_l.min()) >= 0.0 and float(t.x_l.max()) <= 1.0
 
 
+@pytest.mark.extended  # about a minute (packs the whole dataset): CI runs it after the default suite
 def test_acdc_pack_bit_exact_and_the_gpu_carry_under_60_mb(acdc_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "acdc.pack"
     s = pack_dataset(acdc_root, out, verify=False)  # this test compares everything itself

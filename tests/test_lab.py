@@ -368,6 +368,7 @@ def student_dir(tmp_path_factory):
 
 
 @pytest.mark.notebooks
+@pytest.mark.extended  # about 3 minutes: CI runs it after the default suite (.ci/run)
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("nb", LAB_NOTEBOOKS, ids=_ids(LAB_NOTEBOOKS))
 def test_student_notebook_runs_to_the_end_with_every_check_not_done(nb, student_dir, tmp_path):

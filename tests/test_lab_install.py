@@ -104,6 +104,7 @@ def _dependencies_without_actionpp(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.extended  # a fresh venv and a pip install: CI runs it after the default suite
 @pytest.mark.timeout(900)
 def test_the_install_cell_installs_the_lab_in_a_fresh_environment(tmp_path):
     venv = tmp_path / "venv"
