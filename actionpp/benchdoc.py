@@ -1,13 +1,16 @@
 """One writer for ``docs/benchmarks.md``: each ``bench/`` script owns a marked section.
 
 A section lies between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``; re-running a
-benchmark replaces its own section (or appends it) and leaves every other one untouched.
+benchmark replaces its own section (or appends it) and leaves every other one untouched; the file
+is replaced atomically.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from actionpp.atomic import atomic_write_text
 
 __all__ = ["markers", "write_section"]
 
@@ -30,4 +33,4 @@ def write_section(path: Path, name: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    atomic_write_text(path, text)  # a benchmark killed mid-write leaves the old file, never half of it

@@ -7,11 +7,11 @@ Examples::
     actionpp replicate notebooks/grids/acdc_paper.yaml --shard 3/8 --out runs/acdc_paper
     actionpp replicate notebooks/grids/acdc_paper.yaml --out runs/acdc_paper --report-only
 
-On a SLURM cluster, one array job spreads a grid over 8 GPUs (each task runs its shard;
-finished runs are skipped on a re-submit)::
+On a SLURM cluster, ``--slurm`` submits the grid as one array job (task i runs the run at position
+i by run id, through ``--shard i/N``) and a tables job after it; ``--dry-run`` prints both scripts
+(:mod:`actionpp.replicate.slurm`; README, "Grids on a SLURM cluster")::
 
-    sbatch --array=0-7 --gres=gpu:1 --wrap \\
-        'actionpp replicate notebooks/grids/acdc_paper.yaml --shard $SLURM_ARRAY_TASK_ID/8 --out runs/acdc_paper'
+    actionpp replicate notebooks/grids/acdc_paper.yaml --out runs/acdc_paper --slurm --partition gpu --time 12:00:00
 
 Exit code: 0 when every selected run finished (or was already finished), 1 when any failed
 (each failure is listed with its error and the executed notebook holding the traceback) or
