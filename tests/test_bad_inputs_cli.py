@@ -483,6 +483,10 @@ ISSUE_16 = [
     # 1. train --run-dir: a folder holding the user's own files is refused, not written into
     Case("train-run-dir-user-config", lambda e: _train_into(e, "config.yaml", "my: notes\n"), 2,
          "mine: refusing to write into this folder: actionpp train did not create it"),
+    # a user's own copy of a profile (every key a config section) is still the user's: no run.json / metrics.json
+    Case("train-run-dir-user-profile-copy",
+         lambda e: _train_into(e, "config.yaml", "train:\n  iterations: 8\nruntime:\n  seed: 3\n"), 2,
+         "mine: refusing to write into this folder: actionpp train did not create it"),
     Case("train-run-dir-user-log", lambda e: _train_into(e, "log.jsonl", "day 1: started the lab\n"), 2,
          "mine: refusing to write into this folder"),
     Case("train-run-dir-user-run-json", lambda e: _train_into(e, "run.json", '{"experiment": "mine"}\n'), 2,

@@ -104,3 +104,8 @@ def test_negative_similarities_equal_the_gathered_product_and_its_gradient_in_fl
     (want * w).sum().backward()
     (got * w).sum().backward()
     torch.testing.assert_close(q2.grad, q1.grad, rtol=1e-12, atol=1e-12)
+    # first-order only: a second derivative is an error, not a silently wrong zero
+    q3 = q.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((negative_similarities(q3, v, idx) ** 2 * w).sum(), q3, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        grad.sum().backward()

@@ -324,3 +324,9 @@ def test_chunked_logsumexp_equals_torch_in_float64_with_its_gradient():
     (got * w).sum().backward()
     torch.testing.assert_close(a2.grad, a1.grad, rtol=1e-12, atol=1e-12)
     assert torch.isneginf(logsumexp_against(a, b[:0])).all()  # an empty queue adds nothing to the softmax
+    # its backward is first-order only: a second derivative (a gradient penalty, a Hessian-vector product) is an
+    # error, not the silently wrong zero a hand-written backward would give
+    a3 = a.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((logsumexp_against(a3, b) ** 2).sum(), a3, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        grad.sum().backward()

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from actionpp.atomic import claim_folder
 from actionpp.checkpoint import CheckpointError, load_checkpoint
 from actionpp.config import ConfigError, load_config
 from actionpp.losses import sigmoid_rampup
@@ -364,7 +365,7 @@ def test_run_logger_writes_jsonl_and_tensorboard_is_optional(tmp_path):
 
 def test_a_start_after_an_attempt_killed_before_its_first_checkpoint_does_not_duplicate_the_log(tmp_path):
     cfg = _cfg("method.name=supervised", "runtime.log_every=1", "runtime.checkpoint_every=0")
-    tmp_path.mkdir(exist_ok=True)
+    claim_folder(tmp_path, "train")  # the attempt claimed its folder (the marker) and wrote only log lines
     first = json.dumps({"kind": "train", "iteration": 1, "loss/total": 9.0})
     (tmp_path / "log.jsonl").write_text(first + "\n" + '{"kind": "train", "iteration": 2, "loss/t')  # a torn line
     train(cfg, run_dir=tmp_path, progress=False)

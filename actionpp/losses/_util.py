@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def grad_zero(*tensors: torch.Tensor) -> torch.Tensor:
@@ -63,6 +64,7 @@ class _LogSumExpAgainst(torch.autograd.Function):
         return lse
 
     @staticmethod
+    @once_differentiable  # the backward is not itself differentiable: a double backward errors, never silently wrong
     def backward(ctx: Any, grad_lse: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (grad_dir,) = ctx.saved_tensors
         return (grad_lse[:, None] * grad_dir if grad_dir is not None else None), None, None

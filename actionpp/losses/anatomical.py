@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ._util import check_2d, grad_zero
 
@@ -50,6 +51,7 @@ class _NegativeSimilarities(torch.autograd.Function):
         return (queries @ pixels.T).gather(1, idx)  # nq x M
 
     @staticmethod
+    @once_differentiable  # the backward is not itself differentiable: a double backward errors, never silently wrong
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         pixels, idx = ctx.saved_tensors
         return F.embedding_bag(idx, pixels, per_sample_weights=grad.to(pixels.dtype), mode="sum"), None, None

@@ -369,8 +369,9 @@ _ENGINE_FILES = ("config.yaml", "run.json", "log.jsonl", "last.pt", "best.pt", "
 
 
 def _engine_folder() -> Callable[[Path], bool]:
-    """Whether a folder without the marker is a run folder an earlier version of the engine wrote: it holds at
-    least one of the engine's record files, and each one it holds is what the engine writes (``run.json`` and
+    """Whether a folder without the marker is a run folder an earlier version of the engine wrote: it holds
+    ``run.json`` or ``metrics.json`` (a lone ``config.yaml`` or ``log.jsonl`` may be the user's own copy of a
+    profile or a log), and each engine file it holds is what the engine writes (``run.json`` and
     ``metrics.json`` its records, ``config.yaml`` a config, ``log.jsonl`` its log, a torn last line included).
     A user's own ``config.yaml``, ``run.json`` or ``log.jsonl`` there makes it not a run folder."""
 
@@ -414,7 +415,8 @@ def _engine_folder() -> Callable[[Path], bool]:
 
     def recognise(d: Path) -> bool:
         present = [(d / name, ok) for name, ok in checks.items() if (d / name).is_file()]
-        return bool(present) and all(ok(f) for f, ok in present)
+        records = (d / "run.json").is_file() or (d / "metrics.json").is_file()
+        return records and all(ok(f) for f, ok in present)
 
     return recognise
 
