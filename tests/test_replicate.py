@@ -381,7 +381,10 @@ def _fake_training_dir(run_dir: Path, seed: int, pretrain: int, seconds: float |
     lines += [{"kind": "val", "iteration": it, "dice": d, "dice_per_class": {"RV": d}} for it, d in vals]
     (train / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     (train / "run.json").write_text(json.dumps({"environment": {"git_commit": "abc123", "torch": "2.13.0+cpu"},
-                                                "starts": [{"from_iteration": 100 * i} for i in range(starts)]}))
+                                                "starts": [{"from_iteration": 100 * i,
+                                                            # a resumed run: each start on its own commit
+                                                            **({"git_commit": f"{i + 1}" * 9} if starts > 1 else {})}
+                                                           for i in range(starts)]}))
     (train / "metrics.json").write_text(json.dumps({
         "best": {"dice": vals[1][1], "dice_per_class": {"RV": vals[1][1]}}, "best_iteration": vals[1][0],
         "its_per_s": {"finetune": 2.5}, **({} if seconds is None else {"seconds": seconds}),
@@ -422,10 +425,12 @@ def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme
     readme = (dest / "README.md").read_text()
     assert "`abc123` (2 runs)" in readme and "finished runs: 2 of 2" in readme
     assert "actionpp replicate grid.yaml" in readme
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in readme.splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in readme.splitlines()
             if line.startswith("| seed=")}
-    assert rows["seed=0"] == "10.0 (resumed)"  # the loop's 600 s, not the last attempt's marker
-    assert rows["seed=1"] == "0.0"  # no loop time recorded: the marker's (a fraction of a second here)
+    assert rows["seed=0"][0] == "10.0 (resumed)"  # the loop's 600 s, not the last attempt's marker
+    assert rows["seed=1"][0] == "0.0"  # no loop time recorded: the marker's (a fraction of a second here)
+    # which code trained which run: every start's commit (short), or the run's one commit of older records
+    assert rows["seed=0"][2] == "1111111, 2222222" and rows["seed=1"][2] == "abc123"
     assert "training time of all runs added up: 0.17 h" in readme
     assert (dest / "val_dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (dest / "results.csv").read_text().count("\n") == 2

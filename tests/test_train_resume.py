@@ -98,5 +98,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bit_exactly(tmp_path):
     assert iters == [1, 2, 3, 4, 5, 6]
     starts = json.loads((killed / "run.json").read_text())["starts"]
     assert [s["from_iteration"] for s in starts] == [0, 4]
+    commit = json.loads((killed / "run.json").read_text())["environment"]["git_commit"]
+    assert [s["git_commit"] for s in starts] == [commit, commit]  # each start says which code it ran
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (straight, killed))
     assert ma["final"] == mb["final"]

@@ -90,7 +90,12 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         last = fin if last is None or (fin and fin > last) else last
         its = ", ".join(f"{k} {v:.2f}/s" for k, v in (train.get("its_per_s") or {}).items())
         resumed = len(record.get("starts", [])) > 1  # the loop records every start of the run
-        lines_runs.append(f"| {r.run_id} | {seconds / 60:.1f}{' (resumed)' if resumed else ''} | {its} | {fin} |")
+        # the commit of every start (older runs record one, in "environment": that of their last start)
+        run_commits = [str(s.get("git_commit") or "")[:7] for s in record.get("starts", []) if s.get("git_commit")]
+        code = ", ".join(dict.fromkeys(run_commits)) or str(env.get("git_commit") or "-")[:7]
+        lines_runs.append(
+            f"| {r.run_id} | {seconds / 60:.1f}{' (resumed)' if resumed else ''} | {its} | {code} | {fin} |"
+        )
     out = [
         f"# {grid.name}: published results",
         "",
@@ -122,10 +127,10 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         "",
         "`minutes`: time in training iterations over all of the run's attempts (validation and checkpoint "
         "writes excluded; a run stopped and resumed counts the iterations it repeated after its last "
-        "checkpoint once, not twice); `(resumed)`: more than one attempt.",
+        "checkpoint once, not twice); `(resumed)`: more than one attempt; `commit`: the code of each of its starts.",
         "",
-        "| run | minutes | iterations / s (per phase) | finished |",
-        "|---|---|---|---|",
+        "| run | minutes | iterations / s (per phase) | commit | finished |",
+        "|---|---|---|---|---|",
         *lines_runs,
         "",
     ]

@@ -534,13 +534,16 @@ def _record_start(run_dir: Path, st: TrainerState, cfg: Config, device: torch.de
     previous = read_json_file(run_json, "the run record") if run_json.is_file() else {}
     if not isinstance(previous, dict) or not isinstance(previous.get("starts", []), list):
         raise RunFileError(f"{run_json}: the run record is damaged: not the JSON object train writes")
+    env = environment_info()
+    # each start records its commit: a run resumed after a code change says which code trained which part
     starts = list(previous.get("starts", [])) + [
-        {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_iteration": resumed_from or 0}
+        {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_iteration": resumed_from or 0,
+         "git_commit": env.get("git_commit")}
     ]
     atomic_write_json(run_json, {
         "config_hash": st.hash,
         "method": cfg.method.name,
-        "environment": environment_info(),
+        "environment": env,
         "device": str(device),
         "world_size": info.world_size,
         "argv": list(sys.argv),
