@@ -85,7 +85,6 @@ _MAY_NAME = {
     "actionpp/data/acdc.py": "the ACDC reader",
     "actionpp/data/la.py": "the LA reader",
     "actionpp/data/phantom.py": "the two built-in phantoms",
-    "actionpp/replicate/publish.py": "owned elsewhere while issue 20 lands: its 2D-only embedding sample",
 }
 
 

@@ -366,6 +366,16 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path) -> bool:
     return True
 
 
+def _two_dimensional(dataset: Any) -> bool:
+    """Whether runs of ``dataset`` (a registered name) train on slices: the embedding samples are 2D."""
+    from actionpp.data.spec import dataset_spec
+
+    try:
+        return dataset_spec(str(dataset)).spatial_dims == 2
+    except ValueError:  # not a registered dataset
+        return False
+
+
 def _publish_embedding_samples(records: Sequence[RunRecord], dest: Path) -> None:
     """Each 2D run's embedding sample (``embeddings.npz``, :func:`actionpp.embeddings.embedding_sample`) from its
     last checkpoint, written when missing or older than that checkpoint (a few seconds per run on a CPU)."""
@@ -374,7 +384,7 @@ def _publish_embedding_samples(records: Sequence[RunRecord], dest: Path) -> None
     for r in records:
         last = r.path / TRAIN_DIR / "last.pt"
         target = dest / r.run_id / SAMPLE_FILE
-        if r.metrics.get("dataset") != "acdc" or not last.is_file():
+        if not last.is_file() or not _two_dimensional(r.metrics.get("dataset")):
             continue
         if target.is_file() and target.stat().st_mtime >= last.stat().st_mtime:
             continue
