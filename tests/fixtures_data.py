@@ -10,13 +10,34 @@ or per test module with ``from fixtures_data import phantom_acdc  # noqa: F401``
 
 Both live at fixed names under the session's base temp folder, so a module that imports the
 fixtures again reuses the generated folder (``ensure_phantom`` returns a complete folder at once).
+
+- ``tree_snapshot(root)``: every entry below ``root`` (files by SHA-256, folders, links by target), for the
+  bad-input tables' "nothing changed, deleted or left behind" checks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
+
+
+def tree_snapshot(root: Path) -> dict[str, str]:
+    """Every entry below ``root``: files by SHA-256, folders, links by target."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink():
+                out[rel] = f"link -> {os.readlink(p)}"
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
 
 
 @pytest.fixture(scope="session")

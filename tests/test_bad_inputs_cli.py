@@ -13,9 +13,7 @@ the data or a run failed, 2 bad usage or configuration, or a path the command ma
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from typing import Any
 import nbformat
 import pytest
 import yaml
+from fixtures_data import tree_snapshot
 
 from actionpp.cli import main
 
@@ -606,22 +605,6 @@ def test_bad_input_exit_code_and_one_line_message(case: Case, tmp_path: Path, so
         case.check(e)
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    """Every entry below ``root``: files by SHA-256, folders, links by target."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = p.relative_to(root).as_posix()
-            if p.is_symlink():
-                out[rel] = f"link -> {os.readlink(p)}"
-            elif p.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 FAILING = [c for c in CASES if c.code != 0 and c.inputs_unchanged]
 
 
@@ -632,9 +615,9 @@ def test_failing_command_leaves_its_inputs_unchanged(case: Case, tmp_path: Path,
     nothing changed or deleted that the command did not write (a failed training keeps its run folder)."""
     e = Env(tmp_path, sources, monkeypatch)  # kept alive: it may hold what the case keeps open (a lock)
     argv = case.build(e)
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     _run(argv, capsys)
-    after = _snapshot(tmp_path)
+    after = tree_snapshot(tmp_path)
     changed = sorted(k for k in before if after.get(k) != before[k])
     assert not changed, f"{case.id} changed or deleted {changed}"
     if case.code == 2:

@@ -9,7 +9,6 @@ inputs byte-for-byte unchanged, deletes nothing and leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fixtures_data import tree_snapshot
 
 from actionpp.cli import main
 from actionpp.data.la import LA_FOLDER
@@ -483,22 +483,6 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     return rc, capsys.readouterr().err
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    """Every entry below ``root``: files by SHA-256, folders, links by target."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = p.relative_to(root).as_posix()
-            if p.is_symlink():
-                out[rel] = f"link -> {os.readlink(p)}"
-            elif p.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_exit_code_and_message(
     case: Case, sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -516,11 +500,11 @@ def test_failing_command_leaves_inputs_unchanged(
     case: Case, sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = case.setup(Env(tmp_path, sources))
-    before = _snapshot(tmp_path)
+    before = tree_snapshot(tmp_path)
     assert before
     rc, _ = _run(argv, capsys)
     assert rc == case.code
-    assert _snapshot(tmp_path) == before  # nothing changed, deleted or left behind
+    assert tree_snapshot(tmp_path) == before  # nothing changed, deleted or left behind
 
 
 def test_prepare_writes_marker_and_replaces_only_its_own_output(

@@ -281,20 +281,23 @@ def prepare(
     return st, BatchSource(cfg, data, device, st.gen_batch, st.gen_aug), Objective(cfg, data.n_u), data.val
 
 
-def _check_run_folder(run_dir: Path, info: DistInfo) -> None:
-    """The ownership check (:func:`~actionpp.atomic.check_folder`), by rank 0 alone, its answer shared: the
-    other ranks would race rank 0's claim of a new folder (its marker's temporary file, then ``.lock``)."""
+def _on_rank0(action: Callable[[], None], info: DistInfo, errors: tuple[type[Exception], ...],
+              elsewhere: type[Exception]) -> None:
+    """Run ``action`` on rank 0 alone and share its outcome: rank 0 re-raises its own error (one of ``errors``),
+    every other rank raises ``elsewhere`` with the same message, and otherwise all ranks go on together. The
+    run folder is checked and claimed this way: other ranks would race rank 0's claim of a new folder (its
+    marker's temporary file, then ``.lock``)."""
     error = None
     if info.is_main:
         try:
-            check_folder(run_dir, OWNER, recognise=_engine_folder())
-        except OwnershipError as exc:
+            action()
+        except errors as exc:
             error = exc
     shared = broadcast_object(None if error is None else str(error), info)
     if error is not None:
         raise error
     if shared is not None:
-        raise OwnershipError(shared)
+        raise elsewhere(shared)
 
 
 @dataclass
@@ -316,7 +319,8 @@ def _run(cfg: Config, run_dir: Path, resume: bool, progress: bool, info: DistInf
     h = config_hash(cfg)
     # everything is checked before the first byte is written: the folder is the engine's (or new), it holds
     # no other config's run, and a checkpoint in it is resumed only when asked and only of this config
-    _check_run_folder(run_dir, info)
+    _on_rank0(lambda: check_folder(run_dir, OWNER, recognise=_engine_folder()), info, (OwnershipError,),
+              OwnershipError)
     cached = _finished(run_dir, h, info)
     if cached is not None:
         return cached
@@ -480,17 +484,7 @@ class _RunFolder:
         self._fh: Any = None
 
     def __enter__(self) -> _RunFolder:
-        error = None
-        if self.info.is_main:
-            try:
-                self._acquire()
-            except (RunDirError, OwnershipError, OSError) as exc:
-                error = exc
-        shared = broadcast_object(None if error is None else str(error), self.info)
-        if error is not None:
-            raise error
-        if shared is not None:
-            raise RunDirError(shared)
+        _on_rank0(self._acquire, self.info, (RunDirError, OwnershipError, OSError), RunDirError)
         return self
 
     def _acquire(self) -> None:
