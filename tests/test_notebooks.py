@@ -364,3 +364,21 @@ def test_data_tour_on_real_acdc_matches_its_readme(acdc_root, tmp_path):
     assert real["unlabelled_slices"] == 1312 - 68
     assert real["class_share_sum"] == pytest.approx(1.0)
     assert 0.1 < real["lv_shrinkage_ed_to_es_median"] < 0.9
+
+
+@pytest.mark.notebooks
+@pytest.mark.timeout(900)
+def test_embeddings_one_seed_calls_nothing(tmp_path):
+    """05's part 2 with one seed a side (the lab default since the demo had to fit 10 minutes) has no
+    standard error: the verdict gives each difference as one draw and calls no method ahead; before,
+    it printed "+- nan" and "within 2 standard errors (seed noise)" for a spread it never measured."""
+    nb = next(p for p in NOTEBOOKS if p.stem == "05_embeddings")
+    out_dir = tmp_path / "out"
+    nbx.execute(nb, tmp_path / nb.name, {"OUT_DIR": str(out_dir), "SEEDS": [0], "RESULTS": ""},
+                profile="smoke", cwd=repo_root(), timeout=600)
+    verdict = nbx.read_metrics(out_dir)["comparison"]["verdict"]
+    tail_lines = [ln for ln in verdict if "(tail), " in ln]
+    assert tail_lines, verdict
+    assert all("one draw, no standard error" in ln and "nan" not in ln for ln in tail_lines), verdict
+    assert "nothing is called ahead" in verdict[-1], verdict
+    assert not any("standard errors" in ln and "ahead by" in ln for ln in verdict), verdict

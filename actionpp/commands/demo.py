@@ -6,7 +6,7 @@ the parameters cells' own values, sized for a laptop CPU) and ``OUT_DIR = OUT/<s
 The executed notebooks and their HTML exports land in ``OUT`` (``runs/demo``); a failed
 notebook is reported and the sequence goes on. At the end a table gives each notebook's
 status, wall time and key metrics (also written to ``OUT/summary.md`` and ``summary.json``).
-The runs ``05_embeddings`` compares (two methods, three seeds) are trained in a background
+The runs ``05_embeddings`` compares (its METHODS x SEEDS, lab: three methods, one seed) are trained in a background
 process on the second core while ``04_train`` trains on the first; 05 waits for them.
 Notebooks in :data:`OPTIONAL` (07: a few CPU minutes on its own) are left out of the full
 sequence and run when ``--only`` names them.
