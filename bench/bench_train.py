@@ -1,8 +1,8 @@
 """Training-loop benchmark: iterations / s per method and phase, peak GPU memory, augmentation throughput.
 
 On CUDA: the ``acdc_paper`` recipe (256 x 256, batch 4 + 4, bf16 autocast) and a
-projection of the paper's 10 k + 20 k ACTION++ schedule. On a CPU: the
-``phantom_lab`` size (128 x 128, batch 4 + 4, fp32). Data: the phantom by default
+projection of the paper's 10 k + 20 k ACTION++ schedule. On a CPU: 128 x 128 (ACDC-lite's size; the
+``phantom_lab`` profile's own is 96 since 2c96d5e), batch 4 + 4, fp32. Data: the phantom by default
 (``--data shared``, a folder or a pack file for real ACDC; the step cost barely depends
 on the image content).
 

@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cell-timeout", type=float, default=3600.0,
         help="seconds one cell may run before its notebook is failed (default 3600: 04's training cell "
-             "takes 10-18 min on a busy 2-core CPU; a hung kernel must not stall the sequence forever)",
+             "takes about 4 min on an idle 2-core CPU and several times that on a busy one; a hung kernel "
+             "must not stall the sequence forever)",
     )
     p.set_defaults(func=_main)
 

@@ -640,6 +640,12 @@ _register_choice(
     "9fa99f35d3b4de3131ee49c24cce74fd4bae4220670fb41409c146456aed4ec8",
     "in the middle panel, compare the two halves of the cycle at the same tau; then the grey floor curve.",
 )
+_register_choice(
+    "05.balanced_maps", "05_embeddings", "why the maps draw the class-balanced sample (a letter)", "abc",
+    "b14b0f0ae1820ad83380606825681b8a29fea46f603ce7a713ff5fbffc512037",
+    "read the line above the maps that counts the natural sample's pixels per class; then ask what a map of "
+    "those pixels could show about the tail.",
+)
 
 
 def _cases_dice(rng: np.random.Generator) -> list[Case]:
