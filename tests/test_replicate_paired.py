@@ -13,8 +13,11 @@ from actionpp.replicate.paired import (
     ScoredRun,
     collect_scored,
     noise_rows,
+    noise_summary,
     paired_interval,
     paired_rows,
+    pooled_sd,
+    sd_factor,
     verdicts,
     welch_interval,
     write_paired,
@@ -88,6 +91,48 @@ def test_noise_rows_teacher_and_the_mid_run_dip_by_hand():
     assert row["sd_val_last"] == pytest.approx(math.sqrt(50.0))  # 80, 90
 
 
+def test_pooled_sd_and_its_uncertainty_by_hand():
+    sd, df = pooled_sd([[70.0, 74.0], [60.0, 66.0, 63.0], [50.0]])  # s^2 = 8 (df 1), 9 (df 2); one value: no df
+    assert df == 3 and sd == pytest.approx(math.sqrt((8 + 2 * 9) / 3))
+    assert pooled_sd([[1.0], [2.0]]) == (pytest.approx(math.nan, nan_ok=True), 0)
+    # chi-square tables, 3 df: 9.348 (upper 2.5 %) and 0.2158 (lower 2.5 %)
+    lo, hi = sd_factor(3)
+    assert lo == pytest.approx(math.sqrt(3 / 9.348), abs=1e-3) and hi == pytest.approx(math.sqrt(3 / 0.2158), abs=1e-3)
+
+
+def test_noise_summary_compares_teacher_and_student_on_the_same_runs():
+    runs = [_run("action", 0, 0.70, 0.7, curve=(0.5, 0.6, 0.7, 0.8), teacher=0.72),
+            _run("action", 1, 0.74, 0.7, curve=(0.9, 0.6, 0.9), teacher=0.73),
+            _run("actionpp", 0, 0.60, 0.6, teacher=0.60), _run("actionpp", 1, 0.66, 0.6, teacher=0.63),
+            _run("actionpp", 2, 0.63, 0.6, teacher=0.63)]
+    # supervised has no teacher: its runs are in neither side of the teacher comparison
+    runs += [ScoredRun(f"supervised_7_{s}", "supervised", None, 7, s, {"test": {"student": {"dice_mean": v}}})
+             for s, v in ((0, 0.40), (1, 0.90))]
+    teacher, mean3, primary = noise_summary(runs)
+    # student 70, 74 (s^2 8) and 60, 66, 63 (s^2 9): pooled (8 + 18) / 3; teacher 72, 73 (0.5) and 60, 63, 63 (3):
+    # pooled (0.5 + 6) / 3; the ratio of the sds is sqrt(6.5 / 26) = 0.5 exactly
+    assert "5 runs scored both ways in 2 method x budget groups" in teacher and "3 degrees of freedom" in teacher
+    t_sd, s_sd = math.sqrt(6.5 / 3), math.sqrt(26 / 3)
+    assert f"sd {t_sd:.2f} Dice points for the teacher, {s_sd:.2f} for the student" in teacher
+    assert "the teacher is 50 % less noisy than the student" in teacher
+    assert "factor 0.57 to 3.73" in teacher
+    # teacher - student per run: +2, -1, 0, -3, 0
+    assert "the teacher scores -0.40 points against the student (range -3.00 to +2.00)" in teacher
+    # only ACTION's runs have three validations: last 80, 90 and three-point means 70, 80: the same spread
+    assert "2 runs in 1 groups, 1 degrees of freedom" in mean3 and "sd 7.07 against 7.07" in mean3
+    assert "the three-point mean is as noisy as the last validation" in mean3 and "10.00 points" in mean3
+    # teachers' d per seed: 60 - 72, 63 - 73 = -12, -10: mean -11 +- t_{0.975, 1} (12.706) * sqrt(2) / sqrt(2)
+    assert primary.startswith("ACTION++ - ACTION at 7 labelled patients scored with the EMA teachers instead: "
+                              "d = -11.0 [-23.7, +1.7] (2 pairs, width 25.4 against the student's 25.4")
+    assert "the rule's number is the student's" in primary
+
+
+def test_noise_summary_says_when_there_is_nothing_to_pool():
+    teacher, mean3 = noise_summary([_run("action", 0, 0.70, 0.7), _run("actionpp", 0, 0.71, 0.7)])
+    assert "no method and budget has two runs scored both ways yet" in teacher
+    assert "no method and budget has two runs with three validations yet" in mean3
+
+
 def _write_run(out: Path, rid: str, axes: dict, test: float, scores: bool = True) -> None:
     rd = out / rid
     (rd / "run").mkdir(parents=True)
@@ -122,6 +167,10 @@ def test_write_paired_reads_a_grid_folder_and_writes_tables_and_figure(tmp_path:
     assert csv_lines[0].startswith("comparison,role,labelled,split,class,n_pairs")
     assert any(line.startswith("actionpp - action,primary,3,test,mean,3,0 1 2,2.0000,1.0000") for line in csv_lines)
     assert (tmp_path / "pub" / "paired.png").read_bytes()[:4] == b"\x89PNG"
+    # these runs carry no teacher scores: the noise question is answered in words, under the noise table
+    md = (tmp_path / "pub" / "paired.md").read_text()
+    assert "**Less noisy estimates?**" in md and res["noise_summary"][0] in md
+    assert "no method and budget has two runs scored both ways yet" in res["noise_summary"][0]
     assert write_paired(tmp_path / "empty", tmp_path / "none")["files"] == []
     assert not (tmp_path / "none").exists()
 

@@ -16,7 +16,9 @@ per class and for the mean over classes, in Dice points (x 100). A difference is
 
 Noise estimates (:func:`noise_rows`): per method and budget, the spread over seeds of the student's
 and the EMA teacher's last-checkpoint test Dice, and of the last validation against the mean of
-the last three validations (the mid-run dips), each as a sample standard deviation.
+the last three validations (the mid-run dips), each as a sample standard deviation;
+:func:`noise_summary` answers the rule's question in sentences (is the teacher or a three-point mean
+less noisy, by how much, and what the primary interval would be with the teacher's scores).
 
 :func:`write_paired` writes ``paired.csv``, ``paired.md`` (tables and the verdict sentences) and
 ``paired.png`` (one point and interval per budget and class). Taught in
@@ -47,6 +49,9 @@ __all__ = [
     "collect_scored",
     "paired_rows",
     "noise_rows",
+    "noise_summary",
+    "pooled_sd",
+    "sd_factor",
     "verdicts",
     "write_paired",
 ]
@@ -323,6 +328,131 @@ def noise_rows(runs: Sequence[ScoredRun]) -> list[dict[str, Any]]:
     return out
 
 
+def pooled_sd(groups: Iterable[Sequence[float]]) -> tuple[float, int]:
+    """Pooled within-group sample standard deviation and its degrees of freedom.
+
+    sqrt(sum_i (n_i - 1) s_i^2 / sum_i (n_i - 1)) over the groups with at least two values: the spread over
+    seeds with each group's own mean removed (a method at a budget is one group), so differences between
+    methods and budgets do not count as noise. NaN and 0 degrees of freedom when no group has two values.
+
+    >>> sd, df = pooled_sd([[70.0, 72.0], [60.0, 66.0, 63.0]])   # s^2 = 2 (df 1) and 9 (df 2): (2 + 18) / 3
+    >>> round(sd ** 2, 6), df
+    (6.666667, 3)
+    """
+    ss, df = 0.0, 0
+    for g in groups:
+        v = [float(x) for x in g]
+        if len(v) >= 2:
+            ss += statistics.variance(v) * (len(v) - 1)
+            df += len(v) - 1
+    return (math.sqrt(ss / df), df) if df else (math.nan, 0)
+
+
+def _paired_groups(runs: Sequence[ScoredRun], first: Any, second: Any) -> tuple[list[list[float]], list[list[float]],
+                                                                               list[float], int]:
+    """Per (method, budget) with two or more runs that have both estimates: the two estimates of each such run;
+    also every such run's second - first, and how many runs that is."""
+    xs, ys, diffs, n = [], [], [], 0
+    main = _main_runs(runs)
+    for key in sorted({(r.method, r.labelled) for r in main}):
+        both = [(first(r), second(r)) for r in main if (r.method, r.labelled) == key]
+        both = [(x, y) for x, y in both if x is not None and y is not None]
+        if len(both) < 2:
+            continue  # one run has no spread over seeds: it says nothing about noise
+        xs.append([x for x, _ in both])
+        ys.append([y for _, y in both])
+        diffs += [y - x for x, y in both]
+        n += len(both)
+    return xs, ys, diffs, n
+
+
+def sd_factor(df: int, level: float = LEVEL) -> tuple[float, float]:
+    """The range, as factors of an observed sample sd with ``df`` degrees of freedom, that holds the true sd
+    with probability ``level`` (normal data, chi-square): (sqrt(df / chi2_hi), sqrt(df / chi2_lo)).
+
+    >>> [round(x, 2) for x in sd_factor(3)]   # 3 df: the true sd may be 0.57 to 3.73 times the observed one
+    [0.57, 3.73]
+    """
+    from scipy import stats
+
+    lo, hi = stats.chi2.ppf([0.5 + level / 2, 0.5 - level / 2], df)
+    return math.sqrt(df / lo), math.sqrt(df / hi)
+
+
+def _rough(df: int) -> str:
+    lo, hi = sd_factor(df)
+    return f" (at {df} degrees of freedom each sd is known only to a factor {lo:.2f} to {hi:.2f}, 95 %)"
+
+
+def _less_noisy(name: str, sd_new: float, sd_old: float, old: str) -> str:
+    if not (math.isfinite(sd_new) and math.isfinite(sd_old)) or sd_old == 0:
+        return f"{name} cannot be compared with {old}"
+    change = 100 * (1 - sd_new / sd_old)
+    if abs(change) < 0.05:
+        return f"{name} is as noisy as {old}"
+    return f"{name} is {abs(change):.0f} % {'less' if change > 0 else 'more'} noisy than {old}"
+
+
+def noise_summary(runs: Sequence[ScoredRun], level: float = LEVEL) -> list[str]:
+    """Sentences on the decision rule's noise question: is the EMA teacher, or the mean of the last three
+    validations, a less noisy estimate than the last student checkpoint, and by how much?
+
+    Spread is the pooled within-group sample standard deviation over seeds (:func:`pooled_sd`; a group is a
+    method at a budget, with only the runs that have both estimates), so the two estimates are compared on
+    the same runs. The third sentence recomputes the primary comparison with the teacher's test Dice,
+    per budget with at least two pairs: the interval a replication would report if the teacher were its
+    number (reported only; the rule's primary number stays the student's).
+    """
+    out = []
+    stud, teach, diffs, n = _paired_groups(runs, lambda r: _pts(r.dice("test")),
+                                           lambda r: _pts(r.dice("test", "teacher")))
+    (s_sd, df), (t_sd, _) = pooled_sd(stud), pooled_sd(teach)
+    if df:
+        which = _less_noisy("the teacher", t_sd, s_sd, "the student")
+        out.append(
+            f"EMA teacher against student (test, last checkpoint; {n} runs scored both ways in {len(stud)} "
+            f"method x budget groups of two or more, pooled sd over seeds with {df} degrees of freedom): "
+            f"sd {t_sd:.2f} Dice points for the teacher, {s_sd:.2f} for the student: {which}{_rough(df)}; "
+            f"on average the teacher scores {statistics.fmean(diffs):+.2f} points against the student "
+            f"(range {min(diffs):+.2f} to {max(diffs):+.2f})."
+        )
+    else:
+        out.append("EMA teacher against student: no method and budget has two runs scored both ways yet.")
+    last, mean3, diffs, n = _paired_groups(
+        runs, lambda r: 100 * r.val_curve[-1] if len(r.val_curve) >= 3 else None,
+        lambda r: 100 * statistics.fmean(r.val_curve[-3:]) if len(r.val_curve) >= 3 else None)
+    (l_sd, df), (m_sd, _) = pooled_sd(last), pooled_sd(mean3)
+    if df:
+        which = _less_noisy("the three-point mean", m_sd, l_sd, "the last validation")
+        dip = statistics.fmean(abs(d) for d in diffs)
+        out.append(
+            f"Mean of the last three validations against the last one (val; {n} runs in {len(last)} groups, "
+            f"{df} degrees of freedom): sd {m_sd:.2f} against {l_sd:.2f} Dice points: {which}{_rough(df)}; "
+            f"the last validation sits {dip:.2f} points from the three-point mean on average (the mid-run dip)."
+        )
+    else:
+        out.append("Mean of the last three validations against the last one: no method and budget has two runs "
+                   "with three validations yet.")
+    primary = [c for c in COMPARISONS if c[2] == "primary"]
+    student = {r.labelled: r for r in paired_rows(runs, primary, ("test",), "student", level) if r.cls == "mean"}
+    for r in paired_rows(runs, primary, ("test",), "teacher", level):
+        s = student.get(r.labelled)
+        if r.cls != "mean" or r.paired.n < 2 or s is None or s.paired.n < 2:
+            continue
+        a, b = NAMES.get(r.a, r.a), NAMES.get(r.b, r.b)
+        out.append(
+            f"{a} - {b} at {r.labelled} labelled patient{'s' if r.labelled != 1 else ''} scored with the EMA "
+            f"teachers instead: d = {_fmt(r.paired.mean, True)} [{_fmt(r.paired.lo, True)}, {_fmt(r.paired.hi, True)}]"
+            f" ({r.paired.n} pairs, width {r.paired.width:.1f} against the student's {s.paired.width:.1f} on "
+            f"{s.paired.n} pairs; call: {r.call}; reported only, the rule's number is the student's)."
+        )
+    return out
+
+
+def _pts(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
 def _fmt(x: float, signed: bool = False) -> str:
     if x is None or not math.isfinite(x):
         return "-" if x is None or math.isnan(x) else ("+inf" if x > 0 else "-inf")
@@ -382,7 +512,8 @@ def _n_volumes(runs: Sequence[ScoredRun], split: str) -> str:
     return " or ".join(map(str, ns)) or "?"
 
 
-def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]], runs: Sequence[ScoredRun]) -> str:
+def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]], runs: Sequence[ScoredRun],
+                    summary: Sequence[str] = ()) -> str:
     n_runs = len(runs)
     which = " / ".join(sorted({r.which for r in runs})) or "last"
     lines = [
@@ -423,6 +554,10 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
             f"{_fmt(n['test_teacher'])} | {_fmt(n['sd_test_student'])} | {_fmt(n['sd_test_teacher'])} | "
             f"{_fmt(n['sd_val_last'])} | {_fmt(n['sd_val_mean3'])} | {_fmt(n['dip'])} |"
         )
+    if summary:
+        lines += ["", "**Less noisy estimates?** (the decision rule's noise question, pooled over the groups above)",
+                  ""]
+        lines += [f"- {x}" for x in summary]
     return "\n".join(lines) + "\n"
 
 
@@ -476,7 +611,7 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
     """Read the scored runs under ``source``, write ``paired.csv``, ``paired.md`` and ``paired.png`` into ``dest``.
 
     ``dest`` defaults to ``source``; ``only``: the run ids to analyse (:func:`collect_scored`). Returns
-    ``{"runs", "rows", "verdicts", "markdown", "files"}``; with no
+    ``{"runs", "rows", "verdicts", "noise_summary", "markdown", "files"}``; with no
     scored run nothing is written.
     """
     source = Path(source)
@@ -484,7 +619,8 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
     runs = collect_scored(source, only=only)
     rows = paired_rows(runs)
     noise = noise_rows(runs)
-    md = paired_markdown(rows, noise, runs)
+    summary = noise_summary(runs) if runs else []
+    md = paired_markdown(rows, noise, runs, summary)
     files: list[str] = []
     if runs:
         dest.mkdir(parents=True, exist_ok=True)
@@ -497,4 +633,5 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
             files.append("paired.png")
         else:
             (dest / "paired.png").unlink(missing_ok=True)  # an earlier figure of this function no longer holds
-    return {"runs": len(runs), "rows": rows, "verdicts": verdicts(rows), "markdown": md, "files": files}
+    return {"runs": len(runs), "rows": rows, "verdicts": verdicts(rows), "noise_summary": summary, "markdown": md,
+            "files": files}
