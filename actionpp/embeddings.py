@@ -77,6 +77,7 @@ __all__ = [
     "mean_angles",
     "geometry",
     "seed_difference",
+    "seed_verdict",
     "umap_2d",
     "pca_2d",
     "map_2d",
@@ -565,6 +566,66 @@ def seed_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     mb, sb, nb = mean_std(b, ddof=1)
     se = math.sqrt(sa**2 / na + sb**2 / nb) if na >= 2 and nb >= 2 else math.nan
     return {"difference": mb - ma, "se": se, "n_a": na, "n_b": nb}
+
+
+def seed_verdict(
+    values: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    a: str,
+    b: str,
+    cls: str,
+    higher: Mapping[str, bool],
+    labels: Mapping[str, str] | None = None,
+    seeds: tuple[Sequence[int], Sequence[int]] | None = None,
+) -> list[str]:
+    """Sentences comparing methods ``a`` and ``b`` on one class, metric by metric, unpaired over seeds.
+
+    ``values[metric]`` holds ``(a's per-seed values, b's per-seed values)``; each metric's ``b - a`` and its
+    standard error come from :func:`seed_difference` (finite values only). ``higher[metric]`` is True where a
+    larger value means better separated (accuracies, smallest angle, Dice: such a difference is "ahead"),
+    False where the metric has no better direction (alignment, uniformity: "higher" / "lower"). A difference
+    counts when it exceeds twice its standard error; a side with fewer than two finite values, or no spread on
+    either side (standard error 0), is said to be no comparison instead. The last sentence sums up the
+    metrics with a direction; ``seeds`` (a's, b's) are named in it. Metrics without a finite difference
+    (e.g. centre accuracy for a method without centres) are left out.
+    """
+    labels = labels or {}
+    lines: list[str] = []
+    ahead = {a: 0, b: 0}
+    counted = 0
+    for metric, (va, vb) in values.items():
+        d = seed_difference(va, vb)
+        diff, se, n_a, n_b = d["difference"], d["se"], int(d["n_a"]), int(d["n_b"])
+        if not math.isfinite(diff):
+            continue
+        has_se = bool(min(n_a, n_b) >= 2 and math.isfinite(se) and se > 0)
+        big = bool(has_se and abs(diff) > 2 * se and abs(diff) > 1e-9)
+        if min(n_a, n_b) < 2:
+            word = (f"no standard error ({a}: {n_a} value(s), {b}: {n_b}; "
+                    f"{'one draw' if max(n_a, n_b) == 1 else 'fewer than two on a side'}): not a comparison")
+        elif not has_se:
+            word = "no spread over the seeds on either side (standard error 0): not a comparison"
+        elif higher.get(metric, False):
+            winner = b if diff > 0 else a
+            word = f"{winner} ahead by more than 2 standard errors" if big else "within 2 standard errors (seed noise)"
+            if big:
+                ahead[winner] += 1
+        else:
+            word = (f"{b} {'higher' if diff > 0 else 'lower'} by more than 2 standard errors" if big
+                    else "within 2 standard errors (seed noise)")
+        counted += int(has_se and higher.get(metric, False))
+        spread = f" +- {se:.3f}" if has_se else ""
+        mean_a, mean_b = mean_std(va)[0], mean_std(vb)[0]
+        lines.append(f"{cls} (tail), {labels.get(metric, metric)}: {a} {mean_a:.3f}, {b} {mean_b:.3f}; "
+                     f"{b} - {a} = {diff:+.3f}{spread}: {word}")
+    named = f"seeds {list(seeds[0])} and {list(seeds[1])}" if seeds is not None else f"the seeds of {a} and {b}"
+    if counted:
+        lines.append(f"In short: of {counted} tail numbers where higher means better separated (accuracies, smallest "
+                     f"angle, Dice), {b} is ahead beyond 2 standard errors on {ahead[b]} and {a} on {ahead[a]} "
+                     f"({named}).")
+    else:
+        lines.append(f"In short: no tail number has a standard error here ({named}), so nothing is called ahead; "
+                     "add seeds to SEEDS for a spread, or read part 1 (the published seeds).")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

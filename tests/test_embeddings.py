@@ -185,3 +185,45 @@ def test_published_embedding_sample_holds_what_notebook_05_reads(tmp_path, metho
     path.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a readable embedding sample"):
         E.read_embedding_sample(path)
+
+
+def test_seed_difference_by_hand() -> None:
+    # a: 0.70, 0.72 (s^2 2e-4), b: 0.80, 0.82 (s^2 2e-4): b - a = 0.10, se = sqrt(1e-4 + 1e-4)
+    d = E.seed_difference([0.70, 0.72, float("nan")], [0.80, 0.82])
+    assert d["difference"] == pytest.approx(0.10) and d["se"] == pytest.approx(math.sqrt(2e-4))
+    assert (d["n_a"], d["n_b"]) == (2, 2)  # the NaN is left out
+    assert math.isnan(E.seed_difference([0.7], [0.8, 0.9])["se"])
+
+
+def test_seed_verdict_calls_only_beyond_two_standard_errors() -> None:
+    higher = {"dice": True, "min_angle_deg": True, "accuracy": True, "centre_accuracy": True, "alignment": False}
+    lines = E.seed_verdict(
+        {
+            "dice": ([0.70, 0.72], [0.80, 0.82]),  # +0.100, se 0.014: beyond 2 se, b ahead
+            "min_angle_deg": ([50.0, 60.0], [52.0, 58.0]),  # 0, se sqrt(50 / 2 + 18 / 2) = 5.83: noise
+            "alignment": ([0.5, 0.6], [0.8, 0.9]),  # +0.3, se 0.071: beyond, but no better direction
+            "centre_accuracy": ([math.nan, math.nan], [0.7, 0.8]),  # a has no centres: left out
+            "accuracy": ([0.9], [0.8, 0.85]),  # one value on a side: no standard error
+        },
+        "supervised", "actionpp", "RV", higher, labels={"dice": "Dice"}, seeds=([0, 1], [0, 1]),
+    )
+    assert lines[0] == ("RV (tail), Dice: supervised 0.710, actionpp 0.810; actionpp - supervised = +0.100 +- 0.014: "
+                        "actionpp ahead by more than 2 standard errors")
+    assert lines[1].endswith("= +0.000 +- 5.831: within 2 standard errors (seed noise)")
+    assert lines[2].endswith("actionpp higher by more than 2 standard errors")
+    assert not any("centre_accuracy" in x for x in lines)
+    assert lines[3].endswith("(supervised: 1 value(s), actionpp: 2; fewer than two on a side): not a comparison")
+    # two directed numbers with a standard error (Dice, angle): actionpp ahead on one, supervised on none
+    assert lines[4] == ("In short: of 2 tail numbers where higher means better separated (accuracies, smallest angle, "
+                        "Dice), actionpp is ahead beyond 2 standard errors on 1 and supervised on 0 (seeds [0, 1] and "
+                        "[0, 1]).")
+    assert len(lines) == 5
+
+
+def test_seed_verdict_calls_nothing_without_a_spread() -> None:
+    one = E.seed_verdict({"dice": ([0.7], [0.9])}, "a", "b", "RV", {"dice": True}, seeds=([0], [0]))
+    assert one[0].endswith("no standard error (a: 1 value(s), b: 1; one draw): not a comparison")
+    assert one[1].startswith("In short: no tail number has a standard error here (seeds [0] and [0])")
+    flat = E.seed_verdict({"dice": ([0.5, 0.5], [0.5, 0.5])}, "a", "b", "RV", {"dice": True})
+    assert flat[0].endswith("no spread over the seeds on either side (standard error 0): not a comparison")
+    assert "nothing is called ahead" in flat[1]
