@@ -100,6 +100,10 @@ def _main(args: argparse.Namespace) -> int:
     out = (args.out or runs_dir() / "replicate" / grid.name).resolve()
     shard_txt = f" (shard {args.shard}: {len(selected)} runs)" if args.shard else ""
     print(f"grid {grid.name}: {len(runs)} runs{shard_txt} -> {out}")
+    if not args.report_only:
+        from actionpp.replicate.eta import estimate
+
+        print(estimate(selected, out, args.jobs).text(), flush=True)
 
     if args.dry_run:
         print(

@@ -1,0 +1,164 @@
+"""How long a grid still needs: the training time of its own finished runs, per kind of run.
+
+A grid of real-data runs trains for days on a CPU and for hours on a GPU; before starting (``actionpp
+replicate GRID --dry-run``) and at every start, a user wants "how much is left". The estimate uses
+only what the grid itself measured on the machines that trained it: the training loop's seconds in
+each finished run's ``run/metrics.json`` (iterations only, over every attempt), summarised per kind
+of run (its ``VARIANT`` when the grid has one, else its ``METHOD``) by the median. A run not yet
+finished costs its kind's median (a variant with no finished run falls back to its method's), times
+the share of its iterations not yet behind a checkpoint for a partly trained run (``run/log.jsonl``
+against ``run/config.yaml``). Runs whose kind has no finished run are listed, not guessed.
+
+Validation, scoring and notebook start-up are not in the estimate (a few minutes per run on a CPU),
+and nor is the machine: timings from another machine, or with another number of runs at once,
+carry over only roughly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actionpp.replicate.grid import Run
+
+__all__ = ["Estimate", "estimate", "run_kind", "trained_fraction"]
+
+TRAIN_DIR = "run"  # 04_train's training run inside a grid run (as actionpp.replicate.logs)
+
+
+def run_kind(run: Run) -> str:
+    """What a run's training time depends on: its ``VARIANT`` when it has one, else its ``METHOD``."""
+    variant = run.axes.get("VARIANT")
+    if variant is not None:
+        return str(variant)
+    return str(run.parameters[0].get("METHOD", "?")) if run.parameters else "?"
+
+
+def _method(run: Run) -> str:
+    return str(run.parameters[0].get("METHOD", "?")) if run.parameters else "?"
+
+
+def _training_seconds(rd: Path) -> float | None:
+    """The training loop's seconds (every attempt) of a finished run, else the done marker's; None if neither."""
+    for path, key in ((rd / TRAIN_DIR / "metrics.json", "seconds"), (rd / "done", "seconds")):
+        try:
+            v = json.loads(path.read_text()).get(key)
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
+            return float(v)
+    return None
+
+
+def trained_fraction(run_dir: Path) -> float:
+    """Share of a partly trained run's iterations that a resume will not repeat, in [0, 1].
+
+    From ``run/config.yaml`` (which phases run and for how many iterations, ``runtime.checkpoint_every``)
+    and ``run/log.jsonl`` (the last logged iteration of each phase). A finished phase counts whole; the
+    current phase counts up to its last checkpoint (a multiple of ``checkpoint_every``), since a resume
+    starts there. 0 when either file is missing or unreadable.
+    """
+    import yaml
+
+    rd = Path(run_dir) / TRAIN_DIR
+    try:
+        cfg = yaml.safe_load((rd / "config.yaml").read_text()) or {}
+        lines = (rd / "log.jsonl").read_text(errors="replace").splitlines()
+    except (OSError, yaml.YAMLError):
+        return 0.0
+    method, train = cfg.get("method") or {}, cfg.get("train") or {}
+    every = int((cfg.get("runtime") or {}).get("checkpoint_every") or 0)
+    phases = [(p, int(train.get(f"{p}_iters") or 0)) for p in ("pretrain", "finetune") if method.get(p)]
+    total = sum(n for _, n in phases)
+    if total <= 0:
+        return 0.0
+    last: dict[str, int] = {}
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(e, dict) and e.get("kind") == "train" and isinstance(e.get("iteration"), int):
+            last[str(e.get("phase"))] = max(last.get(str(e.get("phase")), 0), e["iteration"])
+    done = 0
+    for i, (phase, n) in enumerate(phases):
+        later_started = any(p in last for p, _ in phases[i + 1:])
+        if later_started:
+            done += n  # a phase ends with a checkpoint
+        elif phase in last:
+            it = min(last[phase], n)
+            done += it if it == n else (it // every) * every if every > 0 else 0  # 0: checkpoints at phase ends
+            break
+        else:
+            break
+    return min(1.0, done / total)
+
+
+@dataclass
+class Estimate:
+    """What is left of a grid: ``seconds`` of training for ``to_go`` runs (``partial`` of them started)."""
+
+    total: int
+    done: int
+    to_go: int
+    partial: int
+    seconds: float
+    jobs: int
+    minutes: dict[str, float] = field(default_factory=dict)  # kind -> median training minutes of finished runs
+    unknown: list[str] = field(default_factory=list)  # runs with no finished run of their kind to time
+
+    def text(self) -> str:
+        if self.to_go == 0:
+            return f"estimate: all {self.total} runs finished, nothing to go"
+        if not self.minutes:
+            return (f"estimate: {self.to_go} of {self.total} runs to go; none has finished, so there is no "
+                    "training time of this grid to estimate from yet")
+        per = ", ".join(f"{k} {m:.0f}" for k, m in self.minutes.items())
+        hours = self.seconds / 3600
+        started = f" ({self.partial} partly trained)" if self.partial else ""
+        out = (f"estimate: {self.to_go} of {self.total} runs to go{started}: about {hours:.1f} h of training "
+               f"(median minutes of this grid's finished runs: {per}); at {self.jobs} at a time about "
+               f"{hours / self.jobs:.1f} h of wall time, training iterations only (validation, scoring and "
+               "start-up add a few minutes per run; another machine trains at another speed)")
+        if self.unknown:
+            more = len(self.unknown) - 3
+            shown = ", ".join(self.unknown[:3]) + (f" and {more} more" if more > 0 else "")
+            out += f"; not counted, no finished run of their kind yet: {shown}"
+        return out
+
+
+def estimate(runs: Sequence[Run], out: str | Path, jobs: int = 1) -> Estimate:
+    """The :class:`Estimate` for ``runs`` (a grid, or one shard of it) under the output folder ``out``."""
+    from actionpp.replicate.run import run_state
+
+    out = Path(out)
+    states = {r.run_id: run_state(r, out)[0] for r in runs}
+    timed: dict[str, list[float]] = {}
+    by_method: dict[str, list[float]] = {}
+    for r in runs:
+        if states[r.run_id] == "done":
+            s = _training_seconds(r.run_dir(out))
+            if s is not None:
+                timed.setdefault(run_kind(r), []).append(s)
+                by_method.setdefault(_method(r), []).append(s)
+    median = {k: statistics.median(v) for k, v in timed.items()}
+    method_median = {k: statistics.median(v) for k, v in by_method.items()}
+    seconds, partial, unknown = 0.0, 0, []
+    to_go = [r for r in runs if states[r.run_id] != "done"]
+    for r in to_go:
+        each = median.get(run_kind(r), method_median.get(_method(r)))
+        started = states[r.run_id] in ("partial", "failed")
+        partial += int(started and r.run_dir(out).is_dir())
+        if each is None:
+            unknown.append(r.run_id)
+            continue
+        left = 1.0 - trained_fraction(r.run_dir(out)) if started else 1.0
+        seconds += each * left
+    return Estimate(total=len(runs), done=len(runs) - len(to_go), to_go=len(to_go), partial=partial,
+                    seconds=seconds, jobs=max(1, int(jobs)), minutes={k: v / 60 for k, v in median.items()},
+                    unknown=unknown)
+
