@@ -16,6 +16,7 @@ from actionpp.replicate.paired import (
     noise_summary,
     paired_interval,
     paired_rows,
+    planned_pairs,
     pooled_sd,
     sd_factor,
     verdicts,
@@ -195,3 +196,19 @@ def test_write_paired_reads_only_the_runs_it_is_given(tmp_path: Path):
     only = [f"method={m}_lab=3_seed={s}" for m in ("actionpp", "action") for s in (0, 1)]
     res = write_paired(out, tmp_path / "pub", only=only)
     assert res["runs"] == 4 and "d = +10.0" in res["verdicts"][0]  # seed 2 (the run dropped from the grid) is out
+
+
+def test_a_verdict_before_the_planned_pairs_are_in_says_it_is_interim():
+    runs = [_run("actionpp", 0, 0.80, 0.75), _run("action", 0, 0.79, 0.70), _run("actionpp", 1, 0.82, 0.76),
+            _run("action", 1, 0.80, 0.71), _run("actionpp", 0, 0.5, 0.5, labelled=3),
+            _run("action", 0, 0.4, 0.4, labelled=3)]
+    rows = paired_rows(runs)
+    seven, three = verdicts(rows, planned={7: 8, 3: 1})
+    # 7 patients: d = +1, +2 -> 2 of the 8 planned pairs; 3 patients: its one planned pair is in
+    assert seven.endswith("Interim: 2 of the 8 planned pairs; the call is provisional until all are in.")
+    assert "(test, 1 paired seed, ACTION++ ahead on 1 of 1)." in three and "Interim" not in three
+    assert not any("Interim" in v for v in verdicts(rows))  # no plan given: nothing said
+    design = [("actionpp", None, 7, s) for s in range(8)] + [("action", None, 7, s) for s in range(8)]
+    design += [("actionpp", None, 3, 0), ("action", None, 3, 0), ("action", None, 3, 1)]
+    design += [("actionpp", "official_recipe", 7, 8), ("supervised", None, 7, 0)]
+    assert planned_pairs(design) == {7: 8, 3: 1}

@@ -50,6 +50,7 @@ __all__ = [
     "paired_rows",
     "noise_rows",
     "noise_summary",
+    "planned_pairs",
     "pooled_sd",
     "sd_factor",
     "verdicts",
@@ -459,8 +460,32 @@ def _fmt(x: float, signed: bool = False) -> str:
     return f"{x:+.1f}" if signed else f"{x:.1f}"
 
 
-def verdicts(rows: Sequence[PairedRow]) -> list[str]:
-    """One sentence per budget for the primary comparison on test (the decision rule of docs/results.md)."""
+def planned_pairs(design: Iterable[tuple[str, str | None, int, int]],
+                  comparison: tuple[str, str] = ("actionpp", "action")) -> dict[int, int]:
+    """Per budget, how many seeds the grid plans for both methods of ``comparison`` (its planned pairs).
+
+    ``design``: one ``(method, variant, labelled, seed)`` per run of the grid, finished or not; ablation
+    variants (``variant`` not None) are not part of the comparison.
+
+    >>> planned_pairs([("actionpp", None, 7, 0), ("actionpp", None, 7, 1), ("action", None, 7, 1),
+    ...                ("action", None, 7, 2), ("actionpp", "no_ats", 7, 2)])
+    {7: 1}
+    """
+    seeds: dict[tuple[str, int], set[int]] = {}
+    for method, variant, labelled, seed in design:
+        if variant is None:
+            seeds.setdefault((method, int(labelled)), set()).add(int(seed))
+    a, b = comparison
+    return {lab: len(s & seeds.get((b, lab), set())) for (m, lab), s in sorted(seeds.items(), reverse=True)
+            if m == a and (b, lab) in seeds}
+
+
+def verdicts(rows: Sequence[PairedRow], planned: Mapping[int, int] | None = None) -> list[str]:
+    """One sentence per budget for the primary comparison on test (the decision rule of docs/results.md).
+
+    ``planned`` (budget -> planned pairs, :func:`planned_pairs`): a sentence written before all of a
+    budget's planned pairs are in says it is interim (the rule is the same; a call made while seeds are still
+    arriving is provisional, since every new look is another chance of a false call)."""
     out = []
     for r in rows:
         if r.role != "primary" or r.split != "test" or r.cls != "mean":
@@ -477,10 +502,14 @@ def verdicts(rows: Sequence[PairedRow]) -> list[str]:
             agree = (f"; on val d = {_fmt(val.paired.mean, True)} [{_fmt(val.paired.lo, True)}, "
                      f"{_fmt(val.paired.hi, True)}], {'the same sign' if same_sign else 'the opposite sign'}"
                      + (" and the same call" if val.call == r.call else f", call: {val.call}"))
+        n_plan = (planned or {}).get(r.labelled, 0)
+        interim = (f" Interim: {r.paired.n} of the {n_plan} planned pairs; the call is provisional until all are in."
+                   if r.paired.n < n_plan else "")
         out.append(
             f"{a} {call} at {r.labelled} labelled patient{'s' if r.labelled != 1 else ''}: "
             f"d = {_fmt(r.paired.mean, True)} Dice points [{_fmt(r.paired.lo, True)}, {_fmt(r.paired.hi, True)}] "
-            f"(test, {r.paired.n} paired seeds, {a} ahead on {r.ahead} of {r.paired.n}){agree}."
+            f"(test, {r.paired.n} paired seed{'s' if r.paired.n != 1 else ''}, {a} ahead on {r.ahead} of "
+            f"{r.paired.n}){agree}.{interim}"
         )
     return out
 
@@ -513,7 +542,7 @@ def _n_volumes(runs: Sequence[ScoredRun], split: str) -> str:
 
 
 def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]], runs: Sequence[ScoredRun],
-                    summary: Sequence[str] = ()) -> str:
+                    summary: Sequence[str] = (), planned: Mapping[int, int] | None = None) -> str:
     n_runs = len(runs)
     which = " / ".join(sorted({r.which for r in runs})) or "last"
     lines = [
@@ -528,7 +557,7 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
         "**Verdicts** (the decision rule above, applied):",
         "",
     ]
-    lines += [f"- {v}" for v in verdicts(rows)] or ["- no budget has both methods scored yet"]
+    lines += [f"- {v}" for v in verdicts(rows, planned)] or ["- no budget has both methods scored yet"]
     lines += ["", "| comparison | labelled | split | class | pairs | d | 95 % CI (paired) | ahead / behind | call | "
               "unpaired d [95 % CI] | narrower |",
               "| --- | ---: | --- | --- | ---: | ---: | --- | --- | --- | --- | --- |"]
@@ -607,10 +636,11 @@ def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
 
 
 def write_paired(source: str | Path, dest: str | Path | None = None,
-                 only: Iterable[str] | None = None) -> dict[str, Any]:
+                 only: Iterable[str] | None = None, planned: Mapping[int, int] | None = None) -> dict[str, Any]:
     """Read the scored runs under ``source``, write ``paired.csv``, ``paired.md`` and ``paired.png`` into ``dest``.
 
-    ``dest`` defaults to ``source``; ``only``: the run ids to analyse (:func:`collect_scored`). Returns
+    ``dest`` defaults to ``source``; ``only``: the run ids to analyse (:func:`collect_scored`); ``planned``:
+    the grid's planned pairs per budget (:func:`planned_pairs`), for the verdicts' interim note. Returns
     ``{"runs", "rows", "verdicts", "noise_summary", "markdown", "files"}``; with no
     scored run nothing is written.
     """
@@ -620,7 +650,7 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
     rows = paired_rows(runs)
     noise = noise_rows(runs)
     summary = noise_summary(runs) if runs else []
-    md = paired_markdown(rows, noise, runs, summary)
+    md = paired_markdown(rows, noise, runs, summary, planned)
     files: list[str] = []
     if runs:
         dest.mkdir(parents=True, exist_ok=True)
@@ -633,5 +663,5 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
             files.append("paired.png")
         else:
             (dest / "paired.png").unlink(missing_ok=True)  # an earlier figure of this function no longer holds
-    return {"runs": len(runs), "rows": rows, "verdicts": verdicts(rows), "noise_summary": summary, "markdown": md,
-            "files": files}
+    return {"runs": len(runs), "rows": rows, "verdicts": verdicts(rows, planned), "noise_summary": summary,
+            "markdown": md, "files": files}

@@ -298,7 +298,7 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
             if src.is_file():
                 shutil.copyfile(src, d / TRAIN_DIR / name)
     _prune_stale(dest, records)
-    scored = _publish_scores(records, dest)
+    scored = _publish_scores(records, dest, runs)
     if embeddings:
         _publish_embedding_samples(records, dest)
     atomic_write_text(dest / "README.md", _readme(grid, records, runs, command, dest))
@@ -344,9 +344,10 @@ def _test_records(records: Sequence[RunRecord], split: str = "test") -> list[Run
     return out
 
 
-def _publish_scores(records: Sequence[RunRecord], dest: Path) -> bool:
-    """Copy each run's ``scores.json``; when any run has one, the test-split tables and the paired analysis."""
-    from actionpp.replicate.paired import write_paired
+def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run] = ()) -> bool:
+    """Copy each run's ``scores.json``; when any run has one, the test-split tables and the paired analysis
+    (whose verdicts say when a budget still has planned pairs to come: ``runs``, the whole grid)."""
+    from actionpp.replicate.paired import planned_pairs, write_paired
     from actionpp.replicate.score import SCORES
 
     copied = False
@@ -362,7 +363,9 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path) -> bool:
     atomic_write_text(dest / "results_test.csv", results_csv(rows))
     atomic_write_text(dest / "results_test.md", results_markdown(rows, f"results on the test split ({which} "
                                                                        "checkpoint, student, scored by the runner)"))
-    write_paired(dest, only=[r.run_id for r in records])
+    design = [(str(p.get("METHOD")), r.axes.get("VARIANT"), int(p.get("LABELLED_PATIENTS", 0)), int(p.get("SEED", 0)))
+              for r in runs for p in r.parameters[:1]]
+    write_paired(dest, only=[r.run_id for r in records], planned=planned_pairs(design))
     return True
 
 
