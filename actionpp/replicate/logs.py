@@ -155,9 +155,44 @@ def _finetune_log(record: RunRecord) -> list[dict[str, Any]]:
     return rows
 
 
+_SHARE_COLUMNS = ("share/sup", "share/unsup", "share/consistency", "share/anco", "share/saacl",
+                  "centre_share/averaged", "centre_share/separate")
+
+
+def share_windows(record: RunRecord) -> dict[str, dict[str, float | None]]:
+    """A run's mean of each ``share/<term>`` and centre share over the first and the last quarter of fine-tuning
+    (``{}`` when its log has no shares): ``{"first quarter": {"share/sup": ..., ...}, "last quarter": {...}}``."""
+    rows = _finetune_log(record)
+    if not rows or not any(k.startswith("share/") for k in rows[0]):
+        return {}
+    last_it = max(int(e["iteration"]) for e in rows)
+    first_it = min(int(e["iteration"]) for e in rows)
+    span = max(last_it - first_it, 1)
+    windows = {
+        "first quarter": [e for e in rows if int(e["iteration"]) <= first_it + span / 4],
+        "last quarter": [e for e in rows if int(e["iteration"]) >= last_it - span / 4],
+    }
+    out: dict[str, dict[str, float | None]] = {}
+    for wname, sel in windows.items():
+        out[wname] = {}
+        for key in _SHARE_COLUMNS:
+            vals = [float(e[key]) for e in sel if e.get(key) is not None]
+            out[wname][key] = statistics.fmean(vals) if vals else None
+    return out
+
+
+def _group(record: RunRecord) -> tuple[str, int]:
+    axes = record.axes
+    method = str(axes.get("VARIANT") or axes.get("METHOD") or record.metrics.get("method") or "?")
+    labelled = axes.get("LABELLED_PATIENTS", record.metrics.get("labelled_patients"))
+    return method, int(labelled) if isinstance(labelled, (int, float)) else -1
+
+
 def loss_shares(records: Sequence[RunRecord]) -> str:
     """Markdown: per run, mean ``share/<term>`` over the first and last quarter of fine-tuning, and
-    the mean centre share of the SAACL gradient (``centre_share/averaged`` / ``separate``)."""
+    the mean centre share of the SAACL gradient (``centre_share/averaged`` / ``separate``); then the same
+    per method and budget (mean over the seeds, with the range), and a sentence on what ACTION++ adds to
+    ACTION (SAACL's share of the update against AnCo's, which both methods train with)."""
     lines = ["# Which loss term drives the update", "",
              "Share of the update on the backbone that each weighted loss term drives, (w_k g_k . g) / ||g||^2 "
              "with g the sum of the weighted gradients (the shares add up to 1; a negative share pulls against "
@@ -169,23 +204,58 @@ def loss_shares(records: Sequence[RunRecord]) -> str:
     header = "| run | window | " + " | ".join(["sup", "unsup", "consistency", "anco", "saacl"]) + \
         " | centre (averaged) | centre (separate) |"
     lines += [header, "|" + "---|" * 9]
+    per_run = {r.run_id: share_windows(r) for r in records}
+    groups: dict[tuple[str, int], list[dict[str, dict[str, float | None]]]] = {}
     for r in records:
-        rows = _finetune_log(r)
-        if not rows or not any(k.startswith("share/") for k in rows[0]):
+        w = per_run[r.run_id]
+        if not w:
             continue
-        last_it = max(int(e["iteration"]) for e in rows)
-        first_it = min(int(e["iteration"]) for e in rows)
-        span = max(last_it - first_it, 1)
-        windows = {
-            "first quarter": [e for e in rows if int(e["iteration"]) <= first_it + span / 4],
-            "last quarter": [e for e in rows if int(e["iteration"]) >= last_it - span / 4],
-        }
-        for wname, sel in windows.items():
-            def mean(key: str, sel: list[dict[str, Any]] = sel) -> str:
-                vals = [float(e[key]) for e in sel if e.get(key) is not None]
-                return f"{statistics.fmean(vals):.3f}" if vals else "-"
-
-            cells = [mean(f"share/{t}") for t in ("sup", "unsup", "consistency", "anco", "saacl")]
-            cells += [mean("centre_share/averaged"), mean("centre_share/separate")]
+        groups.setdefault(_group(r), []).append(w)
+        for wname, vals in w.items():
+            cells = [f"{v:.3f}" if v is not None else "-" for v in vals.values()]
             lines.append(f"| {r.run_id} | {wname} | " + " | ".join(cells) + " |")
+    if not groups:
+        return "\n".join(lines) + "\n"
+
+    Windows = list[dict[str, dict[str, float | None]]]
+
+    def summary(ws: Windows, wname: str, key: str) -> tuple[float, float, float] | None:
+        vals = [v for w in ws if (v := w.get(wname, {}).get(key)) is not None]
+        return (statistics.fmean(vals), min(vals), max(vals)) if vals else None
+
+    lines += ["", "## Per method and budget", "",
+              "Mean over the runs (seeds) of each run's window mean above, with the smallest and largest run in "
+              "brackets.", "",
+              "| method | labelled | runs | window | sup | unsup | consistency | anco | saacl | centre (averaged) | "
+              "centre (separate) |", "|" + "---|" * 11]
+    for (method, labelled), ws in groups.items():
+        for wname in ("first quarter", "last quarter"):
+            cells = []
+            for key in _SHARE_COLUMNS:
+                sm = summary(ws, wname, key)
+                cells.append("-" if sm is None else f"{sm[0]:.3f} [{sm[1]:.3f}, {sm[2]:.3f}]")
+            lines.append(f"| {method} | {labelled} | {len(ws)} | {wname} | " + " | ".join(cells) + " |")
+    def pct(sm: tuple[float, float, float], n: int) -> str:
+        return f"{100 * sm[0]:.0f} %" + (f" ({100 * sm[1]:.0f}-{100 * sm[2]:.0f} %)" if n > 1 else "")
+
+    said = []
+    for (method, labelled), ws in groups.items():
+        saacl, anco, sup = (summary(ws, "last quarter", k) for k in ("share/saacl", "share/anco", "share/sup"))
+        if method != "actionpp" or saacl is None or anco is None or sup is None:
+            continue
+        n = len(ws)
+        runs_txt = f"{n} run{'s' if n != 1 else ''}"
+        line = (f"- {labelled} labelled patient{'s' if labelled != 1 else ''}, ACTION++ ({runs_txt}): "
+                f"SAACL, the loss ACTION++ adds to ACTION, drives {pct(saacl, n)} of the backbone's update; AnCo, "
+                f"the anatomical contrast both methods train with (at ATS's temperature in ACTION++), {pct(anco, n)}; "
+                f"the supervised loss {pct(sup, n)}.")
+        other = groups.get(("action", labelled), [])
+        a_anco, a_sup = (summary(other, "last quarter", k) for k in ("share/anco", "share/sup"))
+        if a_anco is not None and a_sup is not None:
+            line += (f" ACTION ({len(other)} run{'s' if len(other) != 1 else ''}): AnCo {pct(a_anco, len(other))}, "
+                     f"the supervised loss {pct(a_sup, len(other))}.")
+        said.append(line)
+    if said:
+        lines += ["", "## What ACTION++ adds, by its share of the update (last quarter of fine-tuning)", "",
+                  "Mean over the runs, the smallest and largest run in parentheses.", "", *said]
     return "\n".join(lines) + "\n"

@@ -169,7 +169,17 @@ def docs_section(dest: Path, docs: Path, grid: Grid, scored: bool = False) -> st
         f"![validation Dice along training]({rel}/val_dice.png)",
         "",
         f"Which loss term drives the update: [`{rel}/loss_shares.md`]({rel}/loss_shares.md).",
+        *_adds_section(dest / "loss_shares.md"),
     ])
+
+
+def _adds_section(shares: Path) -> list[str]:
+    """The loss-shares file's section on what ACTION++ adds (its sentences), for the docs; [] when it has none."""
+    text = shares.read_text() if shares.is_file() else ""
+    marker = "\n## What ACTION++ adds"
+    if marker not in text:
+        return []
+    return ["", text[text.index(marker):].strip().replace("## ", "#### ", 1)]
 
 
 def _published_before(grid: Grid) -> Any:
