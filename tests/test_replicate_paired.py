@@ -12,6 +12,7 @@ from scipy import stats
 from actionpp.replicate.paired import (
     ScoredRun,
     collect_scored,
+    grid_design,
     noise_rows,
     noise_summary,
     paired_interval,
@@ -212,3 +213,13 @@ def test_a_verdict_before_the_planned_pairs_are_in_says_it_is_interim():
     design += [("actionpp", None, 3, 0), ("action", None, 3, 0), ("action", None, 3, 1)]
     design += [("actionpp", "official_recipe", 7, 8), ("supervised", None, 7, 0)]
     assert planned_pairs(design) == {7: 8, 3: 1}
+
+
+def test_grid_design_reads_the_first_notebook_and_leaves_out_runs_of_unknown_budget():
+    from types import SimpleNamespace as NS
+
+    runs = [NS(axes={"METHOD": "actionpp"}, parameters=({"METHOD": "actionpp", "LABELLED_PATIENTS": 7, "SEED": 3},)),
+            NS(axes={"VARIANT": "no_ats"}, parameters=({"METHOD": "actionpp", "LABELLED_PATIENTS": 7, "SEED": 0},)),
+            NS(axes={}, parameters=({"METHOD": "action", "SEED": 1},)),  # no budget parameter: left out
+            NS(axes={}, parameters=())]
+    assert grid_design(runs) == [("actionpp", None, 7, 3), ("actionpp", "no_ats", 7, 0)]

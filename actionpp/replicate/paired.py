@@ -51,6 +51,7 @@ __all__ = [
     "noise_rows",
     "noise_summary",
     "planned_pairs",
+    "grid_design",
     "pooled_sd",
     "sd_factor",
     "verdicts",
@@ -478,6 +479,18 @@ def planned_pairs(design: Iterable[tuple[str, str | None, int, int]],
     a, b = comparison
     return {lab: len(s & seeds.get((b, lab), set())) for (m, lab), s in sorted(seeds.items(), reverse=True)
             if m == a and (b, lab) in seeds}
+
+
+def grid_design(runs: Iterable[Any]) -> list[tuple[str, str | None, int, int]]:
+    """``(method, variant, labelled, seed)`` of each run of an expanded grid (:func:`actionpp.replicate.expand`),
+    from its first notebook's parameters, for :func:`planned_pairs`; runs without a ``METHOD`` or
+    ``LABELLED_PATIENTS`` parameter are left out (their budget is not known before they run)."""
+    out = []
+    for r in runs:
+        p = r.parameters[0] if r.parameters else {}
+        if "METHOD" in p and "LABELLED_PATIENTS" in p:
+            out.append((str(p["METHOD"]), r.axes.get("VARIANT"), int(p["LABELLED_PATIENTS"]), int(p.get("SEED", 0))))
+    return out
 
 
 def verdicts(rows: Sequence[PairedRow], planned: Mapping[int, int] | None = None) -> list[str]:

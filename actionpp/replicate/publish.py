@@ -357,7 +357,7 @@ def _test_records(records: Sequence[RunRecord], split: str = "test") -> list[Run
 def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run] = ()) -> bool:
     """Copy each run's ``scores.json``; when any run has one, the test-split tables and the paired analysis
     (whose verdicts say when a budget still has planned pairs to come: ``runs``, the whole grid)."""
-    from actionpp.replicate.paired import planned_pairs, write_paired
+    from actionpp.replicate.paired import grid_design, planned_pairs, write_paired
     from actionpp.replicate.score import SCORES
 
     copied = False
@@ -373,9 +373,7 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run
     atomic_write_text(dest / "results_test.csv", results_csv(rows))
     atomic_write_text(dest / "results_test.md", results_markdown(rows, f"results on the test split ({which} "
                                                                        "checkpoint, student, scored by the runner)"))
-    design = [(str(p.get("METHOD")), r.axes.get("VARIANT"), int(p.get("LABELLED_PATIENTS", 0)), int(p.get("SEED", 0)))
-              for r in runs for p in r.parameters[:1]]
-    write_paired(dest, only=[r.run_id for r in records], planned=planned_pairs(design))
+    write_paired(dest, only=[r.run_id for r in records], planned=planned_pairs(grid_design(runs)))
     return True
 
 
