@@ -40,29 +40,37 @@ def _finish(notebook: Path, output: Path, params: dict) -> None:
     (out / "run" / "metrics.json").write_text(json.dumps({"seconds": seconds}))
 
 
-def _partial(rd: Path, pretrain: bool, log: list[tuple[str, int]], every: int = 500) -> None:
+def _partial(rd: Path, pretrain: bool, last: int, every: int = 500) -> None:
+    """A stopped run: pre-training 500 (when it has one) and fine-tuning 2000 iterations on the loop's one
+    counter (fine-tuning logs 550, 600, ... after 500 of pre-training), logged every 50 up to ``last``."""
     (rd / "run").mkdir(parents=True, exist_ok=True)
     cfg = {"method": {"pretrain": pretrain, "finetune": True}, "train": {"pretrain_iters": 500, "finetune_iters": 2000},
            "runtime": {"checkpoint_every": every}}
     (rd / "run" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (rd / "run" / "log.jsonl").write_text("".join(
-        json.dumps({"kind": "train", "phase": p, "iteration": i}) + "\n" for p, i in log) + "not json\n")
+    start = 500 if pretrain else 0
+    rows = [{"kind": "train", "phase": "pretrain" if it <= start else "finetune", "iteration": it}
+            for it in range(50, last + 1, 50)]
+    (rd / "run" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
 
 
 def test_trained_fraction_counts_only_what_a_resume_keeps(tmp_path: Path) -> None:
     assert trained_fraction(tmp_path / "nothing") == 0.0
-    # pre-training (500) finished, fine-tuning logged to 1200 of 2000, checkpoints every 500: (500 + 1000) / 2500
-    _partial(tmp_path / "a", True, [("pretrain", 50), ("pretrain", 500), ("finetune", 1200)])
-    assert trained_fraction(tmp_path / "a") == pytest.approx(0.6)
+    # pre-training and fine-tuning on one counter, 2500 in all; logged to 1700: the checkpoint at 1500 is kept
+    _partial(tmp_path / "a", True, 1700)
+    assert trained_fraction(tmp_path / "a") == pytest.approx(1500 / 2500)
+    _partial(tmp_path / "a2", True, 2100)  # past 2000 (the fine-tuning length alone): 2000 of 2500, not all
+    assert trained_fraction(tmp_path / "a2") == pytest.approx(2000 / 2500)
     # pre-training at 400: no checkpoint yet, a resume starts from 0
-    _partial(tmp_path / "b", True, [("pretrain", 400)])
+    _partial(tmp_path / "b", True, 400)
     assert trained_fraction(tmp_path / "b") == 0.0
     # no pre-training phase (mean teacher): 1000 of 2000
-    _partial(tmp_path / "c", False, [("finetune", 1000)])
+    _partial(tmp_path / "c", False, 1000)
     assert trained_fraction(tmp_path / "c") == pytest.approx(0.5)
-    # checkpoints only at phase ends: 1999 of the fine-tuning counts nothing
-    _partial(tmp_path / "d", False, [("finetune", 1999)], every=0)
-    assert trained_fraction(tmp_path / "d") == 0.0
+    # checkpoints only at phase ends: logged to 2100, the end of pre-training (500) is what a resume keeps
+    _partial(tmp_path / "d", True, 2100, every=0)
+    assert trained_fraction(tmp_path / "d") == pytest.approx(500 / 2500)
+    _partial(tmp_path / "e", False, 1999, every=0)  # and without pre-training, nothing
+    assert trained_fraction(tmp_path / "e") == 0.0
 
 
 def test_estimate_by_hand(tmp_path: Path) -> None:
@@ -71,8 +79,8 @@ def test_estimate_by_hand(tmp_path: Path) -> None:
     by = {(r.parameters[0]["METHOD"], r.parameters[0]["SEED"]): r for r in runs}
     finished = [by["supervised", 0], by["supervised", 1], by["action", 0]]  # 600 s, 1200 s, 3000 s
     rp.run_grid(finished, out, executor=_finish, log=None)
-    # ACTION seed 1 stopped at fine-tuning iteration 1200: 60 % behind a checkpoint
-    _partial(by["action", 1].run_dir(out), True, [("pretrain", 500), ("finetune", 1200)])
+    # ACTION seed 1 stopped at iteration 1700 of 2500: 60 % behind the checkpoint at 1500
+    _partial(by["action", 1].run_dir(out), True, 1700)
     est = estimate(runs, out, jobs=2)
     assert (est.total, est.done, est.to_go, est.partial) == (6, 3, 3, 1)
     assert est.minutes == {"supervised": pytest.approx(15.0), "action": pytest.approx(50.0)}  # medians 900 s, 3000 s
@@ -80,7 +88,9 @@ def test_estimate_by_hand(tmp_path: Path) -> None:
     assert est.seconds == pytest.approx(900 + 1200 + 3000)
     text = est.text()
     assert text.startswith("estimate: 3 of 6 runs to go (1 partly trained): about 1.4 h of training")
-    assert "supervised 15, action 50" in text and "at 2 at a time about 0.7 h of wall time" in text
+    # wall time at 2 jobs: not 5100 / 2 s, since ACTION seed 2 alone takes 3000 s (a run is not split): 0.83 h
+    assert "supervised 15, action 50" in text and "at 2 at a time about 0.8 h of wall time" in text
+    assert estimate(runs, out, jobs=1).text().count("about 1.4 h") == 2  # one job: wall time = training time
     assert run_kind(by["action", 2]) == "action"
 
 

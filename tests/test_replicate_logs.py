@@ -46,15 +46,15 @@ def test_loss_shares_summarises_per_method_and_says_what_actionpp_adds(tmp_path:
     assert ("| actionpp | 7 | 2 | last quarter | 0.040 [0.030, 0.050] | - | - | 0.880 [0.850, 0.910] | "
             "0.080 [0.060, 0.100] | - | - |") in md
     assert "| supervised | 7 | 1 | last quarter | 1.000 [1.000, 1.000] | - |" in md
-    sentence = next(line for line in md.splitlines() if line.startswith("- 7 labelled patients, ACTION++"))
-    assert "SAACL, the loss ACTION++ adds to ACTION, drives 8 % (6-10 %) of the backbone's update" in sentence
-    assert "(at ATS's temperature in ACTION++), 88 % (85-91 %); the supervised loss 4 % (3-5 %)." in sentence
-    assert sentence.endswith("ACTION (1 run): AnCo 95 %, the supervised loss 3 %.")  # one run: no range
-
+    sentence = next(line for line in md.splitlines() if line.startswith("- 7 labelled patients: ACTION++"))
+    # SAACL (0.10 + 0.06) / 2, AnCo (0.85 + 0.91) / 2, supervised (0.05 + 0.03) / 2; ACTION one run: no range
+    assert sentence == ("- 7 labelled patients: ACTION++ (2 runs): SAACL 8 % (6-10 %), AnCo 88 % (85-91 %), the "
+                        "supervised loss 4 % (3-5 %); ACTION (1 run): AnCo 95 %, the supervised loss 3 %.")
+    assert "ATS, which schedules the temperatures of SAACL, AnCo and pre-training" in md
 
 def test_loss_shares_without_actionpp_says_nothing_about_it(tmp_path: Path) -> None:
     md = loss_shares([_record(tmp_path, "supervised", 0, {"share/sup": 1.0}, {"share/sup": 1.0})])
-    assert "## Per method and budget" in md and "What ACTION++ adds" not in md
+    assert "## Per method and budget" in md and "Where the update comes from" not in md
     empty = loss_shares([])  # no run logged shares: the table's header only, no summary
     header = [x for x in md.splitlines() if x.startswith("| run")]
     assert [x for x in empty.splitlines() if x.startswith("| ")] == header

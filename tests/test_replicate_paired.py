@@ -12,6 +12,7 @@ from scipy import stats
 from actionpp.replicate.paired import (
     ScoredRun,
     collect_scored,
+    equal_spread_test,
     grid_design,
     noise_rows,
     noise_summary,
@@ -19,7 +20,6 @@ from actionpp.replicate.paired import (
     paired_rows,
     planned_pairs,
     pooled_sd,
-    sd_factor,
     verdicts,
     welch_interval,
     write_paired,
@@ -93,13 +93,25 @@ def test_noise_rows_teacher_and_the_mid_run_dip_by_hand():
     assert row["sd_val_last"] == pytest.approx(math.sqrt(50.0))  # 80, 90
 
 
-def test_pooled_sd_and_its_uncertainty_by_hand():
+def test_pooled_sd_by_hand():
     sd, df = pooled_sd([[70.0, 74.0], [60.0, 66.0, 63.0], [50.0]])  # s^2 = 8 (df 1), 9 (df 2); one value: no df
     assert df == 3 and sd == pytest.approx(math.sqrt((8 + 2 * 9) / 3))
     assert pooled_sd([[1.0], [2.0]]) == (pytest.approx(math.nan, nan_ok=True), 0)
-    # chi-square tables, 3 df: 9.348 (upper 2.5 %) and 0.2158 (lower 2.5 %)
-    lo, hi = sd_factor(3)
-    assert lo == pytest.approx(math.sqrt(3 / 9.348), abs=1e-3) and hi == pytest.approx(math.sqrt(3 / 0.2158), abs=1e-3)
+
+
+def test_equal_spread_test_by_hand():
+    # student 70, 74 | 60, 66, 63 and teacher 72, 73 | 60, 63, 63, centred per group: student -2, 2 | -3, 3, 0,
+    # teacher -0.5, 0.5 | -2, 1, 1; u = x + y = -2.5, 2.5, -5, 4, 1 and v = x - y = -1.5, 1.5, -1, 2, -1:
+    # sum uv = 19.5 (= 26 - 6.5, the difference of the sums of squares), sum u^2 = 54.5, sum v^2 = 10.5
+    r, p, df = equal_spread_test([[70, 74], [60, 66, 63]], [[72, 73], [60, 63, 63]])
+    assert df == 5 - 2 - 1 and r == pytest.approx(19.5 / math.sqrt(54.5 * 10.5))
+    assert p == pytest.approx(1 - r)  # t with 2 df: P(|T| > r sqrt(2 / (1 - r^2))) = 1 - |r|
+    r2, p2, _ = equal_spread_test([[72, 73], [60, 63, 63]], [[70, 74], [60, 66, 63]])
+    assert r2 == pytest.approx(-r) and p2 == pytest.approx(p)  # the other way round: the sign flips
+    # proportional spreads, x = 3 y around each mean: u = 4y, v = 2y, r = 1: p = 0
+    assert equal_spread_test([[3, 9, 6], [0, 3]], [[1, 3, 2], [0, 1]])[:2] == (pytest.approx(1.0), 0.0)
+    assert math.isnan(equal_spread_test([[1, 2]], [[1, 2]])[1])  # one group of two: df 0
+    assert math.isnan(equal_spread_test([[1, 2, 3], [4, 6]], [[1, 2, 3], [4, 6]])[1])  # identical: v is 0
 
 
 def test_noise_summary_compares_teacher_and_student_on_the_same_runs():
@@ -117,11 +129,14 @@ def test_noise_summary_compares_teacher_and_student_on_the_same_runs():
     t_sd, s_sd = math.sqrt(6.5 / 3), math.sqrt(26 / 3)
     assert f"sd {t_sd:.2f} Dice points for the teacher, {s_sd:.2f} for the student" in teacher
     assert "the teacher is 50 % less noisy than the student" in teacher
-    assert "factor 0.57 to 3.73" in teacher
+    # Pitman-Morgan on these runs: 2 degrees of freedom, p = 1 - |r| with r = 19.5 / sqrt(54.5 * 10.5) (above)
+    assert f"2 degrees of freedom) gives p = {1 - 19.5 / math.sqrt(54.5 * 10.5):.2f}: a difference this large is " \
+           "well within what equal spreads give" in teacher
     # teacher - student per run: +2, -1, 0, -3, 0
     assert "the teacher scores -0.40 points against the student (range -3.00 to +2.00)" in teacher
     # only ACTION's runs have three validations: last 80, 90 and three-point means 70, 80: the same spread
-    assert "2 runs in 1 groups, 1 degrees of freedom" in mean3 and "sd 7.07 against 7.07" in mean3
+    assert "2 runs in 1 group, 1 degree of freedom" in mean3 and "sd 7.07 against 7.07" in mean3
+    assert "too few runs, or no spread, for a test of equal spread" in mean3  # 2 runs in 1 group: df 0
     assert "the three-point mean is as noisy as the last validation" in mean3 and "10.00 points" in mean3
     # teachers' d per seed: 60 - 72, 63 - 73 = -12, -10: mean -11 +- t_{0.975, 1} (12.706) * sqrt(2) / sqrt(2)
     assert primary.startswith("ACTION++ - ACTION at 7 labelled patients scored with the EMA teachers instead: "
@@ -223,3 +238,33 @@ def test_grid_design_reads_the_first_notebook_and_leaves_out_runs_of_unknown_bud
             NS(axes={}, parameters=({"METHOD": "action", "SEED": 1},)),  # no budget parameter: left out
             NS(axes={}, parameters=())]
     assert grid_design(runs) == [("actionpp", None, 7, 3), ("actionpp", "no_ats", 7, 0)]
+
+
+def test_less_noisy_words_every_case():
+    from actionpp.replicate.paired import _less_noisy
+
+    assert _less_noisy("A", 1.0, 2.0, "B") == "A is 50 % less noisy than B"
+    assert _less_noisy("A", 3.0, 2.0, "B") == "A is 50 % more noisy than B"
+    assert _less_noisy("A", 1.996, 2.0, "B") == "A is as noisy as B"  # 0.2 %: would print as "0 % less"
+    assert _less_noisy("A", 0.0, 0.0, "B") == "A is as noisy as B"
+    assert _less_noisy("A", 1.0, 0.0, "B") == "A is noisier than B (sd 0)"
+    assert _less_noisy("A", math.nan, 1.0, "B") == "A cannot be compared with B"
+
+
+def test_grid_design_refuses_values_that_are_not_a_budget():
+    from types import SimpleNamespace as NS
+
+    runs = [NS(axes={}, parameters=({"METHOD": "action", "LABELLED_PATIENTS": None, "SEED": 0},)),
+            NS(axes={}, parameters=({"METHOD": None, "LABELLED_PATIENTS": 3, "SEED": 0},)),
+            NS(axes={}, parameters=({"METHOD": "action", "LABELLED_PATIENTS": 3, "SEED": 1},))]
+    assert grid_design(runs) == [("action", None, 3, 1)]
+
+
+def test_a_nan_validation_is_not_part_of_the_curve(tmp_path: Path):
+    from actionpp.replicate.paired import _val_curve
+
+    log = tmp_path / "log.jsonl"
+    entries = [{"kind": "val", "dice": 0.5}, {"kind": "val", "dice": float("nan")}, {"kind": "train", "dice": 0.9},
+               {"kind": "val", "dice": 0.7}]
+    log.write_text("\n".join(json.dumps(e) for e in entries))
+    assert _val_curve(log) == (0.5, 0.7)

@@ -43,24 +43,22 @@ def _method(run: Run) -> str:
 
 
 def _training_seconds(rd: Path) -> float | None:
-    """The training loop's seconds (every attempt) of a finished run, else the done marker's; None if neither."""
-    for path, key in ((rd / TRAIN_DIR / "metrics.json", "seconds"), (rd / "done", "seconds")):
-        try:
-            v = json.loads(path.read_text()).get(key)
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
-            return float(v)
-    return None
+    """The training loop's seconds (every attempt's iterations) of a finished run; None when it has none."""
+    try:
+        v = json.loads((rd / TRAIN_DIR / "metrics.json").read_text()).get("seconds")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None
 
 
 def trained_fraction(run_dir: Path) -> float:
     """Share of a partly trained run's iterations that a resume will not repeat, in [0, 1].
 
     From ``run/config.yaml`` (which phases run and for how many iterations, ``runtime.checkpoint_every``)
-    and ``run/log.jsonl`` (the last logged iteration of each phase). A finished phase counts whole; the
-    current phase counts up to its last checkpoint (a multiple of ``checkpoint_every``), since a resume
-    starts there. 0 when either file is missing or unreadable.
+    and ``run/log.jsonl`` (the last logged iteration). The training loop counts iterations on one counter
+    through both phases (fine-tuning continues where pre-training stopped) and writes a checkpoint at every
+    multiple of ``checkpoint_every`` of that counter and at each phase's end; a resume starts from the last
+    of those at or before the last logged iteration. 0 when either file is missing or unreadable.
     """
     import yaml
 
@@ -72,30 +70,24 @@ def trained_fraction(run_dir: Path) -> float:
         return 0.0
     method, train = cfg.get("method") or {}, cfg.get("train") or {}
     every = int((cfg.get("runtime") or {}).get("checkpoint_every") or 0)
-    phases = [(p, int(train.get(f"{p}_iters") or 0)) for p in ("pretrain", "finetune") if method.get(p)]
-    total = sum(n for _, n in phases)
+    ends, total = [], 0
+    for phase in ("pretrain", "finetune"):
+        if method.get(phase):
+            total += int(train.get(f"{phase}_iters") or 0)
+            ends.append(total)  # the phase's end on the shared counter: always a checkpoint
     if total <= 0:
         return 0.0
-    last: dict[str, int] = {}
+    last = 0
     for line in lines:
         try:
             e = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(e, dict) and e.get("kind") == "train" and isinstance(e.get("iteration"), int):
-            last[str(e.get("phase"))] = max(last.get(str(e.get("phase")), 0), e["iteration"])
-    done = 0
-    for i, (phase, n) in enumerate(phases):
-        later_started = any(p in last for p, _ in phases[i + 1:])
-        if later_started:
-            done += n  # a phase ends with a checkpoint
-        elif phase in last:
-            it = min(last[phase], n)
-            done += it if it == n else (it // every) * every if every > 0 else 0  # 0: checkpoints at phase ends
-            break
-        else:
-            break
-    return min(1.0, done / total)
+            last = max(last, e["iteration"])
+    last = min(last, total)
+    kept = max([0, *(e for e in ends if e <= last), *([last // every * every] if every > 0 else [])])
+    return kept / total
 
 
 @dataclass
@@ -108,6 +100,7 @@ class Estimate:
     partial: int
     seconds: float
     jobs: int
+    longest: float = 0.0  # seconds of the longest single run still to go (runs are not split between jobs)
     minutes: dict[str, float] = field(default_factory=dict)  # kind -> median training minutes of finished runs
     unknown: list[str] = field(default_factory=list)  # runs with no finished run of their kind to time
 
@@ -119,10 +112,11 @@ class Estimate:
                     "training time of this grid to estimate from yet")
         per = ", ".join(f"{k} {m:.0f}" for k, m in self.minutes.items())
         hours = self.seconds / 3600
+        wall = max(self.seconds / self.jobs, self.longest) / 3600  # one run is not shared between jobs
         started = f" ({self.partial} partly trained)" if self.partial else ""
         out = (f"estimate: {self.to_go} of {self.total} runs to go{started}: about {hours:.1f} h of training "
                f"(median minutes of this grid's finished runs: {per}); at {self.jobs} at a time about "
-               f"{hours / self.jobs:.1f} h of wall time, training iterations only (validation, scoring and "
+               f"{wall:.1f} h of wall time, training iterations only (validation, scoring and "
                "start-up add a few minutes per run; another machine trains at another speed)")
         if self.unknown:
             more = len(self.unknown) - 3
@@ -147,7 +141,7 @@ def estimate(runs: Sequence[Run], out: str | Path, jobs: int = 1) -> Estimate:
                 by_method.setdefault(_method(r), []).append(s)
     median = {k: statistics.median(v) for k, v in timed.items()}
     method_median = {k: statistics.median(v) for k, v in by_method.items()}
-    seconds, partial, unknown = 0.0, 0, []
+    seconds, longest, partial, unknown = 0.0, 0.0, 0, []
     to_go = [r for r in runs if states[r.run_id] != "done"]
     for r in to_go:
         each = median.get(run_kind(r), method_median.get(_method(r)))
@@ -158,7 +152,8 @@ def estimate(runs: Sequence[Run], out: str | Path, jobs: int = 1) -> Estimate:
             continue
         left = 1.0 - trained_fraction(r.run_dir(out)) if started else 1.0
         seconds += each * left
+        longest = max(longest, each * left)
     return Estimate(total=len(runs), done=len(runs) - len(to_go), to_go=len(to_go), partial=partial,
-                    seconds=seconds, jobs=max(1, int(jobs)), minutes={k: v / 60 for k, v in median.items()},
-                    unknown=unknown)
+                    seconds=seconds, jobs=max(1, int(jobs)), longest=longest,
+                    minutes={k: v / 60 for k, v in median.items()}, unknown=unknown)
 

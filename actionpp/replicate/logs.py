@@ -191,8 +191,8 @@ def _group(record: RunRecord) -> tuple[str, int]:
 def loss_shares(records: Sequence[RunRecord]) -> str:
     """Markdown: per run, mean ``share/<term>`` over the first and last quarter of fine-tuning, and
     the mean centre share of the SAACL gradient (``centre_share/averaged`` / ``separate``); then the same
-    per method and budget (mean over the seeds, with the range), and a sentence on what ACTION++ adds to
-    ACTION (SAACL's share of the update against AnCo's, which both methods train with)."""
+    per method and budget (mean over the seeds, with the range), and per budget one line setting ACTION++'s
+    shares (SAACL, AnCo under ATS, supervised) beside ACTION's (AnCo at a fixed temperature, supervised)."""
     lines = ["# Which loss term drives the update", "",
              "Share of the update on the backbone that each weighted loss term drives, (w_k g_k . g) / ||g||^2 "
              "with g the sum of the weighted gradients (the shares add up to 1; a negative share pulls against "
@@ -234,28 +234,35 @@ def loss_shares(records: Sequence[RunRecord]) -> str:
             for key in _SHARE_COLUMNS:
                 sm = summary(ws, wname, key)
                 cells.append("-" if sm is None else f"{sm[0]:.3f} [{sm[1]:.3f}, {sm[2]:.3f}]")
-            lines.append(f"| {method} | {labelled} | {len(ws)} | {wname} | " + " | ".join(cells) + " |")
-    def pct(sm: tuple[float, float, float], n: int) -> str:
-        return f"{100 * sm[0]:.0f} %" + (f" ({100 * sm[1]:.0f}-{100 * sm[2]:.0f} %)" if n > 1 else "")
+            budget = str(labelled) if labelled >= 0 else "?"
+            lines.append(f"| {method} | {budget} | {len(ws)} | {wname} | " + " | ".join(cells) + " |")
+    def pct(ws: Windows, key: str) -> str | None:
+        vals = [v for w in ws if (v := w.get("last quarter", {}).get(key)) is not None]
+        if not vals:
+            return None
+        lo, hi = f"{100 * min(vals):.0f}", f"{100 * max(vals):.0f}"
+        return f"{100 * statistics.fmean(vals):.0f} %" + (f" ({lo}-{hi} %)" if len(vals) > 1 and lo != hi else "")
+
+    def runs(n: int) -> str:
+        return f"{n} run{'s' if n != 1 else ''}"
 
     said = []
     for (method, labelled), ws in groups.items():
-        saacl, anco, sup = (summary(ws, "last quarter", k) for k in ("share/saacl", "share/anco", "share/sup"))
+        saacl, anco, sup = (pct(ws, k) for k in ("share/saacl", "share/anco", "share/sup"))
         if method != "actionpp" or saacl is None or anco is None or sup is None:
             continue
-        n = len(ws)
-        runs_txt = f"{n} run{'s' if n != 1 else ''}"
-        line = (f"- {labelled} labelled patient{'s' if labelled != 1 else ''}, ACTION++ ({runs_txt}): "
-                f"SAACL, the loss ACTION++ adds to ACTION, drives {pct(saacl, n)} of the backbone's update; AnCo, "
-                f"the anatomical contrast both methods train with (at ATS's temperature in ACTION++), {pct(anco, n)}; "
-                f"the supervised loss {pct(sup, n)}.")
+        budget = f"{labelled} labelled patient{'s' if labelled != 1 else ''}" if labelled >= 0 else "budget unknown"
+        line = f"- {budget}: ACTION++ ({runs(len(ws))}): SAACL {saacl}, AnCo {anco}, the supervised loss {sup}"
         other = groups.get(("action", labelled), [])
-        a_anco, a_sup = (summary(other, "last quarter", k) for k in ("share/anco", "share/sup"))
+        a_anco, a_sup = pct(other, "share/anco"), pct(other, "share/sup")
         if a_anco is not None and a_sup is not None:
-            line += (f" ACTION ({len(other)} run{'s' if len(other) != 1 else ''}): AnCo {pct(a_anco, len(other))}, "
-                     f"the supervised loss {pct(a_sup, len(other))}.")
-        said.append(line)
+            line += f"; ACTION ({runs(len(other))}): AnCo {a_anco}, the supervised loss {a_sup}"
+        said.append(line + ".")
     if said:
-        lines += ["", "## What ACTION++ adds, by its share of the update (last quarter of fine-tuning)", "",
-                  "Mean over the runs, the smallest and largest run in parentheses.", "", *said]
+        lines += ["", "## Where the update comes from, ACTION++ beside ACTION (last quarter of fine-tuning)", "",
+                  "Share of the backbone's update per loss term: the mean over the runs, the smallest and largest "
+                  "run in parentheses. ACTION++ adds two things to ACTION: the SAACL loss, and ATS, which schedules "
+                  "the temperatures of SAACL, AnCo and pre-training (ACTION's AnCo keeps a fixed temperature). The "
+                  "two methods' AnCo shares are therefore shares of two different losses; SAACL's share is the "
+                  "part of ACTION++'s update that ACTION has no term for.", "", *said]
     return "\n".join(lines) + "\n"

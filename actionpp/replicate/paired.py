@@ -53,7 +53,7 @@ __all__ = [
     "planned_pairs",
     "grid_design",
     "pooled_sd",
-    "sd_factor",
+    "equal_spread_test",
     "verdicts",
     "write_paired",
 ]
@@ -171,7 +171,8 @@ def _val_curve(log: Path) -> tuple[float, ...]:
             e = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(e, dict) and e.get("kind") == "val" and isinstance(e.get("dice"), (int, float)):
+        if isinstance(e, dict) and e.get("kind") == "val" and isinstance(e.get("dice"), (int, float)) \
+                and math.isfinite(e["dice"]):
             out.append(float(e["dice"]))
     return tuple(out)
 
@@ -368,29 +369,63 @@ def _paired_groups(runs: Sequence[ScoredRun], first: Any, second: Any) -> tuple[
     return xs, ys, diffs, n
 
 
-def sd_factor(df: int, level: float = LEVEL) -> tuple[float, float]:
-    """The range, as factors of an observed sample sd with ``df`` degrees of freedom, that holds the true sd
-    with probability ``level`` (normal data, chi-square): (sqrt(df / chi2_hi), sqrt(df / chi2_lo)).
+def equal_spread_test(xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]]) -> tuple[float, float, int]:
+    """Pitman-Morgan test that two estimates measured on the same runs spread equally over seeds.
 
-    >>> [round(x, 2) for x in sd_factor(3)]   # 3 df: the true sd may be 0.57 to 3.73 times the observed one
-    [0.57, 3.73]
+    ``xs[g][i]`` and ``ys[g][i]`` are the two estimates of run i in group g (a method at a budget). Within each
+    group both are centred on their group mean; with u = x + y and v = x - y, var x = var y exactly when u
+    and v are uncorrelated, and the correlation r of u and v on N runs in G groups has the t statistic
+    r sqrt(df / (1 - r^2)), df = N - G - 1 (a partial correlation given the groups). r > 0: x spreads more.
+    Returns ``(r, two-sided p, df)``; r and p are NaN when df < 1 or u or v does not vary.
+
+    >>> r, p, df = equal_spread_test([[70, 74], [60, 66, 63]], [[72, 73], [60, 63, 63]])
+    >>> round(r, 4), round(p, 4), df   # at 2 degrees of freedom p = 1 - |r|
+    (0.8152, 0.1848, 2)
     """
+    us, vs = [], []
+    for gx, gy in zip(xs, ys):
+        if len(gx) != len(gy):
+            raise ValueError("each group needs both estimates of every run")
+        if not gx:
+            continue
+        mx, my = statistics.fmean(gx), statistics.fmean(gy)
+        for x, y in zip(gx, gy):
+            us.append((x - mx) + (y - my))
+            vs.append((x - mx) - (y - my))
+    df = len(us) - sum(1 for g in xs if g) - 1
+    suv, suu, svv = sum(u * v for u, v in zip(us, vs)), sum(u * u for u in us), sum(v * v for v in vs)
+    if df < 1 or suu <= 0 or svv <= 0:
+        return math.nan, math.nan, max(df, 0)
+    r = max(-1.0, min(1.0, suv / math.sqrt(suu * svv)))
+    if abs(r) == 1.0:
+        return r, 0.0, df
     from scipy import stats
 
-    lo, hi = stats.chi2.ppf([0.5 + level / 2, 0.5 - level / 2], df)
-    return math.sqrt(df / lo), math.sqrt(df / hi)
+    t = r * math.sqrt(df / (1 - r * r))
+    return r, float(2 * stats.t.sf(abs(t), df)), df
 
 
-def _rough(df: int) -> str:
-    lo, hi = sd_factor(df)
-    return f" (at {df} degrees of freedom each sd is known only to a factor {lo:.2f} to {hi:.2f}, 95 %)"
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def _spread_test(xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]], level: float) -> str:
+    r, p, df = equal_spread_test(xs, ys)
+    if not math.isfinite(p):
+        return " (too few runs, or no spread, for a test of equal spread)"
+    verdict = ("a difference this large is unlikely if they spread equally" if p < 1 - level
+               else "a difference this large is well within what equal spreads give on these runs")
+    return (f"; a test of equal spread on the same runs (Pitman-Morgan, within each method and budget, "
+            f"{_plural(df, 'degree')} of freedom) gives p = {p:.2f}: {verdict}")
 
 
 def _less_noisy(name: str, sd_new: float, sd_old: float, old: str) -> str:
-    if not (math.isfinite(sd_new) and math.isfinite(sd_old)) or sd_old == 0:
+    if not (math.isfinite(sd_new) and math.isfinite(sd_old)):
         return f"{name} cannot be compared with {old}"
+    if sd_old == 0:
+        return f"{name} is as noisy as {old}" if sd_new == 0 else f"{name} is noisier than {old} (sd 0)"
     change = 100 * (1 - sd_new / sd_old)
-    if abs(change) < 0.05:
+    if abs(change) < 0.5:  # shown as a whole per cent
         return f"{name} is as noisy as {old}"
     return f"{name} is {abs(change):.0f} % {'less' if change > 0 else 'more'} noisy than {old}"
 
@@ -399,9 +434,12 @@ def noise_summary(runs: Sequence[ScoredRun], level: float = LEVEL) -> list[str]:
     """Sentences on the decision rule's noise question: is the EMA teacher, or the mean of the last three
     validations, a less noisy estimate than the last student checkpoint, and by how much?
 
-    Spread is the pooled within-group sample standard deviation over seeds (:func:`pooled_sd`; a group is a
-    method at a budget, with only the runs that have both estimates), so the two estimates are compared on
-    the same runs. The third sentence recomputes the primary comparison with the teacher's test Dice,
+    The EMA teacher is set against the student on test; the mean of the last three validations against the
+    last validation on val (the student checkpoint's own validation). Spread is the pooled within-group
+    sample standard deviation over seeds (:func:`pooled_sd`; a group is a method at a budget, with only the
+    runs that have both estimates, and pooling assumes one spread for all groups), so the two estimates are
+    compared on the same runs, with :func:`equal_spread_test` for whether their spreads differ beyond
+    chance. The third sentence recomputes the primary comparison with the teacher's test Dice,
     per budget with at least two pairs: the interval a replication would report if the teacher were its
     number (reported only; the rule's primary number stays the student's).
     """
@@ -412,11 +450,12 @@ def noise_summary(runs: Sequence[ScoredRun], level: float = LEVEL) -> list[str]:
     if df:
         which = _less_noisy("the teacher", t_sd, s_sd, "the student")
         out.append(
-            f"EMA teacher against student (test, last checkpoint; {n} runs scored both ways in {len(stud)} "
-            f"method x budget groups of two or more, pooled sd over seeds with {df} degrees of freedom): "
-            f"sd {t_sd:.2f} Dice points for the teacher, {s_sd:.2f} for the student: {which}{_rough(df)}; "
-            f"on average the teacher scores {statistics.fmean(diffs):+.2f} points against the student "
-            f"(range {min(diffs):+.2f} to {max(diffs):+.2f})."
+            f"EMA teacher against student (test, last checkpoint; {n} runs scored both ways in "
+            f"{_plural(len(stud), 'method x budget group')} of two or more, pooled sd over seeds with "
+            f"{_plural(df, 'degree')} of freedom): sd {t_sd:.2f} Dice points for the teacher, {s_sd:.2f} for the "
+            f"student: {which}{_spread_test(teach, stud, level)}. On average the teacher scores "
+            f"{statistics.fmean(diffs):+.2f} points against the student (range {min(diffs):+.2f} to "
+            f"{max(diffs):+.2f})."
         )
     else:
         out.append("EMA teacher against student: no method and budget has two runs scored both ways yet.")
@@ -428,9 +467,10 @@ def noise_summary(runs: Sequence[ScoredRun], level: float = LEVEL) -> list[str]:
         which = _less_noisy("the three-point mean", m_sd, l_sd, "the last validation")
         dip = statistics.fmean(abs(d) for d in diffs)
         out.append(
-            f"Mean of the last three validations against the last one (val; {n} runs in {len(last)} groups, "
-            f"{df} degrees of freedom): sd {m_sd:.2f} against {l_sd:.2f} Dice points: {which}{_rough(df)}; "
-            f"the last validation sits {dip:.2f} points from the three-point mean on average (the mid-run dip)."
+            f"Mean of the last three validations against the last one (val; {n} runs in "
+            f"{_plural(len(last), 'group')}, {_plural(df, 'degree')} of freedom): sd {m_sd:.2f} against "
+            f"{l_sd:.2f} Dice points: {which}{_spread_test(mean3, last, level)}. The last validation sits "
+            f"{dip:.2f} points from the three-point mean on average (the mid-run dip)."
         )
     else:
         out.append("Mean of the last three validations against the last one: no method and budget has two runs "
@@ -483,13 +523,14 @@ def planned_pairs(design: Iterable[tuple[str, str | None, int, int]],
 
 def grid_design(runs: Iterable[Any]) -> list[tuple[str, str | None, int, int]]:
     """``(method, variant, labelled, seed)`` of each run of an expanded grid (:func:`actionpp.replicate.expand`),
-    from its first notebook's parameters, for :func:`planned_pairs`; runs without a ``METHOD`` or
-    ``LABELLED_PATIENTS`` parameter are left out (their budget is not known before they run)."""
+    from its first notebook's parameters, for :func:`planned_pairs`; runs without a ``METHOD`` (text) or a
+    ``LABELLED_PATIENTS`` (whole number) parameter are left out (their budget is not known before they run)."""
     out = []
     for r in runs:
         p = r.parameters[0] if r.parameters else {}
-        if "METHOD" in p and "LABELLED_PATIENTS" in p:
-            out.append((str(p["METHOD"]), r.axes.get("VARIANT"), int(p["LABELLED_PATIENTS"]), int(p.get("SEED", 0))))
+        method, labelled, seed = p.get("METHOD"), p.get("LABELLED_PATIENTS"), p.get("SEED", 0)
+        if isinstance(method, str) and isinstance(labelled, int) and isinstance(seed, int):
+            out.append((method, r.axes.get("VARIANT"), labelled, seed))
     return out
 
 

@@ -169,14 +169,14 @@ def docs_section(dest: Path, docs: Path, grid: Grid, scored: bool = False) -> st
         f"![validation Dice along training]({rel}/val_dice.png)",
         "",
         f"Which loss term drives the update: [`{rel}/loss_shares.md`]({rel}/loss_shares.md).",
-        *_adds_section(dest / "loss_shares.md"),
+        *_shares_section(dest / "loss_shares.md"),
     ])
 
 
-def _adds_section(shares: Path) -> list[str]:
-    """The loss-shares file's section on what ACTION++ adds (its sentences), for the docs; [] when it has none."""
+def _shares_section(shares: Path) -> list[str]:
+    """The loss-shares file's section setting ACTION++ beside ACTION (its sentences), for the docs; [] if none."""
     text = shares.read_text() if shares.is_file() else ""
-    marker = "\n## What ACTION++ adds"
+    marker = "\n## Where the update comes from"
     if marker not in text:
         return []
     return ["", text[text.index(marker):].strip().replace("## ", "#### ", 1)]
