@@ -662,7 +662,7 @@ def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
     for ax, (a, b) in zip(axes[0], pairs):
         for bi, lab in enumerate(budgets):
             for split, style in (("test", "o"), ("val", "s")):
-                xs, ys, lo, hi = [], [], [], []
+                xs, ys, lo, hi, ns = [], [], [], [], set()
                 for ci, cls in enumerate(classes):
                     r = next((x for x in shown if (x.a, x.b, x.labelled, x.split, x.cls) == (a, b, lab, split, cls)),
                              None)
@@ -670,12 +670,13 @@ def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
                         continue
                     xs.append(ci + (bi - (len(budgets) - 1) / 2) * 0.22 + (0.06 if split == "val" else -0.06))
                     ys.append(r.paired.mean)
+                    ns.add(r.paired.n)
                     lo.append(r.paired.mean - r.paired.lo)
                     hi.append(r.paired.hi - r.paired.mean)
                 if xs:
                     ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style, color=colours(bi), capsize=3, ms=5,
                                 mfc=colours(bi) if split == "test" else "white",
-                                label=f"{lab} labelled, {split}")
+                                label=f"{lab} labelled, {split} ({'/'.join(map(str, sorted(ns)))} pairs)")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(len(classes)), classes)
         ax.set_title(f"{NAMES.get(a, a)} - {NAMES.get(b, b)}", fontsize=10)
