@@ -9,20 +9,17 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from actionpp.replicate.analysis import write_paired
+from actionpp.replicate.noise import compare_spreads, equal_spread_test, noise_rows, noise_summary, pooled_sd
 from actionpp.replicate.paired import (
     ScoredRun,
     collect_scored,
-    equal_spread_test,
     grid_design,
-    noise_rows,
-    noise_summary,
     paired_interval,
     paired_rows,
     planned_pairs,
-    pooled_sd,
     verdicts,
     welch_interval,
-    write_paired,
 )
 
 
@@ -241,14 +238,12 @@ def test_grid_design_reads_the_first_notebook_and_leaves_out_runs_of_unknown_bud
 
 
 def test_less_noisy_words_every_case():
-    from actionpp.replicate.paired import _less_noisy
-
-    assert _less_noisy("A", 1.0, 2.0, "B") == "A is 50 % less noisy than B"
-    assert _less_noisy("A", 3.0, 2.0, "B") == "A is 50 % more noisy than B"
-    assert _less_noisy("A", 1.996, 2.0, "B") == "A is as noisy as B"  # 0.2 %: would print as "0 % less"
-    assert _less_noisy("A", 0.0, 0.0, "B") == "A is as noisy as B"
-    assert _less_noisy("A", 1.0, 0.0, "B") == "A is noisier than B (sd 0)"
-    assert _less_noisy("A", math.nan, 1.0, "B") == "A cannot be compared with B"
+    assert compare_spreads("A", 1.0, 2.0, "B") == "A is 50 % less noisy than B"
+    assert compare_spreads("A", 3.0, 2.0, "B") == "A is 50 % more noisy than B"
+    assert compare_spreads("A", 1.996, 2.0, "B") == "A is as noisy as B"  # 0.2 %: would print as "0 % less"
+    assert compare_spreads("A", 0.0, 0.0, "B") == "A is as noisy as B"
+    assert compare_spreads("A", 1.0, 0.0, "B") == "A is noisier than B (sd 0)"
+    assert compare_spreads("A", math.nan, 1.0, "B") == "A cannot be compared with B"
 
 
 def test_grid_design_refuses_values_that_are_not_a_budget():
@@ -261,10 +256,10 @@ def test_grid_design_refuses_values_that_are_not_a_budget():
 
 
 def test_a_nan_validation_is_not_part_of_the_curve(tmp_path: Path):
-    from actionpp.replicate.paired import _val_curve
-
-    log = tmp_path / "log.jsonl"
+    out = tmp_path / "grid"
+    _write_run(out, "method=action_lab=3_seed=0", {"METHOD": "action", "LABELLED_PATIENTS": 3, "SEED": 0}, 0.5)
     entries = [{"kind": "val", "dice": 0.5}, {"kind": "val", "dice": float("nan")}, {"kind": "train", "dice": 0.9},
                {"kind": "val", "dice": 0.7}]
-    log.write_text("\n".join(json.dumps(e) for e in entries))
-    assert _val_curve(log) == (0.5, 0.7)
+    (out / "method=action_lab=3_seed=0" / "run" / "log.jsonl").write_text("\n".join(json.dumps(e) for e in entries))
+    (run,) = collect_scored(out)
+    assert run.val_curve == (0.5, 0.7)

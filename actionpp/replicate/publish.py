@@ -357,7 +357,8 @@ def _test_records(records: Sequence[RunRecord], split: str = "test") -> list[Run
 def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run] = ()) -> bool:
     """Copy each run's ``scores.json``; when any run has one, the test-split tables and the paired analysis
     (whose verdicts say when a budget still has planned pairs to come: ``runs``, the whole grid)."""
-    from actionpp.replicate.paired import grid_design, planned_pairs, write_paired
+    from actionpp.replicate.analysis import write_paired
+    from actionpp.replicate.paired import grid_design, planned_pairs
     from actionpp.replicate.score import SCORES
 
     copied = False
