@@ -24,18 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actionpp.replicate.grid import Run
+from actionpp.replicate.logs import TRAIN_DIR
+from actionpp.runlog import RunFileError, read_jsonl
 
 __all__ = ["Estimate", "estimate", "run_kind", "trained_fraction"]
-
-TRAIN_DIR = "run"  # 04_train's training run inside a grid run (as actionpp.replicate.logs)
-
 
 def run_kind(run: Run) -> str:
     """What a run's training time depends on: its ``VARIANT`` when it has one, else its ``METHOD``."""
     variant = run.axes.get("VARIANT")
-    if variant is not None:
-        return str(variant)
-    return str(run.parameters[0].get("METHOD", "?")) if run.parameters else "?"
+    return str(variant) if variant is not None else _method(run)
 
 
 def _method(run: Run) -> str:
@@ -65,8 +62,8 @@ def trained_fraction(run_dir: Path) -> float:
     rd = Path(run_dir) / TRAIN_DIR
     try:
         cfg = yaml.safe_load((rd / "config.yaml").read_text()) or {}
-        lines = (rd / "log.jsonl").read_text(errors="replace").splitlines()
-    except (OSError, yaml.YAMLError):
+        log = read_jsonl(rd / "log.jsonl")  # complete lines only: a killed run's torn last line is skipped
+    except (OSError, yaml.YAMLError, RunFileError):
         return 0.0
     method, train = cfg.get("method") or {}, cfg.get("train") or {}
     every = int((cfg.get("runtime") or {}).get("checkpoint_every") or 0)
@@ -77,15 +74,8 @@ def trained_fraction(run_dir: Path) -> float:
             ends.append(total)  # the phase's end on the shared counter: always a checkpoint
     if total <= 0:
         return 0.0
-    last = 0
-    for line in lines:
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(e, dict) and e.get("kind") == "train" and isinstance(e.get("iteration"), int):
-            last = max(last, e["iteration"])
-    last = min(last, total)
+    its = [e["iteration"] for e in log if e.get("kind") == "train" and isinstance(e.get("iteration"), int)]
+    last = min(max(its, default=0), total)
     kept = max([0, *(e for e in ends if e <= last), *([last // every * every] if every > 0 else [])])
     return kept / total
 

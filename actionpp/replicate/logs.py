@@ -219,8 +219,11 @@ def loss_shares(records: Sequence[RunRecord]) -> str:
 
     Windows = list[dict[str, dict[str, float | None]]]
 
+    def values(ws: Windows, wname: str, key: str) -> list[float]:
+        return [v for w in ws if (v := w.get(wname, {}).get(key)) is not None]
+
     def summary(ws: Windows, wname: str, key: str) -> tuple[float, float, float] | None:
-        vals = [v for w in ws if (v := w.get(wname, {}).get(key)) is not None]
+        vals = values(ws, wname, key)
         return (statistics.fmean(vals), min(vals), max(vals)) if vals else None
 
     lines += ["", "## Per method and budget", "",
@@ -236,12 +239,13 @@ def loss_shares(records: Sequence[RunRecord]) -> str:
                 cells.append("-" if sm is None else f"{sm[0]:.3f} [{sm[1]:.3f}, {sm[2]:.3f}]")
             budget = str(labelled) if labelled >= 0 else "?"
             lines.append(f"| {method} | {budget} | {len(ws)} | {wname} | " + " | ".join(cells) + " |")
+
     def pct(ws: Windows, key: str) -> str | None:
-        vals = [v for w in ws if (v := w.get("last quarter", {}).get(key)) is not None]
-        if not vals:
+        sm = summary(ws, "last quarter", key)
+        if sm is None:
             return None
-        lo, hi = f"{100 * min(vals):.0f}", f"{100 * max(vals):.0f}"
-        return f"{100 * statistics.fmean(vals):.0f} %" + (f" ({lo}-{hi} %)" if len(vals) > 1 and lo != hi else "")
+        lo, hi = f"{100 * sm[1]:.0f}", f"{100 * sm[2]:.0f}"
+        return f"{100 * sm[0]:.0f} %" + (f" ({lo}-{hi} %)" if lo != hi else "")
 
     def runs(n: int) -> str:
         return f"{n} run{'s' if n != 1 else ''}"
