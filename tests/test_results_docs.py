@@ -100,3 +100,20 @@ def test_every_signed_number_of_the_verdict_prose_is_in_the_runners_verdict(metr
     assert quoted, "the prose quotes the run's differences"
     missing = [q for q in quoted if q not in known]
     assert not missing, f"numbers in docs/results.md's verdict prose that the run did not print: {missing}"
+
+
+def test_the_run_carries_its_parameters_and_log(metrics: dict) -> None:
+    """Provenance beside the numbers: the parameters the run used are the lab profile's and those metrics.json
+    records, and its log shows it trained every arm x ratio x seed."""
+    import yaml
+
+    folder = METRICS.parent
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    lab = yaml.safe_load((ROOT / "notebooks" / "params" / "lab" / "07_beyond_medical.yaml").read_text())
+    assert cfg["notebook"] == "notebooks/07_beyond_medical.ipynb" and cfg["parameters"] == lab
+    for key, value in metrics["config"].items():
+        if key.upper() in cfg["parameters"]:
+            assert cfg["parameters"][key.upper()] == value, key
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    n = len(lab["METHODS"]) * len(lab["RATIOS"]) * len(lab["SEEDS"])
+    assert n == metrics["n_runs"] and any(e["text"].startswith(f"{n} trainings in ") for e in log)
