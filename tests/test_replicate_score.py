@@ -114,8 +114,8 @@ def test_grid_score_block_reaches_every_run_and_a_done_run_without_scores_is_bro
 
 
 def test_publishing_a_scored_grid_adds_scores_test_tables_paired_analysis_and_embedding_samples(tmp_path: Path) -> None:
-    """A scored grid's published folder: per run scores.json and embeddings.npz (from the last checkpoint), the
-    test-split tables, paired.{csv,md,png}; notebook 05 and 06 read it back (headtail, paired)."""
+    """A scored grid's published folder: per run scores.json, batchnorm.json and embeddings.npz (from the last
+    checkpoint), the test-split tables, paired.{csv,md,png}, batchnorm.md; notebooks 05 and 06 read it back."""
     from actionpp import headtail
     from actionpp.embeddings import SAMPLE_FILE
     from actionpp.replicate.paired import collect_scored
@@ -137,6 +137,7 @@ def test_publishing_a_scored_grid_adds_scores_test_tables_paired_analysis_and_em
 
     grid = rp.load_grid({"name": "g", "notebooks": ["04_train"], "profile": "smoke",
                          "score": {"splits": ["val", "test"], "weights": ["student", "teacher"]},
+                         "batchnorm_check": {"images": 8},
                          "axes": {"METHOD": ["action", "actionpp"], "SEED": [0, 1]}})
     runs = rp.expand(grid)
     out = tmp_path / "runs"
@@ -144,10 +145,15 @@ def test_publishing_a_scored_grid_adds_scores_test_tables_paired_analysis_and_em
     dest = publish(out, runs, grid, tmp_path / "results" / "g", command="test")
     for r in runs:
         names = {p.name for p in (dest / r.run_id).iterdir()}
-        assert {"scores.json", SAMPLE_FILE, "metrics.json", "done", "run"} <= names and "last.pt" not in names
+        assert {"scores.json", "batchnorm.json", SAMPLE_FILE, "metrics.json", "done", "run"} <= names
+        assert "last.pt" not in names
     assert {"results_test.md", "results_test.csv", "paired.md", "paired.csv", "paired.png"} <= {
         p.name for p in dest.iterdir()}
     assert "results on the test split" in (dest / "results_test.md").read_text()
+    # the BatchNorm check: one line per run, and the per-budget line naming both methods
+    bn = (dest / "batchnorm.md").read_text()
+    assert all(f"| {r.run_id} |" in bn for r in runs) and "ACTION++" in bn and "ACTION " in bn
+    assert "`batchnorm.md`" in (dest / "README.md").read_text()
     # the published folder is what notebooks 05 and 06 read
     assert len(collect_scored(dest)) == 4
     pub = headtail.load_published(dest, methods=["action", "actionpp"])

@@ -1,7 +1,9 @@
-"""``actionpp evaluate CHECKPOINT --data ROOT --split val|test [--json] [--save-predictions DIR]``.
+"""``actionpp evaluate CHECKPOINT --data ROOT --split val|test [--json] [--save-predictions DIR] [--reestimate-bn N]``.
 
 CHECKPOINT is a ``.pt`` written by ``actionpp train`` or a run directory (its
-``best.pt`` or ``last.pt``, following the run's ``eval.select``).
+``best.pt`` or ``last.pt``, following the run's ``eval.select``). ``--reestimate-bn N`` scores the
+split as stored, then with BatchNorm's running statistics re-estimated from N unlabelled training
+images, and from N images mixed as a fine-tuning batch (:mod:`actionpp.bnstats`, a diagnostic).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--partial", action="store_true",
                    help="score the volumes of the split that are present when some listed ones are absent "
                         "(they are named in the output); without it such a split is refused")
+    p.add_argument("--reestimate-bn", type=int, default=None, metavar="N",
+                   help="diagnostic: also score with BatchNorm's running statistics re-estimated from N unlabelled "
+                        "training images of the run's data, and from N images mixed as a fine-tuning batch "
+                        "(labelled and unlabelled); the checkpoint is not changed")
     p.set_defaults(func=_run)
 
 
@@ -42,6 +48,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.overwrite and args.save_predictions is None:
         raise UsageError("--overwrite replaces saved predictions: it needs --save-predictions DIR")
+    if args.reestimate_bn is not None:
+        return _run_bn(args, UsageError)
 
     report = evaluate_checkpoint(
         args.checkpoint, data=args.data, split=args.split, which=args.which, device=args.device,
@@ -59,4 +67,27 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{report['checkpoint']} on {report['data']} [{report['split']}], {report['volumes']} volumes")
         for key, value in s.items():
             print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    return 0
+
+
+def _run_bn(args: argparse.Namespace, usage_error: type[Exception]) -> int:
+    """``--reestimate-bn N``: the split as stored and after re-estimating BatchNorm's statistics."""
+    from actionpp.bnstats import check_batchnorm
+
+    if args.reestimate_bn < 2:
+        raise usage_error(f"--reestimate-bn needs at least 2 images, got {args.reestimate_bn}")
+    if args.save_predictions is not None or args.partial:
+        raise usage_error("--reestimate-bn scores the whole split without saving predictions: drop "
+                          "--save-predictions / --partial")
+    report = check_batchnorm(args.checkpoint, split=args.split, which=args.which, images=args.reestimate_bn,
+                             device=args.device, data=args.data)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['checkpoint']} [{report['split']}]: BatchNorm statistics as stored, and re-estimated from "
+          f"{report['batches']} batches of {report['batch']} ({report['source']}, seed {report['seed']})")
+    for label, key in (("as stored", "stored"), ("unlabelled", "unlabelled"), ("mixed", "mixed")):
+        s = report[key]
+        classes = ", ".join(f"{c} {v:.3f}" for c, v in s["dice_per_class"].items())
+        print(f"  {label:>10}: Dice {s['dice']:.3f} ({classes}); missed structures {s['empty']['missed']}")
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from actionpp.paths import repo_root
+from actionpp.replicate.batchnorm import BatchNormSpec, parse_batchnorm_spec
 from actionpp.replicate.score import ScoreSpec, parse_score_spec
 
 __all__ = [
@@ -70,6 +71,7 @@ class Grid:
     variants: Mapping[str, Mapping[str, Any]]
     blocks: tuple[Grid, ...] = ()  # when the file lists blocks: one sub-grid each (axes / variants empty here)
     score: ScoreSpec | None = None  # what the runner scores after each run (actionpp.replicate.score)
+    batchnorm: BatchNormSpec | None = None  # the BatchNorm check of each run, when tabulated (replicate.batchnorm)
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,8 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
         base = base or src.parent
     if not isinstance(raw, dict):
         raise GridError(f"{where}: a grid is a mapping with keys notebooks, profile, parameters, axes, variants")
-    allowed = {"name", "notebooks", "profile", "parameters", "axes", "variants", "description", "blocks", "score"}
+    allowed = {"name", "notebooks", "profile", "parameters", "axes", "variants", "description", "blocks", "score",
+               "batchnorm_check"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise GridError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -184,6 +187,15 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
     if raw.get("score") is not None:
         try:
             score = parse_score_spec(raw["score"], where)
+        except ValueError as exc:
+            raise GridError(str(exc)) from None
+    batchnorm: BatchNormSpec | None = None
+    if raw.get("batchnorm_check") is not None:
+        if score is None:
+            raise GridError(f"{where}: batchnorm_check reads the checkpoint the runner scores: "
+                            "it needs a 'score' block")
+        try:
+            batchnorm = parse_batchnorm_spec(raw["batchnorm_check"], where)
         except ValueError as exc:
             raise GridError(str(exc)) from None
 
@@ -222,6 +234,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
             variants={},
             blocks=tuple(blocks),
             score=score,
+            batchnorm=batchnorm,
         )
 
     axes_raw = raw.get("axes") or {}
@@ -266,6 +279,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
         axes=axes,
         variants=variants,
         score=score,
+        batchnorm=batchnorm,
     )
 
 

@@ -22,7 +22,8 @@ from typing import Any
 from actionpp.replicate.tables import RunRecord
 from actionpp.runlog import read_json_file
 
-__all__ = ["train_summary", "best_records", "validation_curves", "plot_validation_curves", "loss_shares", "TRAIN_DIR"]
+__all__ = ["train_summary", "best_records", "validation_curves", "plot_validation_curves", "loss_shares",
+           "method_and_budget", "TRAIN_DIR"]
 
 TRAIN_DIR = "run"  # the training run directory inside a grid run (04_train: OUT_DIR / "run")
 
@@ -181,7 +182,8 @@ def share_windows(record: RunRecord) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def _group(record: RunRecord) -> tuple[str, int]:
+def method_and_budget(record: RunRecord) -> tuple[str, int]:
+    """``(variant or method, labelled patients)`` of a run; -1 when its budget is unknown."""
     axes = record.axes
     method = str(axes.get("VARIANT") or axes.get("METHOD") or record.metrics.get("method") or "?")
     labelled = axes.get("LABELLED_PATIENTS", record.metrics.get("labelled_patients"))
@@ -210,7 +212,7 @@ def loss_shares(records: Sequence[RunRecord]) -> str:
         w = per_run[r.run_id]
         if not w:
             continue
-        groups.setdefault(_group(r), []).append(w)
+        groups.setdefault(method_and_budget(r), []).append(w)
         for wname, vals in w.items():
             cells = [f"{v:.3f}" if v is not None else "-" for v in vals.values()]
             lines.append(f"| {r.run_id} | {wname} | " + " | ".join(cells) + " |")

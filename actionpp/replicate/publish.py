@@ -19,6 +19,9 @@
   checkpoints and executed notebooks, so every reader of a grid folder
   (:func:`~actionpp.replicate.tables.collect`, :mod:`actionpp.replicate.logs`,
   notebook 06) reads a published folder too; nothing is edited, only copied;
+- ``batchnorm.md`` and per run ``batchnorm.json`` when the grid has a ``batchnorm_check`` block: the
+  split scored with BatchNorm's statistics as stored and re-estimated (:mod:`actionpp.replicate.batchnorm`;
+  a run's check is computed once, into its run folder, the first time it is published);
 - ``README.md``: the grid file, the command, the commits the runs trained on, dates, wall times.
 
 Everything in ``DIR`` is written by this function from files the runs wrote. ``DIR`` is a folder
@@ -121,6 +124,10 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
            "teacher, as the grid's `score` block asks), `results_test.md` / `results_test.csv` (the test split), "
            "`paired.md` / `paired.csv` / `paired.png` (methods compared per seed: `actionpp.replicate.paired`)."]
           if (dest / "paired.md").is_file() else []),
+        *(["", "BatchNorm check (the grid's `batchnorm_check` block): per run `batchnorm.json`, `batchnorm.md` "
+           "(each run's checkpoint scored with BatchNorm's running statistics as stored and re-estimated: "
+           "`actionpp.replicate.batchnorm`)."]
+          if (dest / "batchnorm.md").is_file() else []),
         *(["", "Per run `embeddings.npz`: a sample of its validation-pixel embeddings (head and decoder features, "
            "class-balanced and natural, fp16) from its last checkpoint, for notebook 05."]
           if any((dest / r.run_id / "embeddings.npz").is_file() for r in records) else []),
@@ -170,6 +177,7 @@ def docs_section(dest: Path, docs: Path, grid: Grid, scored: bool = False) -> st
         "",
         f"Which loss term drives the update: [`{rel}/loss_shares.md`]({rel}/loss_shares.md).",
         *_shares_section(dest / "loss_shares.md"),
+        *_batchnorm_section(dest / "batchnorm.md", rel),
     ])
 
 
@@ -180,6 +188,16 @@ def _shares_section(shares: Path) -> list[str]:
     if marker not in text:
         return []
     return ["", text[text.index(marker):].strip().replace("## ", "#### ", 1)]
+
+
+def _batchnorm_section(path: Path, rel: Path) -> list[str]:
+    """The BatchNorm check's per-budget lines for the docs, with a link to the file; [] without one."""
+    text = path.read_text() if path.is_file() else ""
+    marker = "\n## What re-estimating the statistics changes, per budget"
+    if marker not in text:
+        return []
+    return ["", f"BatchNorm's statistics, stored against re-estimated (a diagnostic): [`{rel}/batchnorm.md`]"
+            f"({rel}/batchnorm.md).", "", text[text.index(marker):].strip().replace("## ", "#### ", 1)]
 
 
 def _published_before(grid: Grid) -> Any:
@@ -309,6 +327,8 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
                 shutil.copyfile(src, d / TRAIN_DIR / name)
     _prune_stale(dest, records)
     scored = _publish_scores(records, dest, runs)
+    if grid.batchnorm is not None and grid.score is not None:
+        _publish_batchnorm(records, dest, grid)
     if embeddings:
         _publish_embedding_samples(records, dest)
     atomic_write_text(dest / "README.md", _readme(grid, records, runs, command, dest))
@@ -326,7 +346,7 @@ def _prune_stale(dest: Path, records: Sequence[RunRecord]) -> None:
         if d.name in current:
             continue
         names = {p.name for p in d.iterdir()}
-        if names <= {"done", "metrics.json", "scores.json", "embeddings.npz", TRAIN_DIR}:  # what publish writes
+        if names <= {"done", "metrics.json", "scores.json", "batchnorm.json", "embeddings.npz", TRAIN_DIR}:  # ours
             shutil.rmtree(d)
 
 
@@ -376,6 +396,17 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run
                                                                        "checkpoint, student, scored by the runner)"))
     write_paired(dest, only=[r.run_id for r in records], planned=planned_pairs(grid_design(runs)))
     return True
+
+
+def _publish_batchnorm(records: Sequence[RunRecord], dest: Path, grid: Grid) -> None:
+    """Each run's BatchNorm check (computed into its run folder when missing), copied, and ``batchnorm.md``."""
+    from actionpp.replicate.batchnorm import BATCHNORM, batchnorm_markdown, checks_for
+
+    assert grid.batchnorm is not None and grid.score is not None
+    checks = checks_for(records, grid.score, grid.batchnorm)
+    for r, _ in checks:
+        shutil.copyfile(r.path / BATCHNORM, dest / r.run_id / BATCHNORM)
+    atomic_write_text(dest / "batchnorm.md", batchnorm_markdown(checks))
 
 
 def _two_dimensional(dataset: Any) -> bool:
