@@ -1,23 +1,24 @@
 """BatchNorm's running statistics: re-estimating them from images, and what that changes on a split.
 
 A network is scored in eval mode: every BatchNorm layer normalises with the running mean and
-variance it accumulated over the training batches, not with the statistics of the images in
-front of it. When those training batches do not look like the images scored (few labelled
-patients the network has memorised, strong augmentations in the same forward), a network can
-segment well in train mode and badly in eval mode. :func:`check_batchnorm` tells the two apart on
-a checkpoint: it scores the split as stored, then again after :func:`reestimate_batchnorm` has
-replaced the running statistics by the average over unlabelled training images (no labels, no
-gradient, the weights untouched), and once more with batches mixed as in fine-tuning (labelled
-and unlabelled images). A large gain from the unlabelled images says the running statistics, not
-the weights, are what fails; the mixed batches say whether the training batches' composition is
-why. It is a diagnostic: the numbers a table reports stay the stored checkpoint's.
+variance it kept during training (an exponential average, momentum 0.1: mostly the last few dozen
+training batches, seen by weights that were still moving), not with the statistics of the images
+in front of it. When those training batches do not look like the images scored, a network can
+segment well in train mode and badly in eval mode. :func:`check_batchnorm` tells the two apart on a
+checkpoint: it scores the split as stored, then again after :func:`reestimate_batchnorm` has replaced
+the running statistics by the average over unlabelled training images (no labels, no gradient, the
+weights untouched), and once more over batches composed as the run's fine-tuning forward composes
+them (labelled and unlabelled images in one forward or in two, or labelled only), without their
+augmentation. A large gain from the unlabelled images says the running statistics, not the weights,
+are what fails; the training-composed batches say whether the batches' composition reproduces the
+failure. It is a diagnostic: the numbers a table reports stay the stored checkpoint's.
 
 Only BatchNorm layers switch to train mode while re-estimating; dropout stays off
 (``torch.optim.swa_utils.update_bn`` puts the whole network in train mode, dropout included,
 which would make the statistics those of a network that is never scored).
 
-``actionpp evaluate RUN --data shared --split val --reestimate-bn 400`` prints both; a grid's
-``batchnorm_check`` block has the runner do it for every run (:mod:`actionpp.replicate.batchnorm`).
+``actionpp evaluate RUN --data shared --split val --reestimate-bn 400`` prints the three; a grid's
+``batchnorm_check`` block has ``replicate --publish`` do it for every run (:mod:`actionpp.replicate.batchnorm`).
 Taught in notebooks/06_replication_report.ipynb.
 """
 
@@ -31,9 +32,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["FORMAT", "batchnorm_layers", "reestimate_batchnorm", "draw_batches", "check_batchnorm"]
+__all__ = ["FORMAT", "batchnorm_layers", "reestimate_batchnorm", "draw_batches", "training_batches",
+           "check_batchnorm"]
 
-FORMAT = 1
+FORMAT = 2  # 2: the third score is `training` (composed as the run's fine-tuning batches); 1 had `mixed`
 
 
 def batchnorm_layers(net: nn.Module) -> list[_BatchNorm]:
@@ -45,20 +47,21 @@ def reestimate_batchnorm(net: nn.Module, batches: Iterable[Tensor]) -> int:
     """Replace every BatchNorm layer's running mean and variance by their average over ``batches``.
 
     Each layer's statistics are reset, then every batch goes through ``net`` with the BatchNorm layers
-    in train mode (the rest in eval mode: no dropout) and no gradient; with ``momentum=None`` a layer's
-    running mean is the plain average of the batch means, its running variance the average of the
-    unbiased batch variances, as ``torch.nn.BatchNorm`` defines them. Afterwards the layers' momenta
-    and the network's train / eval mode are as before. Returns the number of images seen.
+    in train mode (every other module in eval mode: no dropout) and no gradient; with ``momentum=None`` a
+    layer's running mean is the plain average of the batch means, its running variance the average of
+    the unbiased batch variances, as ``torch.nn.BatchNorm`` defines them, and ``num_batches_tracked`` the
+    number of batches. Afterwards every module's train / eval mode and every layer's momentum are as
+    before. Returns the number of images seen.
 
-    Raises ``ValueError`` (the network's statistics unchanged) for a network without BatchNorm, no
-    batch, or a batch of one image (train-mode BatchNorm needs more than one value per channel).
+    Raises ``ValueError`` (the statistics unchanged) for a network without BatchNorm, no batch, or a
+    batch of one image (its statistics would be one image's, not a batch's).
     """
     layers = batchnorm_layers(net)
     if not layers:
         raise ValueError(f"{type(net).__name__} has no BatchNorm layer with running statistics to re-estimate")
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in layers]
     momenta = [m.momentum for m in layers]
-    was_training = net.training
+    modes = [(m, m.training) for m in net.modules()]
     seen = 0
     try:
         net.eval()
@@ -69,7 +72,7 @@ def reestimate_batchnorm(net: nn.Module, batches: Iterable[Tensor]) -> int:
         with torch.no_grad():
             for x in batches:
                 if x.shape[0] < 2:
-                    raise ValueError(f"a batch of {x.shape[0]} image(s): train-mode BatchNorm needs at least 2")
+                    raise ValueError(f"a batch of {x.shape[0]} image(s): a batch's statistics need at least 2")
                 net(x)
                 seen += int(x.shape[0])
         if seen == 0:
@@ -81,7 +84,8 @@ def reestimate_batchnorm(net: nn.Module, batches: Iterable[Tensor]) -> int:
     finally:
         for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
-        net.train(was_training)
+        for module, mode in modes:
+            module.training = mode
     return seen
 
 
@@ -90,11 +94,14 @@ def draw_batches(parts: Sequence[tuple[Tensor | list[Tensor], int]], batches: in
     """``batches`` batches, each the concatenation of ``k`` images of every ``(images, k)`` in ``parts``.
 
     ``images``: ``(N, C, H, W)`` (2D) or a list of ``(C, X, Y, Z)`` volumes (3D: each image a random ``crop``
-    of a drawn volume). Every part is drawn without repetition while it lasts (a seeded permutation), then
-    again; no augmentation. Raises ``ValueError`` for an empty part or batches of fewer than 2 images.
+    of a drawn volume). Every part is drawn as seeded permutations one after the other (every image once
+    before any twice; a batch that straddles two permutations may hold one image twice); no augmentation.
+    Raises ``ValueError`` for an empty part, no batch, or batches of fewer than 2 images.
     """
     from actionpp import augment as aug
 
+    if batches < 1:
+        raise ValueError(f"batches must be at least 1, got {batches}")
     gen = torch.Generator().manual_seed(seed)
     if sum(k for _, k in parts) < 2 or any(k < 1 for _, k in parts):
         raise ValueError(f"a batch needs at least 2 images and every part at least 1, got {[k for _, k in parts]}")
@@ -119,31 +126,54 @@ def draw_batches(parts: Sequence[tuple[Tensor | list[Tensor], int]], batches: in
         yield torch.cat(xs)
 
 
+def training_batches(cfg: Any, x_l: Tensor | list[Tensor], x_u: Tensor | list[Tensor], images: int,
+                     seed: int) -> tuple[Iterator[Tensor], str]:
+    """BatchNorm batches composed as the run's fine-tuning forward composes them, about ``images`` images in all,
+    and a description: ``B_l`` labelled and ``B_u`` unlabelled images in one forward (``train.finetune_forward:
+    joint``), the two in separate forwards (``separate``: a labelled batch, then an unlabelled one), or
+    ``B_l`` labelled alone for a method whose fine-tuning reads no unlabelled image (supervised)."""
+    b_l, b_u = cfg.train.batch_labelled, cfg.train.batch_unlabelled
+    crop = tuple(cfg.data.crop)
+    if not cfg.method.finetune_unlabelled:
+        return draw_batches([(x_l, b_l)], max(images // b_l, 1), seed, crop), f"{b_l} labelled images per batch"
+    n = max(images // (b_l + b_u), 1)
+    if cfg.train.finetune_forward != "separate":
+        return (draw_batches([(x_l, b_l), (x_u, b_u)], n, seed, crop),
+                f"{b_l} labelled + {b_u} unlabelled images in one batch")
+
+    def alternate() -> Iterator[Tensor]:
+        for both in draw_batches([(x_l, b_l), (x_u, b_u)], n, seed, crop):
+            yield both[:b_l]
+            yield both[b_l:]
+    return alternate(), f"{b_l} labelled, then {b_u} unlabelled images, in two batches"
+
+
 def check_batchnorm(checkpoint: str | Path, split: str = "val", which: str = "last", weights: str = "student",
                     images: int = 400, seed: int = 0, device: str | torch.device = "cpu",
                     data: str | None = None) -> dict[str, Any]:
     """Score ``checkpoint`` on ``split`` as stored and with its BatchNorm statistics re-estimated two ways.
 
     ``unlabelled``: from ``images`` unlabelled training images of the run's own data (``data``: another root)
-    in batches of the run's fine-tuning batch size ``B = train.batch_labelled + train.batch_unlabelled``;
-    ``mixed``: as many batches, each ``train.batch_labelled`` labelled and ``train.batch_unlabelled``
-    unlabelled images, the composition of a fine-tuning batch without its augmentation. When ``mixed``
-    fails as the stored statistics do and ``unlabelled`` does not, the labelled images in the training
-    batches are what the stored statistics describe. Both drawn with ``seed``; the checkpoint file is not
-    changed. Returns JSON-safe data::
+    in batches of ``B = train.batch_labelled + train.batch_unlabelled``; ``training``: from about as many
+    images in batches composed as the run's fine-tuning forward composes them (:func:`training_batches`).
+    Both drawn with ``seed``, without augmentation; the checkpoint file is not changed. Returns JSON-safe
+    data::
 
-        {"format": 1, "checkpoint", "iteration", "split", "weights", "images", "batch", "batches", "seed",
-         "source": "...", "stored": SUMMARY, "unlabelled": SUMMARY, "mixed": SUMMARY}
+        {"format": 2, "checkpoint", "checkpoint_mtime_ns", "iteration", "note", "split", "weights", "images",
+         "batch", "seed", "data", "training_batches": "...", "stored": SUMMARY, "unlabelled": SUMMARY,
+         "training": SUMMARY}
 
-    with SUMMARY as :func:`actionpp.evaluate.summarise_result` (``dice``, ``dice_per_class``, ``empty``, ...).
-    Errors of :func:`actionpp.evaluate.evaluate_run` (no checkpoint, a split the data lack) and of
+    with SUMMARY as :func:`actionpp.evaluate.summarise_result` (``dice``, ``dice_per_class``, ``empty``, ...)
+    and ``checkpoint_mtime_ns`` read before the checkpoint is. Errors of
+    :func:`actionpp.evaluate.evaluate_run` (no checkpoint, a split the data lack) and of
     :func:`reestimate_batchnorm` propagate.
     """
     from actionpp.checkpoint import checkpoint_choice, load_checkpoint
     from actionpp.evaluate import evaluate, evaluate_run, summarise_result
     from actionpp.train.data import load_training_data
 
-    path, _ = checkpoint_choice(checkpoint, which)
+    path, note = checkpoint_choice(checkpoint, which)
+    mtime = path.stat().st_mtime_ns  # before reading it: a file replaced meanwhile is not recorded as this one
     state = load_checkpoint(path, map_location="cpu")
     iteration = state.get("iteration")
     del state
@@ -151,17 +181,17 @@ def check_batchnorm(checkpoint: str | Path, split: str = "val", which: str = "la
     cfg = ev.config if data is None else ev.config.replace({"data.root": str(ev.root)})
     dev = next(ev.network.parameters()).device
     train = load_training_data(cfg, dev, with_val=False).train
-    b_l, b_u = cfg.train.batch_labelled, cfg.train.batch_unlabelled
-    n_batches = max(images // (b_l + b_u), 1)
-    crop = tuple(cfg.data.crop)
+    b = cfg.train.batch_labelled + cfg.train.batch_unlabelled
+    n_unl = max(images // b, 1)
+    composed, described = training_batches(cfg, train.x_l, train.x_u, images, seed)
     out: dict[str, Any] = {
-        "format": FORMAT, "checkpoint": str(path), "iteration": iteration, "split": split, "weights": weights,
-        "images": n_batches * (b_l + b_u), "batch": b_l + b_u, "batches": n_batches, "seed": seed,
-        "source": f"training images of {ev.root}, no augmentation, BatchNorm in train mode, no dropout",
-        "stored": ev.summary,
+        "format": FORMAT, "checkpoint": str(path), "checkpoint_mtime_ns": mtime, "iteration": iteration,
+        "note": note, "split": split, "weights": weights, "images": n_unl * b, "batch": b, "seed": seed,
+        "data": str(ev.root), "training_batches": described, "stored": ev.summary,
     }
-    for name, parts in (("unlabelled", [(train.x_u, b_l + b_u)]), ("mixed", [(train.x_l, b_l), (train.x_u, b_u)])):
-        reestimate_batchnorm(ev.network, draw_batches(parts, n_batches, seed, crop))
+    for name, batches in (("unlabelled", draw_batches([(train.x_u, b)], n_unl, seed, tuple(cfg.data.crop))),
+                          ("training", composed)):
+        reestimate_batchnorm(ev.network, batches)
         with torch.no_grad():
             again = evaluate(ev.network, ev.volumes, dataset=cfg.data.dataset, size=cfg.data.size,
                              patch=cfg.data.crop, num_classes=cfg.data.num_classes, device=dev, progress=False,

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from actionpp import replicate as rp
-from actionpp.bnstats import check_batchnorm, draw_batches, reestimate_batchnorm
+from actionpp.bnstats import check_batchnorm, draw_batches, reestimate_batchnorm, training_batches
 from actionpp.config import load_config
 from actionpp.evaluate import evaluate_run
-from actionpp.replicate.batchnorm import BATCHNORM, BatchNormSpec, batchnorm_markdown, check_run
+from actionpp.replicate.batchnorm import BATCHNORM, BatchNormSpec, RunBusy, batchnorm_markdown, check_run, checks_for
+from actionpp.replicate.run import run_lock
 from actionpp.replicate.score import ScoreSpec
 from actionpp.replicate.tables import RunRecord
 from actionpp.train import train
@@ -67,6 +70,35 @@ def test_a_refused_re_estimation_leaves_the_statistics_as_they_were() -> None:
         reestimate_batchnorm(nn.Sequential(nn.Conv2d(1, 1, 1)), _two_batches())
 
 
+def test_every_module_keeps_its_own_mode() -> None:
+    """A network in eval mode with one sub-module in train mode (a dropout someone left on) comes back so."""
+    net = nn.Sequential(nn.BatchNorm2d(1), nn.Dropout(0.5), nn.BatchNorm2d(1)).eval()
+    net[1].train()
+    reestimate_batchnorm(net, _two_batches())
+    assert [m.training for m in net.modules()] == [False, False, True, False]
+
+
+def _parts(batch: torch.Tensor) -> str:
+    """'L' for a labelled image (values below 10 in the fakes below), 'U' for an unlabelled one."""
+    return "".join("L" if v < 10 else "U" for v in batch.flatten().tolist())
+
+
+@pytest.mark.parametrize(("unlabelled", "forward", "expected"), [
+    (True, "joint", ["LLUUU"] * 4),  # one forward of 2 labelled + 3 unlabelled: 20 images in 4 batches
+    (True, "separate", ["LL", "UUU"] * 4),  # two forwards per step, each its own BatchNorm batch
+    (False, "joint", ["LL"] * 10),  # supervised: labelled batches only, 20 images in 10
+])
+def test_training_batches_are_composed_as_the_methods_fine_tuning_forward(unlabelled: bool, forward: str,
+                                                                          expected: list[str]) -> None:
+    cfg = SimpleNamespace(train=SimpleNamespace(batch_labelled=2, batch_unlabelled=3, finetune_forward=forward),
+                          method=SimpleNamespace(finetune_unlabelled=unlabelled), data=SimpleNamespace(crop=(16,)))
+    x_l = torch.arange(3.0).view(3, 1, 1, 1)
+    x_u = 10 + torch.arange(7.0).view(7, 1, 1, 1)
+    batches, described = training_batches(cfg, x_l, x_u, images=20, seed=0)
+    assert [_parts(b) for b in batches] == expected
+    assert described.startswith("2 labelled")
+
+
 def test_draw_batches_mixes_parts_and_uses_every_image_before_repeating() -> None:
     lab = torch.arange(3.0).view(3, 1, 1, 1)  # labelled images 0, 1, 2
     unl = 10 + torch.arange(5.0).view(5, 1, 1, 1)  # unlabelled images 10..14
@@ -80,6 +112,12 @@ def test_draw_batches_mixes_parts_and_uses_every_image_before_repeating() -> Non
                                                 strict=True)] == [True] * 5  # seeded
     with pytest.raises(ValueError, match="no images"):
         list(draw_batches([(unl[:0], 4)], 1, seed=0))
+    # 3D: a list of differently sized volumes, each image a random crop of a drawn volume
+    vols = [torch.full((1, 20, 18, 17), float(i)) for i in range(3)]
+    crops = list(draw_batches([(vols, 2)], batches=3, seed=0, crop=(16, 16, 16)))
+    assert [tuple(b.shape) for b in crops] == [(2, 1, 16, 16, 16)] * 3
+    drawn = [int(b[j].unique().item()) for b in crops for j in range(2)]
+    assert sorted(drawn[:3]) == [0, 1, 2]  # the first three images: one permutation of the three volumes
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +135,10 @@ def test_check_batchnorm_scores_the_stored_statistics_as_evaluate_does_and_ignor
     ckpt = smoke_run / "run" / "last.pt"
     report = check_batchnorm(ckpt, split="val", images=16, seed=0)
     assert report["stored"] == evaluate_run(ckpt, None, split="val", which="last").summary
-    assert report["images"] == 16 and report["batches"] * report["batch"] == 16
+    cfg = load_config("phantom_smoke", ["method.name=actionpp"])
+    b_l, b_u = cfg.train.batch_labelled, cfg.train.batch_unlabelled
+    assert report["images"] == 16 // (b_l + b_u) * (b_l + b_u) and report["batch"] == b_l + b_u
+    assert report["training_batches"] == f"{b_l} labelled + {b_u} unlabelled images in one batch"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     for key, value in state["student"].items():
         if key.endswith("running_var"):
@@ -107,7 +148,7 @@ def test_check_batchnorm_scores_the_stored_statistics_as_evaluate_does_and_ignor
     scrambled = tmp_path / "scrambled.pt"
     torch.save(state, scrambled)
     again = check_batchnorm(scrambled, split="val", images=16, seed=0)
-    assert again["unlabelled"] == report["unlabelled"] and again["mixed"] == report["mixed"]
+    assert again["unlabelled"] == report["unlabelled"] and again["training"] == report["training"]
 
 
 def test_a_run_is_checked_once_and_the_table_says_what_changed(smoke_run: Path) -> None:
@@ -118,11 +159,25 @@ def test_a_run_is_checked_once_and_the_table_says_what_changed(smoke_run: Path) 
     assert json.loads((smoke_run / BATCHNORM).read_text())["spec"] == {"split": "val", "images": 16, "seed": 0}
     check_run(smoke_run, score, BatchNormSpec(images=32))  # another check: computed again
     assert (smoke_run / BATCHNORM).stat().st_mtime_ns != stamp
+    stamp = (smoke_run / BATCHNORM).stat().st_mtime_ns
+    ckpt = smoke_run / "run" / "last.pt"
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the checkpoint replaced: the check is stale
+    with run_lock(smoke_run), pytest.raises(RunBusy, match="being trained"):  # and a trainer holds the run
+        check_run(smoke_run, score, BatchNormSpec(images=32))
+    assert (smoke_run / BATCHNORM).stat().st_mtime_ns == stamp
+    check_run(smoke_run, score, BatchNormSpec(images=32))
+    assert (smoke_run / BATCHNORM).stat().st_mtime_ns != stamp
+    problems: list[str] = []
+    broken = RunRecord("broken", {}, {}, smoke_run.parent / "no-such-run")
+    (broken.path / "run").mkdir(parents=True)
+    assert checks_for([broken], score, spec, progress=False, problems=problems) == []
+    assert len(problems) == 1 and problems[0].startswith("broken: ")
 
     def fake(dice: tuple[float, float, float], missed: tuple[int, int, int]) -> dict:
         return {"split": "val", "images": 400, "batch": 8,
                 **{k: {"dice": d, "empty": {"missed": m}}
-                   for k, d, m in zip(("stored", "unlabelled", "mixed"), dice, missed, strict=True)}}
+                   for k, d, m in zip(("stored", "unlabelled", "training"), dice, missed, strict=True)}}
 
     def record(method: str, seed: int) -> RunRecord:
         return RunRecord(f"method={method}_lab=3_seed={seed}", {"METHOD": method, "LABELLED_PATIENTS": 3, "SEED": seed},
@@ -133,9 +188,25 @@ def test_a_run_is_checked_once_and_the_table_says_what_changed(smoke_run: Path) 
                              (record("supervised", 0), fake((0.40, 0.38, 0.41), (5, 6, 5)))])
     # ACTION: stored (10 + 20)/2 = 15.0, unlabelled (40 + 30)/2 = 35.0, changes +30 and +10: mean +20.0
     assert "| action | 3 | 2 | 15.0 | 35.0 | 17.0 | +20.0 [+10.0, +30.0] |" in md
-    assert "ACTION 15.0 -> 35.0 (+20.0, higher in 2 of 2 runs; mixed 17.0)" in md
-    assert "supervised 40.0 -> 38.0 (-2.0, higher in 0 of 1 run; mixed 41.0)" in md
+    assert "ACTION 15.0 -> 35.0 (+20.0, higher in 2 of 2 runs; as in training 17.0)" in md
+    assert "supervised 40.0 -> 38.0 (-2.0, higher in 0 of 1 run; as in training 41.0)" in md
     assert "| method=action_lab=3_seed=0 | 10.0 | 40.0 | 12.0 | 40 | 2 | 38 |" in md
+    # methods in the order supervised, mean teacher, ACTION, ACTION++ whatever the runs' order
+    assert md.index("supervised 40.0") < md.index("ACTION 15.0")
+    assert "## Not checked\n\n- x: gone" in batchnorm_markdown([], ["x: gone"])
+
+
+def test_the_evaluate_command_prints_the_three_scores_and_refuses_the_test_split(smoke_run: Path,
+                                                                                 capsys: pytest.CaptureFixture) -> None:
+    from actionpp.cli import main
+
+    assert main(["evaluate", str(smoke_run / "run"), "--data", "phantom", "--which", "last",
+                 "--reestimate-bn", "16"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{label}: Dice" in out for label in ("as stored", "unlabelled", "as in training"))
+    assert main(["evaluate", str(smoke_run / "run"), "--data", "phantom", "--split", "test",
+                 "--reestimate-bn", "16"]) == 2
+    assert "--split val" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("raw", "needle"), [
@@ -144,6 +215,7 @@ def test_a_run_is_checked_once_and_the_table_says_what_changed(smoke_run: Path) 
     ({"images": 1}, "images"),
     ({"seed": -1}, "seed"),
     ({"volumes": 3}, "unknown key"),
+    ("yes", "true, false or a mapping"),
 ])
 def test_bad_batchnorm_blocks_name_the_key(raw: dict, needle: str) -> None:
     with pytest.raises(rp.GridError, match=needle):
@@ -151,3 +223,17 @@ def test_bad_batchnorm_blocks_name_the_key(raw: dict, needle: str) -> None:
                       "batchnorm_check": raw})
     with pytest.raises(rp.GridError, match="needs a 'score' block"):
         rp.load_grid({"name": "g", "notebooks": ["04_train"], "axes": {"SEED": [0]}, "batchnorm_check": {}})
+
+
+def test_true_and_false_switch_the_check_and_a_slurm_tables_job_gets_time_for_it() -> None:
+    """`batchnorm_check: true` is the defaults, `false` is off. A SLURM tables job that publishes a checked
+    grid gets 30 minutes plus 3 per run of the grid: 71 runs -> 30 + 213 = 243 min = 4:03:00."""
+    from actionpp.replicate.slurm import Plan
+
+    base = {"name": "g", "notebooks": ["04_train"], "axes": {"SEED": [0]}, "score": {"splits": ["val"]}}
+    assert rp.load_grid({**base, "batchnorm_check": True}).batchnorm == BatchNormSpec()
+    assert rp.load_grid({**base, "batchnorm_check": False}).batchnorm is None
+    plan = Plan("g", "g.yaml", "out", Path("out"), 71, (), publish="results/g", batchnorm_check=True)
+    assert plan.tables_time() == "4:03:00"
+    assert Plan("g", "g.yaml", "out", Path("out"), 71, (), batchnorm_check=True).tables_time() == "00:30:00"
+    assert Plan("g", "g.yaml", "out", Path("out"), 71, (), publish="results/g").tables_time() == "00:30:00"

@@ -3,7 +3,8 @@
 CHECKPOINT is a ``.pt`` written by ``actionpp train`` or a run directory (its
 ``best.pt`` or ``last.pt``, following the run's ``eval.select``). ``--reestimate-bn N`` scores the
 split as stored, then with BatchNorm's running statistics re-estimated from N unlabelled training
-images, and from N images mixed as a fine-tuning batch (:mod:`actionpp.bnstats`, a diagnostic).
+images, and from about N composed as the run's fine-tuning batches (:mod:`actionpp.bnstats`, a
+diagnostic; val or train only).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="score the volumes of the split that are present when some listed ones are absent "
                         "(they are named in the output); without it such a split is refused")
     p.add_argument("--reestimate-bn", type=int, default=None, metavar="N",
-                   help="diagnostic: also score with BatchNorm's running statistics re-estimated from N unlabelled "
-                        "training images of the run's data, and from N images mixed as a fine-tuning batch "
-                        "(labelled and unlabelled); the checkpoint is not changed")
+                   help="diagnostic (val or train only): also score with BatchNorm's running statistics re-estimated "
+                        "from N unlabelled training images of the run's data, and from about N composed as the "
+                        "run's fine-tuning batches; the checkpoint is not changed")
     p.set_defaults(func=_run)
 
 
@@ -79,15 +80,23 @@ def _run_bn(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     if args.save_predictions is not None or args.partial:
         raise usage_error("--reestimate-bn scores the whole split without saving predictions: drop "
                           "--save-predictions / --partial")
+    if args.split == "test":
+        raise usage_error("--reestimate-bn is a diagnostic, and a diagnostic may suggest a change of protocol: "
+                          "run it on --split val (the test split is never used for a choice)")
     report = check_batchnorm(args.checkpoint, split=args.split, which=args.which, images=args.reestimate_bn,
                              device=args.device, data=args.data)
+    if report["note"]:
+        print(f"note: {report['note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{report['checkpoint']} [{report['split']}]: BatchNorm statistics as stored, and re-estimated from "
-          f"{report['batches']} batches of {report['batch']} ({report['source']}, seed {report['seed']})")
-    for label, key in (("as stored", "stored"), ("unlabelled", "unlabelled"), ("mixed", "mixed")):
+    print(f"{report['checkpoint']} [{report['split']}], BatchNorm statistics as stored and re-estimated "
+          f"(training images of {report['data']}, no augmentation, seed {report['seed']}):")
+    ways = (("as stored", "stored", "the checkpoint's own"),
+            ("unlabelled", "unlabelled", f"{report['images']} unlabelled images, batches of {report['batch']}"),
+            ("as in training", "training", report["training_batches"]))
+    for label, key, how in ways:
         s = report[key]
         classes = ", ".join(f"{c} {v:.3f}" for c, v in s["dice_per_class"].items())
-        print(f"  {label:>10}: Dice {s['dice']:.3f} ({classes}); missed structures {s['empty']['missed']}")
+        print(f"  {label:>14}: Dice {s['dice']:.3f} ({classes}); missed structures {s['empty']['missed']}  [{how}]")
     return 0

@@ -71,7 +71,7 @@ class Grid:
     variants: Mapping[str, Mapping[str, Any]]
     blocks: tuple[Grid, ...] = ()  # when the file lists blocks: one sub-grid each (axes / variants empty here)
     score: ScoreSpec | None = None  # what the runner scores after each run (actionpp.replicate.score)
-    batchnorm: BatchNormSpec | None = None  # the BatchNorm check of each run, when tabulated (replicate.batchnorm)
+    batchnorm: BatchNormSpec | None = None  # the BatchNorm check of each run, at publish (replicate.batchnorm)
 
 
 @dataclass(frozen=True)
@@ -189,15 +189,12 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
             score = parse_score_spec(raw["score"], where)
         except ValueError as exc:
             raise GridError(str(exc)) from None
-    batchnorm: BatchNormSpec | None = None
-    if raw.get("batchnorm_check") is not None:
-        if score is None:
-            raise GridError(f"{where}: batchnorm_check reads the checkpoint the runner scores: "
-                            "it needs a 'score' block")
-        try:
-            batchnorm = parse_batchnorm_spec(raw["batchnorm_check"], where)
-        except ValueError as exc:
-            raise GridError(str(exc)) from None
+    try:
+        batchnorm = parse_batchnorm_spec(raw.get("batchnorm_check"), where)
+    except ValueError as exc:
+        raise GridError(str(exc)) from None
+    if batchnorm is not None and score is None:
+        raise GridError(f"{where}: batchnorm_check reads the checkpoint the runner scores: it needs a 'score' block")
 
     if "blocks" in raw:
         if "axes" in raw or "variants" in raw:

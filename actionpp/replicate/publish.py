@@ -21,10 +21,13 @@
   notebook 06) reads a published folder too; nothing is edited, only copied;
 - ``batchnorm.md`` and per run ``batchnorm.json`` when the grid has a ``batchnorm_check`` block: the
   split scored with BatchNorm's statistics as stored and re-estimated (:mod:`actionpp.replicate.batchnorm`;
-  a run's check is computed once, into its run folder, the first time it is published);
+  a run's check is computed once, into its run folder, the first time it is published; a run whose check
+  fails is named in ``batchnorm.md`` and the publish goes on);
 - ``README.md``: the grid file, the command, the commits the runs trained on, dates, wall times.
 
-Everything in ``DIR`` is written by this function from files the runs wrote. ``DIR`` is a folder
+Everything in ``DIR`` is written by this function from files the runs wrote; the one thing it writes
+outside ``DIR`` is a run's ``batchnorm.json`` in its own run folder (the grid's ``batchnorm_check``,
+computed once per checkpoint under the run's lock). ``DIR`` is a folder
 this function created (its ``.actionpp-publish.json`` marker records the grid), an empty one, or
 one an earlier version published this grid into (its README says so); it is never the grid's
 ``--out`` folder, inside it or above it. ``--docs FILE`` is a Markdown file that is new or already
@@ -399,14 +402,20 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run
 
 
 def _publish_batchnorm(records: Sequence[RunRecord], dest: Path, grid: Grid) -> None:
-    """Each run's BatchNorm check (computed into its run folder when missing), copied, and ``batchnorm.md``."""
+    """Each run's BatchNorm check (computed into its run folder when missing), copied, and ``batchnorm.md``;
+    a run whose check fails is named there and on stderr, and the publish goes on."""
+    import sys
+
     from actionpp.replicate.batchnorm import BATCHNORM, batchnorm_markdown, checks_for
 
     assert grid.batchnorm is not None and grid.score is not None
-    checks = checks_for(records, grid.score, grid.batchnorm)
+    problems: list[str] = []
+    checks = checks_for(records, grid.score, grid.batchnorm, problems=problems)
     for r, _ in checks:
         shutil.copyfile(r.path / BATCHNORM, dest / r.run_id / BATCHNORM)
-    atomic_write_text(dest / "batchnorm.md", batchnorm_markdown(checks))
+    for p in problems:
+        print(f"warning: BatchNorm check not done for {p}", file=sys.stderr)
+    atomic_write_text(dest / "batchnorm.md", batchnorm_markdown(checks, problems))
 
 
 def _two_dimensional(dataset: Any) -> bool:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from actionpp.atomic import atomic_write_bytes, atomic_write_text, check_folder, claim_folder, remove_stale_temporaries
+from actionpp.replicate.batchnorm import BATCHNORM
 from actionpp.replicate.grid import Run, substitute
 from actionpp.replicate.score import SCORES, ScoresError, read_scores, score_run
 from actionpp.report import RunMetricsError, read_run_metrics
@@ -52,6 +53,7 @@ __all__ = [
     "run_status",
     "run_state",
     "execute_run",
+    "run_lock",
     "run_grid",
     "visible_gpus",
     "summary",
@@ -241,7 +243,7 @@ def execute_run(run: Run, out: Path, executor: Executor | None = None, force: bo
             error=f"{rd} holds a finished run with different parameters; move it away or use another --out",
         )
     rd.mkdir(parents=True, exist_ok=True)
-    with _run_lock(rd) as held:
+    with run_lock(rd) as held:
         if not held:
             return RunOutcome(run.run_id, "busy",
                               error=f"another process is running it (it holds {rd / LOCK}); left alone")
@@ -251,7 +253,7 @@ def execute_run(run: Run, out: Path, executor: Executor | None = None, force: bo
 
 
 @contextlib.contextmanager
-def _run_lock(rd: Path) -> Any:
+def run_lock(rd: Path) -> Any:
     """Yields True while this process holds ``rd/.lock`` exclusively, False if another one does.
     Without ``fcntl`` (Windows) there is no lock and it yields True."""
     try:
@@ -272,7 +274,7 @@ def _run_lock(rd: Path) -> Any:
 
 
 def _execute_locked(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
-    remove_stale_temporaries(rd, (DONE, FAILED, METRICS, SCORES))  # left by a killed attempt's atomic writes
+    remove_stale_temporaries(rd, (DONE, FAILED, METRICS, SCORES, BATCHNORM))  # left by killed atomic writes
     # the earlier attempt's result files go, so that a metrics.json without done is never mistaken for a result;
     # kept in memory and put back if this attempt fails, so a failed re-run (--force, a broken run re-scored)
     # never loses a result the grid had

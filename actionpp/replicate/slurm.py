@@ -70,6 +70,7 @@ TEMPLATE = Path(__file__).with_name("slurm_array.sbatch")
 FOLDER = "slurm"  # OUT/slurm/: scripts, task logs, the submission record
 RECORD = "submissions.json"
 TABLES_TIME = "00:30:00"  # the tables job reads the runs' small files (and plots curves with --publish)
+BATCHNORM_MINUTES = 3  # per run, when --publish runs a grid's batchnorm_check (about 1-2 min of one CPU core)
 _TIME_RE = re.compile(r"(\d+-)?\d{1,3}:\d{2}:\d{2}")
 _PLACEHOLDER_RE = re.compile(r"\{\{(\w+)\}\}")
 _OWN_OPTIONS = ("--array", "--dependency", "-a", "-d")  # the mechanism itself: set here, not by --sbatch-arg
@@ -166,6 +167,16 @@ class Plan:
     publish: str | None = None
     docs: str | None = None
     fingerprint: str = ""  # grid_fingerprint of the runs at submission: a task refuses a grid edited since
+    batchnorm_check: bool = False  # the grid has a batchnorm_check block: --publish checks every run
+
+    def tables_time(self) -> str:
+        """The tables job's time limit: :data:`TABLES_TIME`, plus :data:`BATCHNORM_MINUTES` per run of the grid
+        when it publishes a grid with a BatchNorm check (computed there, once per run)."""
+        if not (self.batchnorm_check and self.publish is not None):
+            return TABLES_TIME
+        h, m, sec = (int(x) for x in TABLES_TIME.split(":"))
+        minutes = h * 60 + m + BATCHNORM_MINUTES * self.n_runs
+        return f"{minutes // 60}:{minutes % 60:02d}:{sec:02d}"
 
     def _actionpp(self) -> str:
         return (f"exec {shlex.quote(self.python)} -m actionpp.cli replicate {shlex.quote(self.grid_arg)} "
@@ -205,7 +216,7 @@ class Plan:
             f"--dependency=afterany:{array_job}",
             f"--output={self.out / FOLDER}/%j-tables.out",
             *self._partition(),
-            f"--time={TABLES_TIME}",
+            f"--time={self.tables_time()}",
             *self.options.sbatch_args,
         ]
         about = (f"# This job: the tables of grid {self.grid_name} once array job {array_job} has ended, whatever\n"
@@ -364,7 +375,7 @@ def main(args: argparse.Namespace) -> int:
     plan = Plan(grid.name, str(args.grid), str(args.out) if args.out is not None else str(out), out, len(runs),
                 tuple(groups["submit"]), opts, Path.cwd(), sys.executable, args.force,
                 None if args.publish is None else str(args.publish), None if args.docs is None else str(args.docs),
-                grid_fingerprint(runs))
+                grid_fingerprint(runs), grid.batchnorm is not None)
     print(f"grid {grid.name}: {len(runs)} runs -> {out} (SLURM array: task i = the run at position i by run id)")
     group_of = {r.run_id: name for name, members in groups.items() for r in members}
     for r in sorted(runs, key=lambda r: r.index):
