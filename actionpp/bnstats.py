@@ -9,13 +9,16 @@ checkpoint: it scores the split as stored, then again after :func:`reestimate_ba
 the running statistics by the average over unlabelled training images (no labels, no gradient, the
 weights untouched), and once more over batches composed as the run's fine-tuning forward composes
 them (labelled and unlabelled images in one forward or in two, or labelled only), without their
-augmentation. A large gain from the unlabelled images says the running statistics, not the weights,
-are what fails; the training-composed batches say whether the batches' composition reproduces the
-failure. It is a diagnostic: the numbers a table reports stay the stored checkpoint's.
+augmentation, first with dropout off and then on. A large gain from the unlabelled images says the
+running statistics, not the weights, are what fails; the training-composed batches say whether the
+batches' composition reproduces the failure, and the same batches with dropout on whether dropout
+does: in train mode dropout changes the variance of what the layers after it see, so statistics
+recorded with it on do not describe the network scored with it off (the "variance shift" of Li et
+al., CVPR 2019). It is a diagnostic: the numbers a table reports stay the stored checkpoint's.
 
-Only BatchNorm layers switch to train mode while re-estimating; dropout stays off
+Only BatchNorm layers switch to train mode while re-estimating, unless asked; dropout stays off
 (``torch.optim.swa_utils.update_bn`` puts the whole network in train mode, dropout included,
-which would make the statistics those of a network that is never scored).
+which records the statistics of a network that is never scored).
 
 ``actionpp evaluate RUN --data shared --split val --reestimate-bn 400`` prints the three; a grid's
 ``batchnorm_check`` block has ``replicate --publish`` do it for every run (:mod:`actionpp.replicate.batchnorm`).
@@ -35,7 +38,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = ["FORMAT", "batchnorm_layers", "reestimate_batchnorm", "draw_batches", "training_batches",
            "check_batchnorm"]
 
-FORMAT = 2  # 2: the third score is `training` (composed as the run's fine-tuning batches); 1 had `mixed`
+FORMAT = 3  # 3 adds `training_dropout`; 2 had no dropout way; 1 had `mixed` instead of `training`
 
 
 def batchnorm_layers(net: nn.Module) -> list[_BatchNorm]:
@@ -43,11 +46,12 @@ def batchnorm_layers(net: nn.Module) -> list[_BatchNorm]:
     return [m for m in net.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-def reestimate_batchnorm(net: nn.Module, batches: Iterable[Tensor]) -> int:
+def reestimate_batchnorm(net: nn.Module, batches: Iterable[Tensor], dropout: bool = False) -> int:
     """Replace every BatchNorm layer's running mean and variance by their average over ``batches``.
 
     Each layer's statistics are reset, then every batch goes through ``net`` with the BatchNorm layers
-    in train mode (every other module in eval mode: no dropout) and no gradient; with ``momentum=None`` a
+    in train mode and no gradient; every other module stays in eval mode (no dropout) unless ``dropout``,
+    which puts the whole network in train mode, as a training forward runs it. With ``momentum=None`` a
     layer's running mean is the plain average of the batch means, its running variance the average of
     the unbiased batch variances, as ``torch.nn.BatchNorm`` defines them, and ``num_batches_tracked`` the
     number of batches. Afterwards every module's train / eval mode and every layer's momentum are as
@@ -64,7 +68,7 @@ def reestimate_batchnorm(net: nn.Module, batches: Iterable[Tensor]) -> int:
     modes = [(m, m.training) for m in net.modules()]
     seen = 0
     try:
-        net.eval()
+        net.train(dropout)
         for m in layers:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the batches
@@ -151,17 +155,18 @@ def training_batches(cfg: Any, x_l: Tensor | list[Tensor], x_u: Tensor | list[Te
 def check_batchnorm(checkpoint: str | Path, split: str = "val", which: str = "last", weights: str = "student",
                     images: int = 400, seed: int = 0, device: str | torch.device = "cpu",
                     data: str | None = None) -> dict[str, Any]:
-    """Score ``checkpoint`` on ``split`` as stored and with its BatchNorm statistics re-estimated two ways.
+    """Score ``checkpoint`` on ``split`` as stored and with its BatchNorm statistics re-estimated three ways.
 
     ``unlabelled``: from ``images`` unlabelled training images of the run's own data (``data``: another root)
     in batches of ``B = train.batch_labelled + train.batch_unlabelled``; ``training``: from about as many
-    images in batches composed as the run's fine-tuning forward composes them (:func:`training_batches`).
-    Both drawn with ``seed``, without augmentation; the checkpoint file is not changed. Returns JSON-safe
-    data::
+    images in batches composed as the run's fine-tuning forward composes them (:func:`training_batches`);
+    ``training_dropout``: the same batches with the network's dropout on, as in a training forward. All
+    drawn with ``seed``, without augmentation, dropout off but in the last; the checkpoint file is not
+    changed. Returns JSON-safe data::
 
-        {"format": 2, "checkpoint", "checkpoint_mtime_ns", "iteration", "note", "split", "weights", "images",
+        {"format": 3, "checkpoint", "checkpoint_mtime_ns", "iteration", "note", "split", "weights", "images",
          "batch", "seed", "data", "training_batches": "...", "stored": SUMMARY, "unlabelled": SUMMARY,
-         "training": SUMMARY}
+         "training": SUMMARY, "training_dropout": SUMMARY}
 
     with SUMMARY as :func:`actionpp.evaluate.summarise_result` (``dice``, ``dice_per_class``, ``empty``, ...)
     and ``checkpoint_mtime_ns`` read before the checkpoint is. Errors of
@@ -189,9 +194,15 @@ def check_batchnorm(checkpoint: str | Path, split: str = "val", which: str = "la
         "note": note, "split": split, "weights": weights, "images": n_unl * b, "batch": b, "seed": seed,
         "data": str(ev.root), "training_batches": described, "stored": ev.summary,
     }
-    for name, batches in (("unlabelled", draw_batches([(train.x_u, b)], n_unl, seed, tuple(cfg.data.crop))),
-                          ("training", composed)):
-        reestimate_batchnorm(ev.network, batches)
+    composed_again, _ = training_batches(cfg, train.x_l, train.x_u, images, seed)  # the same batches
+    for name, batches, dropout in (
+            ("unlabelled", draw_batches([(train.x_u, b)], n_unl, seed, tuple(cfg.data.crop)), False),
+            ("training", composed, False),
+            ("training_dropout", composed_again, True)):
+        # dropout's masks come from torch's global generators: seeded here, the caller's left as they were
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            reestimate_batchnorm(ev.network, batches, dropout=dropout)
         with torch.no_grad():
             again = evaluate(ev.network, ev.volumes, dataset=cfg.data.dataset, size=cfg.data.size,
                              patch=cfg.data.crop, num_classes=cfg.data.num_classes, device=dev, progress=False,

@@ -56,6 +56,16 @@ def test_dropout_stays_off_while_the_statistics_are_re_estimated() -> None:
     assert with_dropout.training and with_dropout[0].training  # back in the train mode it started in
 
 
+def test_with_dropout_on_the_statistics_are_those_a_training_forward_records() -> None:
+    """dropout=True runs the network as training does: a dropout of p = 0.5 before the layer zeroes inputs and
+    doubles the rest, so the recorded variance is no longer the clean one (16/3 for these batches)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Dropout(0.5), nn.BatchNorm2d(1)).eval()
+    reestimate_batchnorm(net, _two_batches(), dropout=True)
+    assert net[1].running_var.item() != pytest.approx(16 / 3, abs=1e-3)
+    assert not net.training and not net[0].training  # modes as before
+
+
 def test_a_refused_re_estimation_leaves_the_statistics_as_they_were() -> None:
     bn = nn.BatchNorm2d(1)
     bn.running_mean.fill_(7.0)
@@ -148,7 +158,8 @@ def test_check_batchnorm_scores_the_stored_statistics_as_evaluate_does_and_ignor
     scrambled = tmp_path / "scrambled.pt"
     torch.save(state, scrambled)
     again = check_batchnorm(scrambled, split="val", images=16, seed=0)
-    assert again["unlabelled"] == report["unlabelled"] and again["training"] == report["training"]
+    for way in ("unlabelled", "training", "training_dropout"):
+        assert again[way] == report[way]
 
 
 def test_a_run_is_checked_once_and_the_table_says_what_changed(smoke_run: Path) -> None:
@@ -174,23 +185,24 @@ def test_a_run_is_checked_once_and_the_table_says_what_changed(smoke_run: Path) 
     assert checks_for([broken], score, spec, progress=False, problems=problems) == []
     assert len(problems) == 1 and problems[0].startswith("broken: ")
 
-    def fake(dice: tuple[float, float, float], missed: tuple[int, int, int]) -> dict:
+    def fake(dice: tuple[float, ...], missed: tuple[int, ...]) -> dict:
         return {"split": "val", "images": 400, "batch": 8,
-                **{k: {"dice": d, "empty": {"missed": m}}
-                   for k, d, m in zip(("stored", "unlabelled", "training"), dice, missed, strict=True)}}
+                **{k: {"dice": d, "empty": {"missed": m}} for k, d, m in
+                   zip(("stored", "unlabelled", "training", "training_dropout"), dice, missed, strict=True)}}
 
     def record(method: str, seed: int) -> RunRecord:
         return RunRecord(f"method={method}_lab=3_seed={seed}", {"METHOD": method, "LABELLED_PATIENTS": 3, "SEED": seed},
                          {"method": method, "labelled_patients": 3}, smoke_run)
 
-    md = batchnorm_markdown([(record("action", 0), fake((0.10, 0.40, 0.12), (40, 2, 38))),
-                             (record("action", 1), fake((0.20, 0.30, 0.22), (30, 4, 28))),
-                             (record("supervised", 0), fake((0.40, 0.38, 0.41), (5, 6, 5)))])
-    # ACTION: stored (10 + 20)/2 = 15.0, unlabelled (40 + 30)/2 = 35.0, changes +30 and +10: mean +20.0
-    assert "| action | 3 | 2 | 15.0 | 35.0 | 17.0 | +20.0 [+10.0, +30.0] |" in md
-    assert "ACTION 15.0 -> 35.0 (+20.0, higher in 2 of 2 runs; as in training 17.0)" in md
-    assert "supervised 40.0 -> 38.0 (-2.0, higher in 0 of 1 run; as in training 41.0)" in md
-    assert "| method=action_lab=3_seed=0 | 10.0 | 40.0 | 12.0 | 40 | 2 | 38 |" in md
+    md = batchnorm_markdown([(record("action", 0), fake((0.10, 0.40, 0.12, 0.11), (40, 2, 38, 39))),
+                             (record("action", 1), fake((0.20, 0.30, 0.22, 0.19), (30, 4, 28, 31))),
+                             (record("supervised", 0), fake((0.40, 0.38, 0.41, 0.42), (5, 6, 5, 4)))])
+    # ACTION: stored (10 + 20)/2 = 15.0, unlabelled (40 + 30)/2 = 35.0, changes +30 and +10: mean +20.0;
+    # as in training (12 + 22)/2 = 17.0, dropout on (11 + 19)/2 = 15.0
+    assert "| action | 3 | 2 | 15.0 | 35.0 | 17.0 | 15.0 | +20.0 [+10.0, +30.0] |" in md
+    assert "ACTION 15.0 -> 35.0 (+20.0, higher in 2 of 2 runs; as in training 17.0, dropout on 15.0)" in md
+    assert "supervised 40.0 -> 38.0 (-2.0, higher in 0 of 1 run; as in training 41.0, dropout on 42.0)" in md
+    assert "| method=action_lab=3_seed=0 | 10.0 | 40.0 | 12.0 | 11.0 | 40 | 2 | 38 | 39 |" in md
     # methods in the order supervised, mean teacher, ACTION, ACTION++ whatever the runs' order
     assert md.index("supervised 40.0") < md.index("ACTION 15.0")
     assert "## Not checked\n\n- x: gone" in batchnorm_markdown([], ["x: gone"])
@@ -203,7 +215,7 @@ def test_the_evaluate_command_prints_the_three_scores_and_refuses_the_test_split
     assert main(["evaluate", str(smoke_run / "run"), "--data", "phantom", "--which", "last",
                  "--reestimate-bn", "16"]) == 0
     out = capsys.readouterr().out
-    assert all(f"{label}: Dice" in out for label in ("as stored", "unlabelled", "as in training"))
+    assert all(f"{label}: Dice" in out for label in ("as stored", "unlabelled", "as in training", "dropout on"))
     assert main(["evaluate", str(smoke_run / "run"), "--data", "phantom", "--split", "test",
                  "--reestimate-bn", "16"]) == 2
     assert "--split val" in capsys.readouterr().err

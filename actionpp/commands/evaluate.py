@@ -94,7 +94,8 @@ def _run_bn(args: argparse.Namespace, usage_error: type[Exception]) -> int:
           f"(training images of {report['data']}, no augmentation, seed {report['seed']}):")
     ways = (("as stored", "stored", "the checkpoint's own"),
             ("unlabelled", "unlabelled", f"{report['images']} unlabelled images, batches of {report['batch']}"),
-            ("as in training", "training", report["training_batches"]))
+            ("as in training", "training", report["training_batches"]),
+            ("dropout on", "training_dropout", "the same batches, dropout on"))
     for label, key, how in ways:
         s = report[key]
         classes = ", ".join(f"{c} {v:.3f}" for c, v in s["dice_per_class"].items())

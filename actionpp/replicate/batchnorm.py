@@ -13,8 +13,8 @@ When the grid is published (``replicate --publish``), each finished run without 
 run folder under the run's lock (a run being trained is skipped and named), about a minute per
 ACDC-lite run on one CPU thread, seconds on a GPU. ``batchnorm.md`` sets, per method and budget,
 the split's Dice as stored beside the Dice with the statistics re-estimated from unlabelled images
-and from batches composed as the run's fine-tuning batches, with one runner-written line per
-budget. A run whose check fails is named there and left out; the publish goes on. The primary
+and from batches composed as the run's fine-tuning batches (dropout off, then on), with one
+runner-written line per budget. A run whose check fails is named there and left out; the publish goes on. The primary
 numbers are untouched: they stay the stored checkpoint's.
 """
 
@@ -38,7 +38,8 @@ __all__ = ["BATCHNORM", "BatchNormSpec", "RunBusy", "parse_batchnorm_spec", "che
            "read_checks", "batchnorm_markdown", "batchnorm_frame_rows"]
 
 BATCHNORM = "batchnorm.json"
-_WAYS = (("stored", "as stored"), ("unlabelled", "unlabelled"), ("training", "as in training"))
+_WAYS = (("stored", "as stored"), ("unlabelled", "unlabelled"), ("training", "as in training"),
+         ("training_dropout", "as in training, dropout on"))
 _ORDER = ("supervised", "mean_teacher", "action", "actionpp")
 
 
@@ -201,16 +202,19 @@ def batchnorm_markdown(checks: Sequence[tuple[RunRecord, Mapping[str, Any]]], pr
         f"re-estimated from {images} unlabelled training images in batches of {batch} (`unlabelled`), then from "
         "about as many images in batches composed as the run's own fine-tuning batches (`as in training`: "
         "labelled and unlabelled images in one forward, in two, or labelled only, as its method and "
-        "`train.finetune_forward` have it; per run below); no augmentation, no gradient, the weights as "
+        "`train.finetune_forward` have it; per run below), then from the same batches with the network's "
+        "dropout on, as a training forward runs it (`dropout on`); no augmentation, no gradient, the weights as "
         "trained (`actionpp.bnstats`). A large gain from `unlabelled` says the stored statistics, not the "
-        "weights, are what fails on unseen patients; `as in training` near `as stored` says the composition of "
-        "the training batches reproduces the failure without their augmentation. Dice in %, mean over the "
-        "split's volumes; `missed`: structures (volume x class) predicted empty where the label has them. Never "
-        "used for a choice; the primary numbers stay the stored checkpoint's.",
+        "weights, are what fails on unseen patients; `as in training` near `unlabelled` says the composition "
+        "of the batches is not why; `dropout on` near `as stored` says dropout is: in train mode it changes the "
+        "variance the layers after it see, so statistics recorded with it on do not describe the network "
+        "scored with it off. Dice in %, mean over the split's volumes; `missed`: structures (volume x class) "
+        "predicted empty where the label has them. Never used for a choice; the primary numbers stay the "
+        "stored checkpoint's.",
         "",
-        "| run | Dice as stored | Dice unlabelled | Dice as in training | missed as stored | missed unlabelled | "
-        "missed as in training | training batches |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | Dice as stored | Dice unlabelled | Dice as in training | Dice dropout on | missed as stored | "
+        "missed unlabelled | missed as in training | missed dropout on | training batches |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for record, c in checks:
@@ -228,14 +232,15 @@ def batchnorm_markdown(checks: Sequence[tuple[RunRecord, Mapping[str, Any]]], pr
     ordered = sorted(groups.items(), key=lambda kv: (-kv[0][1], _method_order(kv[0][0])))
     lines += ["", "## Per method and budget", "", "Mean Dice % over the runs (seeds); the change from `as stored` "
               "to `unlabelled` with its smallest and largest run in brackets.", "",
-              "| method | labelled | runs | as stored | unlabelled | as in training | change (unlabelled) |",
-              "|---|---|---|---|---|---|---|"]
+              "| method | labelled | runs | as stored | unlabelled | as in training | dropout on | "
+              "change (unlabelled) |",
+              "|---|---|---|---|---|---|---|---|"]
     for (method, labelled), cs in ordered:
         g = gains(cs)
         budget = str(labelled) if labelled >= 0 else "?"
         change = f"{statistics.fmean(g):+.1f} [{min(g):+.1f}, {max(g):+.1f}]"
         lines.append(f"| {method} | {budget} | {len(cs)} | {mean(cs, 'stored'):.1f} | {mean(cs, 'unlabelled'):.1f} | "
-                     f"{mean(cs, 'training'):.1f} | {change} |")
+                     f"{mean(cs, 'training'):.1f} | {mean(cs, 'training_dropout'):.1f} | {change} |")
 
     said = []
     for labelled in sorted({lab for _, lab in groups}, reverse=True):
@@ -247,18 +252,19 @@ def batchnorm_markdown(checks: Sequence[tuple[RunRecord, Mapping[str, Any]]], pr
             up, n = sum(x > 0 for x in g), len(cs)
             parts.append(f"{NAMES.get(method, method)} {mean(cs, 'stored'):.1f} -> {mean(cs, 'unlabelled'):.1f} "
                          f"({statistics.fmean(g):+.1f}, higher in {up} of {n} run{'s' if n != 1 else ''}"
-                         f"; as in training {mean(cs, 'training'):.1f})")
+                         f"; as in training {mean(cs, 'training'):.1f}, dropout on {mean(cs, 'training_dropout'):.1f})")
         said.append(f"- {_budget(labelled)}: " + "; ".join(parts) + ".")
     lines += ["", "## What re-estimating the statistics changes, per budget", "",
               f"{split} Dice %, as stored -> with the statistics re-estimated from unlabelled training images (mean "
-              "change over the runs, how many runs it raised; the Dice with batches composed as in training).", "",
+              "change over the runs, how many runs it raised; the Dice with batches composed as in training, with "
+              "dropout off and on).", "",
               *said, *not_checked]
     return "\n".join(lines) + "\n"
 
 
 def batchnorm_frame_rows(checks: Sequence[tuple[RunRecord, Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per run and way (``as stored``, ``unlabelled``, ``as in training``): method, labelled, seed, Dice %
-    and structures missed, for a table or a plot."""
+    """One row per run and way (``as stored``, ``unlabelled``, ``as in training``, ``as in training, dropout on``):
+    method, labelled, seed, Dice % and structures missed, for a table or a plot."""
     from actionpp.replicate.logs import method_and_budget
 
     rows = []
