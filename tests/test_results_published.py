@@ -71,3 +71,25 @@ def test_the_powered_grid_runs_carry_their_scores_and_samples_and_belong_togethe
         assert cfg.runtime.seed == axes["SEED"] and sc["has_teacher"] == cfg.method.teacher
         sample = read_embedding_sample(run / "embeddings.npz")
         assert sample["meta"]["seed"] == axes["SEED"] and sample["meta"]["method"] == metrics["method"]
+
+
+def test_the_powered_grid_batchnorm_checks_start_from_the_runners_val_score():
+    """Each published run's BatchNorm check (the grid's batchnorm_check block) scored the checkpoint the runner
+    scored: its `as stored` val Dice is the runner's val student score, on the same 20 volumes, and it used the
+    grid's setting; re-estimating changed nothing but BatchNorm's statistics, so a run without BatchNorm
+    layers could not appear here."""
+    from actionpp.replicate import load_grid
+    from actionpp.replicate.score import read_scores
+
+    spec = load_grid(repo_root() / "notebooks" / "grids" / "acdc_lite_power.yaml").batchnorm
+    assert spec is not None and spec.split == "val"
+    runs = sorted(p.parent for p in POWER.glob("*/batchnorm.json"))
+    assert runs, f"no BatchNorm check published under {POWER}"
+    assert (POWER / "batchnorm.md").is_file()
+    for run in runs:
+        bn = json.loads((run / "batchnorm.json").read_text())
+        sc = read_scores(run / "scores.json")
+        assert bn["spec"] == spec.to_dict() and bn["iteration"] == sc["iteration"]
+        assert bn["stored"]["n_volumes"] == 20 and bn["unlabelled"]["n_volumes"] == 20
+        assert bn["stored"]["dice"] == pytest.approx(sc["scores"]["val"]["student"]["dice_mean"], abs=1e-9)
+        assert bn["images"] == spec.images and bn["split"] == "val"
