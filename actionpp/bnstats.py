@@ -173,15 +173,12 @@ def check_batchnorm(checkpoint: str | Path, split: str = "val", which: str = "la
     :func:`actionpp.evaluate.evaluate_run` (no checkpoint, a split the data lack) and of
     :func:`reestimate_batchnorm` propagate.
     """
-    from actionpp.checkpoint import checkpoint_choice, load_checkpoint
+    from actionpp.checkpoint import checkpoint_choice
     from actionpp.evaluate import evaluate, evaluate_run, summarise_result
     from actionpp.train.data import load_training_data
 
     path, note = checkpoint_choice(checkpoint, which)
     mtime = path.stat().st_mtime_ns  # before reading it: a file replaced meanwhile is not recorded as this one
-    state = load_checkpoint(path, map_location="cpu")
-    iteration = state.get("iteration")
-    del state
     ev = evaluate_run(path, data, split=split, which=which, device=device, weights=weights)
     cfg = ev.config if data is None else ev.config.replace({"data.root": str(ev.root)})
     dev = next(ev.network.parameters()).device
@@ -190,7 +187,7 @@ def check_batchnorm(checkpoint: str | Path, split: str = "val", which: str = "la
     n_unl = max(images // b, 1)
     composed, described = training_batches(cfg, train.x_l, train.x_u, images, seed)
     out: dict[str, Any] = {
-        "format": FORMAT, "checkpoint": str(path), "checkpoint_mtime_ns": mtime, "iteration": iteration,
+        "format": FORMAT, "checkpoint": str(path), "checkpoint_mtime_ns": mtime, "iteration": ev.iteration,
         "note": note, "split": split, "weights": weights, "images": n_unl * b, "batch": b, "seed": seed,
         "data": str(ev.root), "training_batches": described, "stored": ev.summary,
     }

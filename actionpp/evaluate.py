@@ -289,6 +289,7 @@ class RunEvaluation:
     result: EvalResult
     missing: list[str] = field(default_factory=list)  # listed volumes absent from the data (``partial`` only)
     note: str | None = None  # the checkpoint scored is not the one asked for, and why (no best.pt: last.pt)
+    iteration: int | None = None  # the training iteration the checkpoint was written at
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -325,13 +326,15 @@ def evaluate_run(
     from actionpp.data.core import DataError
     from actionpp.data.roots import open_dataset, resolve_data_root
     from actionpp.distributed import resolve_device
-    from actionpp.models.segmodel import load_model
+    from actionpp.models.segmodel import load_segmodel
 
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     path, note = checkpoint_choice(checkpoint, which)
     dev = resolve_device(device) if isinstance(device, str) else device
-    net, cfg = load_model(path, device=dev, weights=weights)
+    loaded = load_segmodel(path, device=dev, weights=weights, heads=False)  # the bare backbone, as load_model
+    net, cfg, iteration = loaded.model.net, loaded.config, loaded.state.get("iteration")
+    del loaded  # the optimizer's state and the rest of the checkpoint are not kept
     root = resolve_data_root(cfg.data.root if data is None else data, cfg)
     ds = open_dataset(root)
     if ds.kind != cfg.data.dataset or ds.num_classes != cfg.data.num_classes:
@@ -368,7 +371,7 @@ def evaluate_run(
             save_predictions_dir=save_predictions,
             overwrite=overwrite,
         )
-    return RunEvaluation(path, cfg, Path(root), split, vols, net, res, missing, note)
+    return RunEvaluation(path, cfg, Path(root), split, vols, net, res, missing, note, iteration)
 
 
 def evaluate_checkpoint(

@@ -144,7 +144,9 @@ def test_check_batchnorm_scores_the_stored_statistics_as_evaluate_does_and_ignor
     checkpoint's running statistics were (they are reset): scrambled ones give the same re-estimated scores."""
     ckpt = smoke_run / "run" / "last.pt"
     report = check_batchnorm(ckpt, split="val", images=16, seed=0)
-    assert report["stored"] == evaluate_run(ckpt, None, split="val", which="last").summary
+    stored = evaluate_run(ckpt, None, split="val", which="last")
+    assert report["stored"] == stored.summary
+    assert report["iteration"] == stored.iteration == torch.load(ckpt, weights_only=False)["iteration"] > 0
     cfg = load_config("phantom_smoke", ["method.name=actionpp"])
     b_l, b_u = cfg.train.batch_labelled, cfg.train.batch_unlabelled
     assert report["images"] == 16 // (b_l + b_u) * (b_l + b_u) and report["batch"] == b_l + b_u

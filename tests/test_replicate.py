@@ -568,3 +568,16 @@ def test_a_failed_rerun_of_a_finished_run_keeps_its_result(tmp_path: Path) -> No
     assert o.status == "failed" and "refused" in (o.error or "")
     assert {n: (rd / n).read_bytes() for n in ("done", "metrics.json")} == before
     assert rp.run_status(run, out) == "done"
+
+
+def test_markdown_section_cuts_at_the_heading_and_nests_it():
+    """The docs and notebook 06 quote a runner file from one '## ' heading on: that heading becomes '#### ',
+    later headings and the text before stay as they were / are left out; a missing heading gives None."""
+    text = "# Title\n\nintro\n\n## Where the update comes from, per budget\n\nline one\n\n## Next\n\nmore\n"
+    assert rp.markdown_section(text, "## Where the update comes from") == (
+        "#### Where the update comes from, per budget\n\nline one\n\n## Next\n\nmore")
+    assert rp.markdown_section("## Where x\nbody", "## Where", level=3) == "### Where x\nbody"
+    assert rp.markdown_section(text, "## Absent") is None
+    assert rp.markdown_section("intro ## Where x", "## Where") is None  # only at the start of a line
+    with pytest.raises(ValueError, match="'## ' heading"):
+        rp.markdown_section(text, "Where")

@@ -14,10 +14,13 @@ from actionpp.replicate.noise import compare_spreads, equal_spread_test, noise_r
 from actionpp.replicate.paired import (
     ScoredRun,
     collect_scored,
+    describe_variants,
     grid_design,
     paired_interval,
     paired_rows,
     planned_pairs,
+    variant_rows,
+    variant_sentences,
     verdicts,
     welch_interval,
 )
@@ -263,3 +266,58 @@ def test_a_nan_validation_is_not_part_of_the_curve(tmp_path: Path):
     (out / "method=action_lab=3_seed=0" / "run" / "log.jsonl").write_text("\n".join(json.dumps(e) for e in entries))
     (run,) = collect_scored(out)
     assert run.val_curve == (0.5, 0.7)
+
+
+def test_a_variant_is_paired_with_its_own_methods_runs_of_the_same_seeds():
+    """variant - method at the variant's budget over the seeds both have; main comparisons leave variants out."""
+    runs = [_run("actionpp", s, t, v, labelled=3) for s, t, v in ((0, 0.50, 0.40), (1, 0.60, 0.45), (2, 0.9, 0.9))]
+    runs += [_run("actionpp", 0, 0.70, 0.75), _run("action", 0, 0.72, 0.74)]
+    runs += [_run("actionpp", 0, 0.52, 0.50, labelled=3, variant="official_networks"),
+             _run("actionpp", 1, 0.61, 0.60, labelled=3, variant="official_networks"),
+             _run("actionpp", 0, 0.69, 0.70, variant="no_ats"),
+             _run("mean_teacher", 0, 0.5, 0.5, variant="orphan")]  # no mean teacher run to pair with: left out
+    rows = variant_rows(runs)
+    mean = {(r.a, r.labelled, r.split): r for r in rows if r.cls == "mean"}
+    assert list(mean) == [("no_ats", 7, "val"), ("no_ats", 7, "test"),
+                          ("official_networks", 3, "val"), ("official_networks", 3, "test")]
+    val = mean[("official_networks", 3, "val")]  # d = 10, 15 (seed 2 has no variant run): 12.5 +- t_1 * 3.54 / 1.41
+    half = 12.706204736174694 * math.sqrt(12.5) / math.sqrt(2)
+    assert (val.b, val.seeds, val.paired.mean, val.ahead) == ("actionpp", (0, 1), pytest.approx(12.5), 2)
+    assert (val.paired.lo, val.paired.hi) == (pytest.approx(12.5 - half), pytest.approx(12.5 + half))
+    assert val.call == "not distinguishable"
+    assert mean[("official_networks", 3, "test")].paired.mean == pytest.approx(1.5)
+    one = mean[("no_ats", 7, "val")]
+    assert one.paired.mean == pytest.approx(-5.0) and one.paired.n == 1
+    assert all(r.role == "variant" for r in rows) and not [r for r in paired_rows(runs) if r.role == "variant"]
+    described = describe_variants({
+        "official_networks": {"METHOD": "actionpp", "OVERRIDES": ["train.teacher_mode=train",
+                                                                  "train.finetune_forward=separate"]},
+        "no_ats": {"METHOD": "actionpp", "ATS": "off"}})
+    said = variant_sentences(rows, described)
+    assert said[0] == "no_ats (ACTION++ with ATS=off) against ACTION++ at 7 labelled patients: d = -5.0 Dice points " \
+                      "on val (1 seed: no interval); d = -1.0 Dice points on test (1 seed: no interval)."
+    assert said[1].startswith("official_networks (ACTION++ with train.teacher_mode=train, "
+                              "train.finetune_forward=separate) against ACTION++ at 3 labelled patients: d = +12.5 "
+                              f"Dice points [{12.5 - half:+.1f}, {12.5 + half:+.1f}] on val (2 paired seeds, "
+                              "ahead on 2 of 2: not distinguishable); d = +1.5 Dice points [")
+
+
+def test_the_published_analysis_names_each_variant_and_what_it_changes(tmp_path: Path):
+    out = tmp_path / "grid"
+    for seed in (0, 1):
+        _write_run(out, f"method=actionpp_lab=3_seed={seed}", {"METHOD": "actionpp", "LABELLED_PATIENTS": 3,
+                                                                "SEED": seed}, 0.4)
+        _write_run(out, f"variant=official_networks_lab=3_seed={seed}",
+                   {"VARIANT": "official_networks", "LABELLED_PATIENTS": 3, "SEED": seed}, 0.5 + 0.1 * seed)
+        metrics = json.loads((out / f"variant=official_networks_lab=3_seed={seed}" / "metrics.json").read_text())
+        metrics["method"] = "actionpp"  # what 04_train writes; the variant's axes do not name the method
+        (out / f"variant=official_networks_lab=3_seed={seed}" / "metrics.json").write_text(json.dumps(metrics))
+    res = write_paired(out, tmp_path / "pub", described={"official_networks": "train.teacher_mode=train"})
+    md = (tmp_path / "pub" / "paired.md").read_text()
+    assert "### Ablation variants beside their method" in md
+    assert ("- official_networks (ACTION++ with train.teacher_mode=train) against ACTION++ at 3 labelled patients: "
+            "d = +15.0 Dice points [") in md  # d = 10, 20 on val
+    assert "| official_networks | ACTION++ | 3 | val | 2 | +15.0 |" in md
+    assert [r.a for r in res["variants"]][:1] == ["official_networks"] and res["verdicts"] == []
+    csv_text = (tmp_path / "pub" / "paired.csv").read_text()
+    assert "official_networks - actionpp,variant,3,val,mean,2,0 1,15.0000" in csv_text

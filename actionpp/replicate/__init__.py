@@ -103,6 +103,7 @@ from actionpp.replicate.tables import (
     RunRecord,
     aggregate,
     collect,
+    markdown_section,
     paper_row,
     results_csv,
     results_markdown,
@@ -136,6 +137,7 @@ __all__ = [
     "aggregate",
     "paper_row",
     "results_csv",
+    "markdown_section",
     "results_markdown",
     "write_results",
 ]

@@ -19,7 +19,17 @@ from typing import Any
 
 from actionpp.atomic import atomic_write_bytes, atomic_write_text
 from actionpp.replicate.noise import noise_rows, noise_summary
-from actionpp.replicate.paired import LEVEL, NAMES, PairedRow, ScoredRun, collect_scored, paired_rows, verdicts
+from actionpp.replicate.paired import (
+    LEVEL,
+    NAMES,
+    PairedRow,
+    ScoredRun,
+    collect_scored,
+    paired_rows,
+    variant_rows,
+    variant_sentences,
+    verdicts,
+)
 from actionpp.replicate.paired import fmt_points as _fmt
 
 __all__ = ["paired_csv", "paired_markdown", "paired_figure", "write_paired"]
@@ -51,7 +61,11 @@ def _n_volumes(runs: Sequence[ScoredRun], split: str) -> str:
 
 
 def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]], runs: Sequence[ScoredRun],
-                    summary: Sequence[str] = (), planned: Mapping[int, int] | None = None) -> str:
+                    summary: Sequence[str] = (), planned: Mapping[int, int] | None = None,
+                    variants: Sequence[PairedRow] = (), described: Mapping[str, str] | None = None) -> str:
+    """``paired.md``: the verdicts and the table of ``rows`` (:func:`paired_rows`), the ablation variants
+    beside their method (``variants``: :func:`variant_rows`; ``described``: variant -> its changes), and the
+    noise table with its sentences."""
     n_runs = len(runs)
     which = " / ".join(sorted({r.which for r in runs})) or "last"
     lines = [
@@ -80,6 +94,20 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
             f"[{_fmt(r.paired.lo, True)}, {_fmt(r.paired.hi, True)}] | {r.ahead} / {r.behind} | {r.call} | "
             f"{_fmt(r.unpaired.mean, True)} [{_fmt(r.unpaired.lo, True)}, {_fmt(r.unpaired.hi, True)}] | {narrower} |"
         )
+    if variants:
+        lines += ["", "### Ablation variants beside their method (paired by seed; diagnostics, read on val)", "",
+                  "Each variant changes one method's settings; d = variant - its method, per seed, over the seeds "
+                  "both have, mean over classes (per class in `paired.csv`). Variants are outside the primary "
+                  "comparison, and no choice is made on test.", ""]
+        lines += [f"- {x}" for x in variant_sentences(variants, described)]
+        lines += ["", "| variant | method | labelled | split | pairs | d | 95 % CI (paired) | ahead / behind | call |",
+                  "| --- | --- | ---: | --- | ---: | ---: | --- | --- | --- |"]
+        for r in variants:
+            if r.cls == "mean":
+                lines.append(
+                    f"| {r.a} | {NAMES.get(r.b, r.b)} | {r.labelled} | {r.split} | {r.paired.n} | "
+                    f"{_fmt(r.paired.mean, True)} | [{_fmt(r.paired.lo, True)}, {_fmt(r.paired.hi, True)}] | "
+                    f"{r.ahead} / {r.behind} | {r.call} |")
     lines += [
         "", "### Noise of the estimates (sample std over seeds, Dice points)", "",
         "| labelled | method | runs | test, student | test, EMA teacher | sd student | sd teacher | sd last val | "
@@ -146,25 +174,28 @@ def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
 
 
 def write_paired(source: str | Path, dest: str | Path | None = None,
-                 only: Iterable[str] | None = None, planned: Mapping[int, int] | None = None) -> dict[str, Any]:
+                 only: Iterable[str] | None = None, planned: Mapping[int, int] | None = None,
+                 described: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Read the scored runs under ``source``, write ``paired.csv``, ``paired.md`` and ``paired.png`` into ``dest``.
 
     ``dest`` defaults to ``source``; ``only``: the run ids to analyse (:func:`collect_scored`); ``planned``:
-    the grid's planned pairs per budget (:func:`planned_pairs`), for the verdicts' interim note. Returns
-    ``{"runs", "rows", "verdicts", "noise_summary", "markdown", "files"}``; with no
+    the grid's planned pairs per budget (:func:`planned_pairs`), for the verdicts' interim note; ``described``:
+    variant -> what it changes (:func:`actionpp.replicate.paired.describe_variants`). Returns
+    ``{"runs", "rows", "variants", "verdicts", "noise_summary", "markdown", "files"}``; with no
     scored run nothing is written.
     """
     source = Path(source)
     dest = Path(dest) if dest is not None else source
     runs = collect_scored(source, only=only)
     rows = paired_rows(runs)
+    variants = variant_rows(runs)
     noise = noise_rows(runs)
     summary = noise_summary(runs) if runs else []
-    md = paired_markdown(rows, noise, runs, summary, planned)
+    md = paired_markdown(rows, noise, runs, summary, planned, variants, described)
     files: list[str] = []
     if runs:
         dest.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(dest / "paired.csv", paired_csv(rows))
+        atomic_write_text(dest / "paired.csv", paired_csv([*rows, *variants]))
         atomic_write_text(dest / "paired.md", md)
         files += ["paired.csv", "paired.md"]
         png = paired_figure(rows)
@@ -173,5 +204,6 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
             files.append("paired.png")
         else:
             (dest / "paired.png").unlink(missing_ok=True)  # an earlier figure of this function no longer holds
-    return {"runs": len(runs), "rows": rows, "verdicts": verdicts(rows, planned), "noise_summary": summary,
+    return {"runs": len(runs), "rows": rows, "variants": variants, "verdicts": verdicts(rows, planned),
+            "noise_summary": summary,
             "markdown": md, "files": files}

@@ -35,9 +35,10 @@ if TYPE_CHECKING:  # grid.py parses the block: this module imports nothing that 
     from actionpp.replicate.tables import RunRecord
 
 __all__ = ["BATCHNORM", "BatchNormSpec", "RunBusy", "parse_batchnorm_spec", "check_run", "checks_for",
-           "read_checks", "batchnorm_markdown", "batchnorm_frame_rows"]
+           "read_checks", "batchnorm_markdown", "batchnorm_frame_rows", "PER_BUDGET_HEADING"]
 
 BATCHNORM = "batchnorm.json"
+PER_BUDGET_HEADING = "## What re-estimating the statistics changes, per budget"  # batchnorm.md's summary lines
 _WAYS = (("stored", "as stored"), ("unlabelled", "unlabelled"), ("training", "as in training"),
          ("training_dropout", "as in training, dropout on"))
 _ORDER = ("supervised", "mean_teacher", "action", "actionpp")
@@ -254,7 +255,7 @@ def batchnorm_markdown(checks: Sequence[tuple[RunRecord, Mapping[str, Any]]], pr
                          f"({statistics.fmean(g):+.1f}, higher in {up} of {n} run{'s' if n != 1 else ''}"
                          f"; as in training {mean(cs, 'training'):.1f}, dropout on {mean(cs, 'training_dropout'):.1f})")
         said.append(f"- {_budget(labelled)}: " + "; ".join(parts) + ".")
-    lines += ["", "## What re-estimating the statistics changes, per budget", "",
+    lines += ["", PER_BUDGET_HEADING, "",
               f"{split} Dice %, as stored -> with the statistics re-estimated from unlabelled training images (mean "
               "change over the runs, how many runs it raised; the Dice with batches composed as in training, with "
               "dropout off and on).", "",

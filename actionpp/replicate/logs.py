@@ -23,9 +23,10 @@ from actionpp.replicate.tables import RunRecord
 from actionpp.runlog import read_json_file
 
 __all__ = ["train_summary", "best_records", "validation_curves", "plot_validation_curves", "loss_shares",
-           "method_and_budget", "TRAIN_DIR"]
+           "method_and_budget", "TRAIN_DIR", "SHARES_HEADING"]
 
 TRAIN_DIR = "run"  # the training run directory inside a grid run (04_train: OUT_DIR / "run")
+SHARES_HEADING = "## Where the update comes from"  # loss_shares.md's ACTION++-beside-ACTION section
 
 
 def train_summary(record: RunRecord) -> dict[str, Any]:
@@ -265,7 +266,7 @@ def loss_shares(records: Sequence[RunRecord]) -> str:
             line += f"; ACTION ({runs(len(other))}): AnCo {a_anco}, the supervised loss {a_sup}"
         said.append(line + ".")
     if said:
-        lines += ["", "## Where the update comes from, ACTION++ beside ACTION (last quarter of fine-tuning)", "",
+        lines += ["", f"{SHARES_HEADING}, ACTION++ beside ACTION (last quarter of fine-tuning)", "",
                   "Share of the backbone's update per loss term: the mean over the runs, the smallest and largest "
                   "run in parentheses. ACTION++ adds two things to ACTION: the SAACL loss, and ATS, which schedules "
                   "the temperatures of SAACL, AnCo and pre-training (ACTION's AnCo keeps a fixed temperature). The "

@@ -41,6 +41,9 @@ __all__ = [
     "welch_interval",
     "collect_scored",
     "paired_rows",
+    "variant_rows",
+    "variant_sentences",
+    "describe_variants",
     "planned_pairs",
     "grid_design",
     "main_runs",
@@ -267,23 +270,101 @@ def paired_rows(runs: Sequence[ScoredRun], comparisons: Sequence[tuple[str, str,
         for a, b, role in comparisons:
             ra = {r.seed: r for r in at if r.method == a}
             rb = {r.seed: r for r in at if r.method == b}
-            if not ra or not rb:
-                continue
-            for split in splits:
-                for cls in ("mean", *classes):
-                    va = _points(ra, split, weights, cls)
-                    vb = _points(rb, split, weights, cls)
-                    seeds = tuple(sorted(set(va) & set(vb)))
-                    if not va or not vb:
-                        continue
-                    d = [va[s] - vb[s] for s in seeds]
-                    # the unpaired interval of the same seeds: what pairing buys, not what extra runs buy
-                    rows.append(PairedRow(
-                        a, b, role, labelled, split, cls, paired_interval(d, level),
-                        welch_interval([va[s] for s in seeds], [vb[s] for s in seeds], level),
-                        sum(x > 0 for x in d), sum(x < 0 for x in d), seeds,
-                    ))
+            if ra and rb:
+                rows += _compare(ra, rb, a, b, role, labelled, splits, weights, classes, level)
     return rows
+
+
+def _compare(ra: Mapping[int, ScoredRun], rb: Mapping[int, ScoredRun], a: str, b: str, role: str, labelled: int,
+             splits: Sequence[str], weights: str, classes: Sequence[str], level: float) -> list[PairedRow]:
+    """A - B per split and class (``mean`` first) over the seeds both have, for those with runs of both."""
+    rows = []
+    for split in splits:
+        for cls in ("mean", *classes):
+            va = _points(ra, split, weights, cls)
+            vb = _points(rb, split, weights, cls)
+            if not va or not vb:
+                continue
+            seeds = tuple(sorted(set(va) & set(vb)))
+            d = [va[s] - vb[s] for s in seeds]
+            # the unpaired interval of the same seeds: what pairing buys, not what extra runs buy
+            rows.append(PairedRow(
+                a, b, role, labelled, split, cls, paired_interval(d, level),
+                welch_interval([va[s] for s in seeds], [vb[s] for s in seeds], level),
+                sum(x > 0 for x in d), sum(x < 0 for x in d), seeds,
+            ))
+    return rows
+
+
+def variant_rows(runs: Sequence[ScoredRun], splits: Sequence[str] = ("val", "test"), weights: str = "student",
+                 level: float = LEVEL) -> list[PairedRow]:
+    """Each ablation variant against its own method: variant - method at the variant's budget, paired by seed
+    with the main comparison's run of that method (``role`` ``"variant"``, ``a`` the variant's name, ``b`` the
+    method). A variant changes one method's settings, so its method's runs of the same seeds are its pairs;
+    variants are diagnostics, read on val first (never on test for a choice). Budgets in falling order, then
+    variants by name; a variant whose method has no run at its budget and seeds is left out."""
+    main = {(r.method, r.labelled, r.seed): r for r in main_runs(runs)}
+    groups: dict[tuple[int, str, str], dict[int, ScoredRun]] = {}
+    for r in runs:
+        if r.variant is not None:
+            groups.setdefault((r.labelled, str(r.variant), r.method), {})[r.seed] = r
+    whiches = sorted({r.which for g in groups.values() for r in g.values()} | {r.which for r in main.values()})
+    if len(whiches) > 1:
+        raise ValueError(f"the runs score different checkpoints ({', '.join(whiches)}): compare like with like")
+    classes = next((r.classes for r in runs if r.classes), ())
+    rows = []
+    for (labelled, variant, method), rv in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        rb = {s: main[(method, labelled, s)] for s in rv if (method, labelled, s) in main}
+        if rb:
+            rows += _compare(rv, rb, variant, method, "variant", labelled, splits, weights, classes, level)
+    return rows
+
+
+def variant_sentences(rows: Sequence[PairedRow], described: Mapping[str, str] | None = None) -> list[str]:
+    """One sentence per variant and budget from :func:`variant_rows`: the mean difference on val with its
+    interval and sign count, then test beside it. ``described``: variant -> what it changes (shown in
+    parentheses)."""
+    out = []
+    for r in rows:
+        if r.role != "variant" or r.split != "val" or r.cls != "mean":
+            continue
+        what = f" ({NAMES.get(r.b, r.b)} with {described[r.a]})" if described and r.a in described else ""
+        test = next((t for t in rows if (t.role, t.a, t.b, t.labelled, t.split, t.cls)
+                     == ("variant", r.a, r.b, r.labelled, "test", "mean")), None)
+        out.append(f"{r.a}{what} against {NAMES.get(r.b, r.b)} at {r.labelled} labelled "
+                   f"patient{'s' if r.labelled != 1 else ''}: {_variant_d(r, 'val')}"
+                   + (f"; {_variant_d(test, 'test')}" if test is not None else "") + ".")
+    return out
+
+
+def describe_variants(variants: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """variant -> what it changes in words for :func:`variant_sentences`: its parameters except ``METHOD``
+    (the method it changes) and ``SEED``, as ``KEY=value``, its ``OVERRIDES`` as written.
+
+    >>> describe_variants({"x": {"METHOD": "actionpp", "ATS": "off", "OVERRIDES": ["train.teacher_mode=train"]}})
+    {'x': 'ATS=off, train.teacher_mode=train'}
+    """
+    out = {}
+    for name, params in variants.items():
+        parts = []
+        for key, value in params.items():
+            if key in ("METHOD", "SEED", "name"):
+                continue
+            if key == "OVERRIDES" and isinstance(value, (list, tuple)):
+                parts += [str(v) for v in value]
+            else:
+                parts.append(f"{key}={value}")
+        if parts:
+            out[str(name)] = ", ".join(parts)
+    return out
+
+
+def _variant_d(r: PairedRow, split: str) -> str:
+    n = r.paired.n
+    if n < 2:
+        return f"d = {fmt_points(r.paired.mean, True)} Dice points on {split} (1 seed: no interval)"
+    return (f"d = {fmt_points(r.paired.mean, True)} Dice points [{fmt_points(r.paired.lo, True)}, "
+            f"{fmt_points(r.paired.hi, True)}] on {split} ({n} paired seeds, ahead on {r.ahead} of {n}: {r.call})")
 
 
 def fmt_points(x: float, signed: bool = False) -> str:

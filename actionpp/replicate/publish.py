@@ -49,10 +49,26 @@ from pathlib import Path
 from typing import Any
 
 from actionpp.atomic import OwnershipError, atomic_write_text, check_folder, claim_folder
+from actionpp.replicate.batchnorm import PER_BUDGET_HEADING
 from actionpp.replicate.grid import Grid, Run
-from actionpp.replicate.logs import TRAIN_DIR, best_records, loss_shares, plot_validation_curves, train_summary
+from actionpp.replicate.logs import (
+    SHARES_HEADING,
+    TRAIN_DIR,
+    best_records,
+    loss_shares,
+    plot_validation_curves,
+    train_summary,
+)
 from actionpp.replicate.run import DONE
-from actionpp.replicate.tables import RunRecord, aggregate, collect, results_csv, results_markdown, write_results
+from actionpp.replicate.tables import (
+    RunRecord,
+    aggregate,
+    collect,
+    markdown_section,
+    results_csv,
+    results_markdown,
+    write_results,
+)
 
 __all__ = ["publish", "check_publish", "OWNER"]
 
@@ -186,21 +202,17 @@ def docs_section(dest: Path, docs: Path, grid: Grid, scored: bool = False) -> st
 
 def _shares_section(shares: Path) -> list[str]:
     """The loss-shares file's section setting ACTION++ beside ACTION (its sentences), for the docs; [] if none."""
-    text = shares.read_text() if shares.is_file() else ""
-    marker = "\n## Where the update comes from"
-    if marker not in text:
-        return []
-    return ["", text[text.index(marker):].strip().replace("## ", "#### ", 1)]
+    part = markdown_section(shares.read_text(), SHARES_HEADING) if shares.is_file() else None
+    return ["", part] if part else []
 
 
 def _batchnorm_section(path: Path, rel: Path) -> list[str]:
     """The BatchNorm check's per-budget lines for the docs, with a link to the file; [] without one."""
-    text = path.read_text() if path.is_file() else ""
-    marker = "\n## What re-estimating the statistics changes, per budget"
-    if marker not in text:
+    part = markdown_section(path.read_text(), PER_BUDGET_HEADING) if path.is_file() else None
+    if not part:
         return []
     return ["", f"BatchNorm's statistics, stored against re-estimated (a diagnostic): [`{rel}/batchnorm.md`]"
-            f"({rel}/batchnorm.md).", "", text[text.index(marker):].strip().replace("## ", "#### ", 1)]
+            f"({rel}/batchnorm.md).", "", part]
 
 
 def _published_before(grid: Grid) -> Any:
@@ -329,7 +341,7 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
             if src.is_file():
                 shutil.copyfile(src, d / TRAIN_DIR / name)
     _prune_stale(dest, records)
-    scored = _publish_scores(records, dest, runs)
+    scored = _publish_scores(records, dest, runs, grid)
     if grid.batchnorm is not None and grid.score is not None:
         _publish_batchnorm(records, dest, grid)
     if embeddings:
@@ -377,11 +389,13 @@ def _test_records(records: Sequence[RunRecord], split: str = "test") -> list[Run
     return out
 
 
-def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run] = ()) -> bool:
+def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run] = (),
+                    grid: Grid | None = None) -> bool:
     """Copy each run's ``scores.json``; when any run has one, the test-split tables and the paired analysis
-    (whose verdicts say when a budget still has planned pairs to come: ``runs``, the whole grid)."""
+    (whose verdicts say when a budget still has planned pairs to come: ``runs``, the whole grid; and whose
+    ablation sentences say what each of ``grid``'s variants changes)."""
     from actionpp.replicate.analysis import write_paired
-    from actionpp.replicate.paired import grid_design, planned_pairs
+    from actionpp.replicate.paired import describe_variants, grid_design, planned_pairs
     from actionpp.replicate.score import SCORES
 
     copied = False
@@ -397,7 +411,9 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run
     atomic_write_text(dest / "results_test.csv", results_csv(rows))
     atomic_write_text(dest / "results_test.md", results_markdown(rows, f"results on the test split ({which} "
                                                                        "checkpoint, student, scored by the runner)"))
-    write_paired(dest, only=[r.run_id for r in records], planned=planned_pairs(grid_design(runs)))
+    variants = {} if grid is None else {k: v for g in (grid, *grid.blocks) for k, v in g.variants.items()}
+    write_paired(dest, only=[r.run_id for r in records], planned=planned_pairs(grid_design(runs)),
+                 described=describe_variants(variants))
     return True
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "results_csv",
     "results_markdown",
     "write_results",
+    "markdown_section",
 ]
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
@@ -387,3 +388,14 @@ def write_results(out: str | Path, records: Sequence[RunRecord], title: str = "R
     atomic_write_text(csv_path, results_csv(rows))
     atomic_write_text(md_path, results_markdown(rows, title))
     return csv_path, md_path
+
+
+def markdown_section(text: str, heading: str, level: int = 4) -> str | None:
+    """``text`` from the line that starts with ``heading`` (a ``## `` heading, or the start of one) to its end,
+    that heading demoted to ``level`` so it nests in a larger page; None when no line starts with it."""
+    if not heading.startswith("## "):
+        raise ValueError(f"markdown_section cuts at a '## ' heading, not {heading!r}")
+    at = 0 if text.startswith(heading) else text.find("\n" + heading)
+    if at < 0:
+        return None
+    return "#" * level + " " + text[at:].strip()[len("## "):]
