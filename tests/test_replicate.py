@@ -581,3 +581,18 @@ def test_markdown_section_cuts_at_the_heading_and_nests_it():
     assert rp.markdown_section("intro ## Where x", "## Where") is None  # only at the start of a line
     with pytest.raises(ValueError, match="'## ' heading"):
         rp.markdown_section(text, "Where")
+
+
+def test_grid_variants_gathers_the_blocks_and_refuses_one_name_defined_twice(tmp_path: Path):
+    """The publisher names what each variant changes from the grid: variants of every block, by name."""
+    _write_notebook(tmp_path)
+    g = {"name": "t", "notebooks": ["fake_train"], "blocks": [
+        {"axes": {"SEED": [0]}, "variants": [{"name": "a", "METHOD": "x", "LR": 0.1}]},
+        {"axes": {"SEED": [1]}, "variants": [{"name": "a", "METHOD": "x", "LR": 0.1}, {"name": "b", "LR": 0.2}]}]}
+    p = tmp_path / "grid.yaml"
+    p.write_text(yaml.safe_dump(g, sort_keys=False))
+    assert rp.grid_variants(rp.load_grid(p)) == {"a": {"METHOD": "x", "LR": 0.1}, "b": {"LR": 0.2}}
+    g["blocks"][1]["variants"][0]["LR"] = 0.3
+    p.write_text(yaml.safe_dump(g, sort_keys=False))
+    with pytest.raises(rp.GridError, match="variant 'a' is defined twice, differently"):
+        rp.grid_variants(rp.load_grid(p))

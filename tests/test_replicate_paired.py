@@ -299,7 +299,7 @@ def test_a_variant_is_paired_with_its_own_methods_runs_of_the_same_seeds():
     assert said[1].startswith("official_networks (ACTION++ with train.teacher_mode=train, "
                               "train.finetune_forward=separate) against ACTION++ at 3 labelled patients: d = +12.5 "
                               f"Dice points [{12.5 - half:+.1f}, {12.5 + half:+.1f}] on val (2 paired seeds, "
-                              "ahead on 2 of 2: not distinguishable); d = +1.5 Dice points [")
+                              "the variant ahead on 2 of 2; call: not distinguishable); d = +1.5 Dice points [")
 
 
 def test_the_published_analysis_names_each_variant_and_what_it_changes(tmp_path: Path):
@@ -321,3 +321,44 @@ def test_the_published_analysis_names_each_variant_and_what_it_changes(tmp_path:
     assert [r.a for r in res["variants"]][:1] == ["official_networks"] and res["verdicts"] == []
     csv_text = (tmp_path / "pub" / "paired.csv").read_text()
     assert "official_networks - actionpp,variant,3,val,mean,2,0 1,15.0000" in csv_text
+
+
+def test_variant_sentences_say_what_is_missing_and_bad_variant_runs_are_named():
+    """No shared seed on val: said, not '1 seed'; no val score: test alone; two runs of one variant and seed,
+    or a variant scoring another checkpoint: refused with the run ids, and the main analysis still written."""
+    base = [_run("actionpp", 0, 0.70, 0.75), _run("actionpp", 1, 0.71, 0.74)]
+    v = ScoredRun("v0", "actionpp", "x", 7, 0, {"test": {"student": {"dice_mean": 0.72, "dice": {}}}})
+    said = variant_sentences(variant_rows([*base, v]))
+    assert said == ["x against ACTION++ at 7 labelled patients: no val score; d = +2.0 Dice points on test "
+                    "(1 seed: no interval)."]
+    def one(rid: str, variant: str | None, seed: int, split: str) -> ScoredRun:
+        return ScoredRun(rid, "actionpp", variant, 7, seed, {split: {"student": {"dice_mean": 0.5, "dice": {}}}})
+
+    # the variant has val on seed 0, its method on seed 1 only: both have val scores, no seed in common
+    skewed = [one("y0", "y", 0, "val"), one("y1", "y", 1, "test"), one("b0", None, 0, "test"),
+              one("b1", None, 1, "val")]
+    assert variant_sentences(variant_rows(skewed)) == [
+        "y against ACTION++ at 7 labelled patients: no seed scored on val for both; no seed scored on test for both."]
+    twice = ScoredRun("v0b", "actionpp", "x", 7, 0, {"test": {"student": {"dice_mean": 0.6, "dice": {}}}})
+    with pytest.raises(ValueError, match="v0 and v0b are both variant x at 7 labelled patients, seed 0"):
+        variant_rows([*base, v, twice])
+    best = ScoredRun("vb", "actionpp", "z", 7, 1, {"val": {"student": {"dice_mean": 0.6, "dice": {}}}}, which="best")
+    with pytest.raises(ValueError, match=r"variant z at 7 labelled patients: vb \(best\) score another checkpoint"):
+        variant_rows([*base, best])
+
+
+def test_a_variant_that_cannot_be_read_does_not_cost_the_main_analysis(tmp_path: Path):
+    out = tmp_path / "grid"
+    for seed in (0, 1):
+        for method, dice in (("actionpp", 0.8), ("action", 0.7)):
+            _write_run(out, f"method={method}_lab=3_seed={seed}", {"METHOD": method, "LABELLED_PATIENTS": 3,
+                                                                    "SEED": seed}, dice)
+    for name in ("variant=v_lab=3_seed=0", "variant=v_lab=3_seed=0_again"):
+        _write_run(out, name, {"VARIANT": "v", "LABELLED_PATIENTS": 3, "SEED": 0, "OTHER": name}, 0.5)
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        (out / name / "metrics.json").write_text(json.dumps({**metrics, "method": "actionpp"}))
+    res = write_paired(out, tmp_path / "pub")
+    md = (tmp_path / "pub" / "paired.md").read_text()
+    assert res["verdicts"][0].startswith("ACTION++ is not distinguishable from ACTION at 3 labelled patients: d = +10")
+    assert "### Ablation variants beside their method\n\nNot read: runs variant=v_lab=3_seed=0 and " \
+           "variant=v_lab=3_seed=0_again are both variant v" in md and res["variants"] == []

@@ -2,10 +2,10 @@
 
 :func:`write_paired` reads a grid's scored runs (:func:`actionpp.replicate.paired.collect_scored`) and
 writes what a reader of ``docs/results.md`` sees: the verdict sentences and the table of paired
-comparisons (:mod:`actionpp.replicate.paired`), the noise table and its sentences
-(:mod:`actionpp.replicate.noise`), and the figure, one point and 95 % interval per comparison, budget,
-split and class. The publisher (:mod:`actionpp.replicate.publish`) calls it for a scored grid; notebook
-06 draws the same figure with :func:`paired_figure`.
+comparisons (:mod:`actionpp.replicate.paired`), the ablation variants beside their own method, the noise
+table and its sentences (:mod:`actionpp.replicate.noise`), and the figure, one point and 95 % interval per
+comparison, budget, split and class. The publisher (:mod:`actionpp.replicate.publish`) calls it for a
+scored grid; notebook 06 draws the same figure with :func:`paired_figure`.
 """
 
 from __future__ import annotations
@@ -62,10 +62,12 @@ def _n_volumes(runs: Sequence[ScoredRun], split: str) -> str:
 
 def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]], runs: Sequence[ScoredRun],
                     summary: Sequence[str] = (), planned: Mapping[int, int] | None = None,
-                    variants: Sequence[PairedRow] = (), described: Mapping[str, str] | None = None) -> str:
+                    variants: Sequence[PairedRow] = (), described: Mapping[str, str] | None = None,
+                    variant_problem: str = "") -> str:
     """``paired.md``: the verdicts and the table of ``rows`` (:func:`paired_rows`), the ablation variants
-    beside their method (``variants``: :func:`variant_rows`; ``described``: variant -> its changes), and the
-    noise table with its sentences."""
+    beside their method (``variants``: :func:`variant_rows`; ``described``: variant -> its changes;
+    ``variant_problem``: why they could not be read, said in their place), and the noise table with its
+    sentences."""
     n_runs = len(runs)
     which = " / ".join(sorted({r.which for r in runs})) or "last"
     lines = [
@@ -94,6 +96,8 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
             f"[{_fmt(r.paired.lo, True)}, {_fmt(r.paired.hi, True)}] | {r.ahead} / {r.behind} | {r.call} | "
             f"{_fmt(r.unpaired.mean, True)} [{_fmt(r.unpaired.lo, True)}, {_fmt(r.unpaired.hi, True)}] | {narrower} |"
         )
+    if variant_problem:
+        lines += ["", "### Ablation variants beside their method", "", f"Not read: {variant_problem}."]
     if variants:
         lines += ["", "### Ablation variants beside their method (paired by seed; diagnostics, read on val)", "",
                   "Each variant changes one method's settings; d = variant - its method, per seed, over the seeds "
@@ -188,10 +192,13 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
     dest = Path(dest) if dest is not None else source
     runs = collect_scored(source, only=only)
     rows = paired_rows(runs)
-    variants = variant_rows(runs)
+    try:
+        variants, variant_problem = variant_rows(runs), ""
+    except ValueError as exc:  # the variants cannot be read: say why, and keep the main analysis
+        variants, variant_problem = [], str(exc)
     noise = noise_rows(runs)
     summary = noise_summary(runs) if runs else []
-    md = paired_markdown(rows, noise, runs, summary, planned, variants, described)
+    md = paired_markdown(rows, noise, runs, summary, planned, variants, described, variant_problem)
     files: list[str] = []
     if runs:
         dest.mkdir(parents=True, exist_ok=True)

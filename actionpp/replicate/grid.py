@@ -29,6 +29,7 @@ __all__ = [
     "make_run_id",
     "profile_parameters",
     "expand",
+    "grid_variants",
     "shard",
     "parse_shard",
     "grid_fingerprint",
@@ -341,6 +342,18 @@ def substitute(value: Any, mapping: Mapping[str, str]) -> Any:
     if isinstance(value, dict):
         return {k: substitute(x, mapping) for k, x in value.items()}
     return value
+
+
+def grid_variants(grid: Grid) -> dict[str, Mapping[str, Any]]:
+    """Every variant of ``grid``, its own and its blocks', name -> parameters (``name`` left out). Refused with a
+    :class:`GridError` when two blocks define one name with different parameters (its runs would share ids)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for g in (grid, *grid.blocks):
+        for name, params in g.variants.items():
+            if name in out and dict(out[name]) != dict(params):
+                raise GridError(f"{grid.source or grid.name}: variant {name!r} is defined twice, differently")
+            out[name] = params
+    return out
 
 
 def expand(grid: Grid) -> list[Run]:

@@ -14,6 +14,10 @@ per split (``test``: the primary number, never used for a choice; ``val``: the s
 per class and for the mean over classes, in Dice points (x 100). A difference is called
 ``ahead`` / ``behind`` only when its interval excludes 0.
 
+Ablation variants (a grid's ``variants``) are outside those comparisons: :func:`variant_rows` sets each
+beside its own method's runs of the same seeds and budget (variant - method; val first, test beside),
+and :func:`variant_sentences` says it in one sentence per variant and budget.
+
 The noise of the estimates (teacher, three-point mean) is :mod:`actionpp.replicate.noise`, which
 builds on this module.
 
@@ -302,44 +306,54 @@ def variant_rows(runs: Sequence[ScoredRun], splits: Sequence[str] = ("val", "tes
     with the main comparison's run of that method (``role`` ``"variant"``, ``a`` the variant's name, ``b`` the
     method). A variant changes one method's settings, so its method's runs of the same seeds are its pairs;
     variants are diagnostics, read on val first (never on test for a choice). Budgets in falling order, then
-    variants by name; a variant whose method has no run at its budget and seeds is left out."""
+    variants by name; a variant whose method has no run at its budget and seeds is left out (such as one whose
+    whole change is another method preset). Raises ValueError naming the runs when two runs of one variant
+    share a budget and seed, or when a variant run scores another checkpoint than the runs it is paired with."""
     main = {(r.method, r.labelled, r.seed): r for r in main_runs(runs)}
     groups: dict[tuple[int, str, str], dict[int, ScoredRun]] = {}
     for r in runs:
-        if r.variant is not None:
-            groups.setdefault((r.labelled, str(r.variant), r.method), {})[r.seed] = r
-    whiches = sorted({r.which for g in groups.values() for r in g.values()} | {r.which for r in main.values()})
-    if len(whiches) > 1:
-        raise ValueError(f"the runs score different checkpoints ({', '.join(whiches)}): compare like with like")
+        if r.variant is None:
+            continue
+        group = groups.setdefault((r.labelled, str(r.variant), r.method), {})
+        if r.seed in group:
+            raise ValueError(f"runs {group[r.seed].run_id} and {r.run_id} are both variant {r.variant} at "
+                             f"{r.labelled} labelled patients, seed {r.seed}: compare them one setting at a time")
+        group[r.seed] = r
     classes = next((r.classes for r in runs if r.classes), ())
     rows = []
     for (labelled, variant, method), rv in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         rb = {s: main[(method, labelled, s)] for s in rv if (method, labelled, s) in main}
-        if rb:
-            rows += _compare(rv, rb, variant, method, "variant", labelled, splits, weights, classes, level)
+        if not rb:
+            continue
+        other = [f"{x.run_id} ({x.which})" for x in (*rv.values(), *rb.values()) if x.which != rb[min(rb)].which]
+        if other:
+            raise ValueError(f"variant {variant} at {labelled} labelled patients: {', '.join(other)} score another "
+                             f"checkpoint than {rb[min(rb)].run_id} ({rb[min(rb)].which}): compare like with like")
+        rows += _compare(rv, rb, variant, method, "variant", labelled, splits, weights, classes, level)
     return rows
 
 
 def variant_sentences(rows: Sequence[PairedRow], described: Mapping[str, str] | None = None) -> list[str]:
     """One sentence per variant and budget from :func:`variant_rows`: the mean difference on val with its
-    interval and sign count, then test beside it. ``described``: variant -> what it changes (shown in
-    parentheses)."""
+    interval and sign count, then test beside it (a variant without a val score: test alone, said so).
+    ``described``: variant -> what it changes (shown in parentheses)."""
     out = []
-    for r in rows:
-        if r.role != "variant" or r.split != "val" or r.cls != "mean":
-            continue
-        what = f" ({NAMES.get(r.b, r.b)} with {described[r.a]})" if described and r.a in described else ""
-        test = next((t for t in rows if (t.role, t.a, t.b, t.labelled, t.split, t.cls)
-                     == ("variant", r.a, r.b, r.labelled, "test", "mean")), None)
-        out.append(f"{r.a}{what} against {NAMES.get(r.b, r.b)} at {r.labelled} labelled "
-                   f"patient{'s' if r.labelled != 1 else ''}: {_variant_d(r, 'val')}"
-                   + (f"; {_variant_d(test, 'test')}" if test is not None else "") + ".")
+    mean = {(r.a, r.b, r.labelled, r.split): r for r in rows if r.role == "variant" and r.cls == "mean"}
+    for a, b, labelled in dict.fromkeys((a, b, lab) for a, b, lab, _ in mean):
+        what = f" ({NAMES.get(b, b)} with {described[a]})" if described and a in described else ""
+        val, test = mean.get((a, b, labelled, "val")), mean.get((a, b, labelled, "test"))
+        said = [_variant_d(val, "val") if val is not None else "no val score"]
+        if test is not None:
+            said.append(_variant_d(test, "test"))
+        out.append(f"{a}{what} against {NAMES.get(b, b)} at {labelled} labelled "
+                   f"patient{'s' if labelled != 1 else ''}: {'; '.join(said)}.")
     return out
 
 
 def describe_variants(variants: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """variant -> what it changes in words for :func:`variant_sentences`: its parameters except ``METHOD``
-    (the method it changes) and ``SEED``, as ``KEY=value``, its ``OVERRIDES`` as written.
+    (the method it changes), ``SEED`` and ``name``, as ``KEY=value``, its ``OVERRIDES`` as written; a variant
+    that changes nothing else is left out.
 
     >>> describe_variants({"x": {"METHOD": "actionpp", "ATS": "off", "OVERRIDES": ["train.teacher_mode=train"]}})
     {'x': 'ATS=off, train.teacher_mode=train'}
@@ -361,10 +375,13 @@ def describe_variants(variants: Mapping[str, Mapping[str, Any]]) -> dict[str, st
 
 def _variant_d(r: PairedRow, split: str) -> str:
     n = r.paired.n
-    if n < 2:
+    if n == 0:
+        return f"no seed scored on {split} for both"
+    if n == 1:
         return f"d = {fmt_points(r.paired.mean, True)} Dice points on {split} (1 seed: no interval)"
     return (f"d = {fmt_points(r.paired.mean, True)} Dice points [{fmt_points(r.paired.lo, True)}, "
-            f"{fmt_points(r.paired.hi, True)}] on {split} ({n} paired seeds, ahead on {r.ahead} of {n}: {r.call})")
+            f"{fmt_points(r.paired.hi, True)}] on {split} ({n} paired seeds, the variant ahead on {r.ahead} of {n}; "
+            f"call: {r.call})")
 
 
 def fmt_points(x: float, signed: bool = False) -> str:

@@ -50,7 +50,7 @@ from typing import Any
 
 from actionpp.atomic import OwnershipError, atomic_write_text, check_folder, claim_folder
 from actionpp.replicate.batchnorm import PER_BUDGET_HEADING
-from actionpp.replicate.grid import Grid, Run
+from actionpp.replicate.grid import Grid, Run, grid_variants
 from actionpp.replicate.logs import (
     SHARES_HEADING,
     TRAIN_DIR,
@@ -411,9 +411,8 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run
     atomic_write_text(dest / "results_test.csv", results_csv(rows))
     atomic_write_text(dest / "results_test.md", results_markdown(rows, f"results on the test split ({which} "
                                                                        "checkpoint, student, scored by the runner)"))
-    variants = {} if grid is None else {k: v for g in (grid, *grid.blocks) for k, v in g.variants.items()}
     write_paired(dest, only=[r.run_id for r in records], planned=planned_pairs(grid_design(runs)),
-                 described=describe_variants(variants))
+                 described=describe_variants(grid_variants(grid)) if grid is not None else None)
     return True
 
 

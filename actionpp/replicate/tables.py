@@ -391,10 +391,13 @@ def write_results(out: str | Path, records: Sequence[RunRecord], title: str = "R
 
 
 def markdown_section(text: str, heading: str, level: int = 4) -> str | None:
-    """``text`` from the line that starts with ``heading`` (a ``## `` heading, or the start of one) to its end,
-    that heading demoted to ``level`` so it nests in a larger page; None when no line starts with it."""
+    """``text`` from the first line that starts with ``heading`` (a ``## `` heading, or the start of one) to
+    the end of ``text``, stripped; that heading is demoted to ``level`` (3 to 6) so it nests in a larger page,
+    later headings are kept as they are. None when no line starts with ``heading``."""
     if not heading.startswith("## "):
         raise ValueError(f"markdown_section cuts at a '## ' heading, not {heading!r}")
+    if not 3 <= level <= 6:
+        raise ValueError(f"a section nested under '## ' takes a heading level from 3 to 6, not {level}")
     at = 0 if text.startswith(heading) else text.find("\n" + heading)
     if at < 0:
         return None
