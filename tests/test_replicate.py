@@ -431,6 +431,15 @@ def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme
     assert rows["seed=1"][0] == "0.0"  # no loop time recorded: the marker's (a fraction of a second here)
     # which code trained which run: every start's commit (short), or the run's one commit of older records
     assert rows["seed=0"][2] == "1111111, 2222222" and rows["seed=1"][2] == "abc123"
+    # a run started on code that recorded no commit per start, resumed on code that does: the newer commit
+    # did not train all of it, and the README does not credit it alone
+    record = out / "seed=1" / "run" / "run.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "starts": [
+        {"from_iteration": 0}, {"from_iteration": 100, "git_commit": "3" * 40}]}))
+    dest = publish(out, runs, grid, tmp_path / "results" / "t", command="actionpp replicate grid.yaml",
+                   embeddings=False)
+    again = [line.split(" | ") for line in (dest / "README.md").read_text().splitlines() if line.startswith("| seed=1")]
+    assert again[0][3] == "not recorded, 3333333"
     assert "training time of all runs added up: 0.17 h" in readme
     assert (dest / "val_dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (dest / "results.csv").read_text().count("\n") == 2

@@ -112,9 +112,13 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         last = fin if last is None or (fin and fin > last) else last
         its = ", ".join(f"{k} {v:.2f}/s" for k, v in (train.get("its_per_s") or {}).items())
         resumed = len(record.get("starts", [])) > 1  # the loop records every start of the run
-        # the commit of every start (older runs record one, in "environment": that of their last start)
-        run_commits = [str(s.get("git_commit") or "")[:7] for s in record.get("starts", []) if s.get("git_commit")]
-        code = ", ".join(dict.fromkeys(run_commits)) or str(env.get("git_commit") or "-")[:7]
+        # the commit of every start (older runs record one, in "environment": that of their last start); a run
+        # resumed on newer code after a start that recorded none says so rather than credit the newer commit
+        starts = [s for s in record.get("starts", []) if isinstance(s, dict)]
+        run_commits = [str(s["git_commit"])[:7] if s.get("git_commit") else "not recorded" for s in starts]
+        if not any(s.get("git_commit") for s in starts):
+            run_commits = [str(env.get("git_commit") or "-")[:7]]
+        code = ", ".join(dict.fromkeys(run_commits))
         lines_runs.append(
             f"| {r.run_id} | {seconds / 60:.1f}{' (resumed)' if resumed else ''} | {its} | {code} | {fin} |"
         )
@@ -153,7 +157,8 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         "",
         "`minutes`: time in training iterations over all of the run's attempts (validation and checkpoint "
         "writes excluded; a run stopped and resumed counts the iterations it repeated after its last "
-        "checkpoint once, not twice); `(resumed)`: more than one attempt; `commit`: the code of each of its starts.",
+        "checkpoint once, not twice); `(resumed)`: more than one attempt; `commit`: the code of each of its starts "
+        "(`not recorded`: a start on code from before each start recorded its commit).",
         "",
         "| run | minutes | iterations / s (per phase) | commit | finished |",
         "|---|---|---|---|---|",
