@@ -222,7 +222,10 @@ def test_a_verdict_before_the_planned_pairs_are_in_says_it_is_interim():
     seven, three = verdicts(rows, planned={7: 8, 3: 1})
     # 7 patients: d = +1, +2 -> 2 of the 8 planned pairs; 3 patients: its one planned pair is in
     assert seven.endswith("Interim: 2 of the 8 planned pairs; the call is provisional until all are in.")
-    assert "(test, 1 paired seed, ACTION++ ahead on 1 of 1)." in three and "Interim" not in three
+    # where the difference sits: each method's mean Dice over the paired seeds (test: 50 and 40 points)
+    assert "(test, 1 paired seed, ACTION++ ahead on 1 of 1; mean Dice ACTION++ 50.0, ACTION 40.0)." in three
+    assert "Interim" not in three
+    assert "; mean Dice ACTION++ 81.0, ACTION 79.5)" in seven  # (80 + 82) / 2, (79 + 80) / 2
     assert not any("Interim" in v for v in verdicts(rows))  # no plan given: nothing said
     design = [("actionpp", None, 7, s) for s in range(8)] + [("action", None, 7, s) for s in range(8)]
     design += [("actionpp", None, 3, 0), ("action", None, 3, 0), ("action", None, 3, 1)]

@@ -36,7 +36,8 @@ __all__ = ["paired_csv", "paired_markdown", "paired_figure", "write_paired"]
 
 
 _CSV_FIELDS = ["comparison", "role", "labelled", "split", "class", "n_pairs", "seeds", "d_mean", "d_sd", "ci_lo",
-               "ci_hi", "ahead", "behind", "call", "unpaired_diff", "unpaired_lo", "unpaired_hi", "unpaired_df"]
+               "ci_hi", "ahead", "behind", "call", "unpaired_diff", "unpaired_lo", "unpaired_hi", "unpaired_df",
+               "mean_a", "mean_b"]
 
 
 def paired_csv(rows: Sequence[PairedRow]) -> str:
@@ -51,6 +52,7 @@ def paired_csv(rows: Sequence[PairedRow]) -> str:
             "ci_hi": f"{r.paired.hi:.4f}", "ahead": r.ahead, "behind": r.behind, "call": r.call,
             "unpaired_diff": f"{r.unpaired.mean:.4f}", "unpaired_lo": f"{r.unpaired.lo:.4f}",
             "unpaired_hi": f"{r.unpaired.hi:.4f}", "unpaired_df": f"{r.unpaired.df:.2f}",
+            "mean_a": f"{r.mean_a:.4f}", "mean_b": f"{r.mean_b:.4f}",
         })
     return buf.getvalue()
 

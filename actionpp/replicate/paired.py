@@ -227,6 +227,8 @@ class PairedRow:
     ahead: int
     behind: int
     seeds: tuple[int, ...] = field(default_factory=tuple)
+    mean_a: float = math.nan  # A's and B's mean Dice points over the paired seeds: where the difference sits
+    mean_b: float = math.nan
 
     @property
     def call(self) -> str:
@@ -296,6 +298,8 @@ def _compare(ra: Mapping[int, ScoredRun], rb: Mapping[int, ScoredRun], a: str, b
                 a, b, role, labelled, split, cls, paired_interval(d, level),
                 welch_interval([va[s] for s in seeds], [vb[s] for s in seeds], level),
                 sum(x > 0 for x in d), sum(x < 0 for x in d), seeds,
+                statistics.fmean(va[x] for x in seeds) if seeds else math.nan,
+                statistics.fmean(vb[x] for x in seeds) if seeds else math.nan,
             ))
     return rows
 
@@ -457,6 +461,6 @@ def verdicts(rows: Sequence[PairedRow], planned: Mapping[int, int] | None = None
             f"{a} {call} at {r.labelled} labelled patient{'s' if r.labelled != 1 else ''}: "
             f"d = {_fmt(r.paired.mean, True)} Dice points [{_fmt(r.paired.lo, True)}, {_fmt(r.paired.hi, True)}] "
             f"(test, {r.paired.n} paired seed{'s' if r.paired.n != 1 else ''}, {a} ahead on {r.ahead} of "
-            f"{r.paired.n}){agree}.{interim}"
+            f"{r.paired.n}; mean Dice {a} {_fmt(r.mean_a)}, {b} {_fmt(r.mean_b)}){agree}.{interim}"
         )
     return out
