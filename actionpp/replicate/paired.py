@@ -329,10 +329,11 @@ def variant_rows(runs: Sequence[ScoredRun], splits: Sequence[str] = ("val", "tes
         rb = {s: main[(method, labelled, s)] for s in rv if (method, labelled, s) in main}
         if not rb:
             continue
-        other = [f"{x.run_id} ({x.which})" for x in (*rv.values(), *rb.values()) if x.which != rb[min(rb)].which]
+        ref = rb[min(rb)]  # the checkpoint every run of this comparison must score
+        other = [f"{x.run_id} ({x.which})" for x in (*rv.values(), *rb.values()) if x.which != ref.which]
         if other:
             raise ValueError(f"variant {variant} at {labelled} labelled patients: {', '.join(other)} score another "
-                             f"checkpoint than {rb[min(rb)].run_id} ({rb[min(rb)].which}): compare like with like")
+                             f"checkpoint than {ref.run_id} ({ref.which}): compare like with like")
         rows += _compare(rv, rb, variant, method, "variant", labelled, splits, weights, classes, level)
     return rows
 

@@ -112,13 +112,12 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         last = fin if last is None or (fin and fin > last) else last
         its = ", ".join(f"{k} {v:.2f}/s" for k, v in (train.get("its_per_s") or {}).items())
         resumed = len(record.get("starts", [])) > 1  # the loop records every start of the run
-        # the commit of every start (older runs record one, in "environment": that of their last start); a run
-        # resumed on newer code after a start that recorded none says so rather than credit the newer commit
-        starts = [s for s in record.get("starts", []) if isinstance(s, dict)]
-        run_commits = [str(s["git_commit"])[:7] if s.get("git_commit") else "not recorded" for s in starts]
-        if not any(s.get("git_commit") for s in starts):
-            run_commits = [str(env.get("git_commit") or "-")[:7]]
-        code = ", ".join(dict.fromkeys(run_commits))
+        starts = [s.get("git_commit") for s in record.get("starts", []) if isinstance(s, dict)]
+        # the commit of every start (older runs record none: their one commit is in "environment", that of their
+        # last start); a run resumed on newer code after a start that recorded none says so rather than credit
+        # the newer commit
+        code = (", ".join(dict.fromkeys(str(c)[:7] if c else "not recorded" for c in starts)) if any(starts)
+                else str(env.get("git_commit") or "-")[:7])
         lines_runs.append(
             f"| {r.run_id} | {seconds / 60:.1f}{' (resumed)' if resumed else ''} | {its} | {code} | {fin} |"
         )
