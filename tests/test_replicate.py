@@ -343,7 +343,9 @@ def test_tiny_grid_end_to_end_on_04_train(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- shipped grids
 
 
-@pytest.mark.parametrize("name, n_runs", [("acdc_paper", 24), ("la_ablation", 15), ("phantom_small", 12), ("tiny", 2)])
+@pytest.mark.parametrize("name, n_runs", [("acdc_paper", 24), ("la_ablation", 15), ("phantom_small", 12), ("tiny", 2),
+                                           ("acdc_lite", 20), ("acdc_lite_power", 71),
+                                           ("acdc_lite_power_official", 16)])
 def test_shipped_grids_expand_and_pass_the_strict_parameter_check(name: str, n_runs: int) -> None:
     """Every run of every grid in notebooks/grids/ would start: parameters known and well typed."""
     from actionpp.notebook import check_parameters, parameters_of
@@ -362,6 +364,28 @@ def test_shipped_grids_expand_and_pass_the_strict_parameter_check(name: str, n_r
         ra = by_id["variant=random_assign_seed=1"]
         assert (ra["ASSIGNMENT"], ra["SAACL"], ra["ATS"], ra["LABELLED_PATIENTS"]) == ("random", "on", "on", 8)
         assert rp.paper_row("la", 8, "random_assign") == {"dice": 88.0, "asd": None}
+
+
+def test_the_official_modes_grid_repeats_the_powered_grids_official_networks_runs_and_pairs_by_seed() -> None:
+    """acdc_lite_power_official (ACTION and ACTION++ at 3 labelled patients, both official network modes) gives
+    notebook 04 exactly the parameters of the powered grid's official_networks variants at seeds 0 and 1, so its
+    runs of those seeds repeat them; and it plans 8 pairs, the powered grid's plan at 3 labelled patients."""
+    from actionpp.paths import repo_root
+    from actionpp.replicate.paired import grid_design, planned_pairs
+
+    grids = repo_root() / "notebooks" / "grids"
+    power = rp.expand(rp.load_grid(grids / "acdc_lite_power.yaml"))
+    official = rp.expand(rp.load_grid(grids / "acdc_lite_power_official.yaml"))
+    variant = {"official_networks_action": "action", "official_networks": "actionpp"}
+    repeated = {(variant[r.axes["VARIANT"]], r.axes["SEED"]): dict(r.parameters[0]) for r in power
+                if r.axes.get("VARIANT") in variant}
+    assert sorted(repeated) == [("action", 0), ("action", 1), ("actionpp", 0), ("actionpp", 1)]
+    mine = {(r.axes["METHOD"], r.axes["SEED"]): dict(r.parameters[0]) for r in official}
+    for key, params in repeated.items():
+        assert mine[key] == params
+    assert {p["OVERRIDES"] == ["train.teacher_mode=train", "train.finetune_forward=separate"] and
+            p["LABELLED_PATIENTS"] == 3 for p in mine.values()} == {True}
+    assert planned_pairs(grid_design(official)) == {3: 8} == {3: planned_pairs(grid_design(power))[3]}
 
 
 # --------------------------------------------------------------------------- publishing
