@@ -344,7 +344,7 @@ def test_tiny_grid_end_to_end_on_04_train(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name, n_runs", [("acdc_paper", 24), ("la_ablation", 15), ("phantom_small", 12), ("tiny", 2),
-                                           ("acdc_lite", 20), ("acdc_lite_power", 71),
+                                           ("acdc_lite", 20), ("acdc_lite_power", 73),
                                            ("acdc_lite_power_official", 16)])
 def test_shipped_grids_expand_and_pass_the_strict_parameter_check(name: str, n_runs: int) -> None:
     """Every run of every grid in notebooks/grids/ would start: parameters known and well typed."""
