@@ -93,3 +93,21 @@ def test_the_powered_grid_batchnorm_checks_start_from_the_runners_val_score():
         assert bn["stored"]["n_volumes"] == 20 and bn["unlabelled"]["n_volumes"] == 20
         assert bn["stored"]["dice"] == pytest.approx(sc["scores"]["val"]["student"]["dice_mean"], abs=1e-9)
         assert bn["images"] == spec.images and bn["split"] == "val"
+
+
+@pytest.mark.parametrize("name", ["acdc_lite", "acdc_lite_power"])
+def test_the_docs_section_of_each_published_grid_is_what_the_runner_writes_from_its_folder(name):
+    """docs/results.md's section of a published grid (between its `<!-- grid:NAME -->` markers) is, byte for
+    byte, what `replicate --publish --docs` writes from results/NAME: no table or sentence of it was edited by
+    hand, and it was rewritten after the folder's last publish."""
+    from actionpp.benchdoc import markers
+    from actionpp.replicate import load_grid
+    from actionpp.replicate.publish import docs_section
+
+    docs = repo_root() / "docs" / "results.md"
+    text = docs.read_text()
+    start, end = markers(f"grid:{name}")
+    assert text.count(start) == 1 and text.count(end) == 1
+    committed = text[text.index(start) + len(start) + 1:text.index(end) - 1]
+    grid = load_grid(repo_root() / "notebooks" / "grids" / f"{name}.yaml")
+    assert committed == docs_section(repo_root() / "results" / name, docs, grid, scored=grid.score is not None).rstrip()
