@@ -386,6 +386,9 @@ def test_the_official_modes_grid_repeats_the_powered_grids_official_networks_run
     assert {p["OVERRIDES"] == ["train.teacher_mode=train", "train.finetune_forward=separate"] and
             p["LABELLED_PATIENTS"] == 3 for p in mine.values()} == {True}
     assert planned_pairs(grid_design(official)) == {3: 8} == {3: planned_pairs(grid_design(power))[3]}
+    # the new seeds first, ACTION then ACTION++ in each; the repeats of seeds 0 and 1 last
+    assert [(r.axes["SEED"], r.axes["METHOD"]) for r in official] == [
+        (s, m) for s in (2, 3, 4, 5, 6, 7, 0, 1) for m in ("action", "actionpp")]
 
 
 # --------------------------------------------------------------------------- publishing
