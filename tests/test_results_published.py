@@ -46,17 +46,23 @@ def test_notebook_06_renders_the_committed_results(tmp_path):
     assert m["n_runs"] == len(RUNS) and not m["failed"]
 
 
-POWER = repo_root() / "results" / "acdc_lite_power"
+#: the scored grids of issue 18 (grid file name = results folder name)
+SCORED_GRIDS = ("acdc_lite_power", "acdc_lite_power_official")
 
 
-def test_the_powered_grid_runs_carry_their_scores_and_samples_and_belong_together():
-    """Every published run of the powered grid (issue 18): scored on val (20) and test (40 volumes) from its last
-    checkpoint, the val score equal to the notebook's own last-checkpoint number, an embedding sample of its own."""
+@pytest.mark.parametrize("name", SCORED_GRIDS)
+def test_the_powered_grid_runs_carry_their_scores_and_samples_and_belong_together(name):
+    """Every published run of a powered grid (issue 18): scored on val (20) and test (40 volumes) from its last
+    checkpoint, the val score equal to the notebook's own last-checkpoint number, an embedding sample of its own,
+    and trained with the network modes its grid file gives it (acdc_lite_power_official: both official modes)."""
     from actionpp.embeddings import read_embedding_sample
+    from actionpp.replicate import expand, load_grid
     from actionpp.replicate.score import ScoreSpec, read_scores
 
-    runs = sorted(p.parent for p in POWER.glob("*/done"))
-    assert runs, f"no published run under {POWER}"
+    folder = repo_root() / "results" / name
+    runs = sorted(p.parent for p in folder.glob("*/done"))
+    assert runs, f"no published run under {folder}"
+    planned = {r.run_id: r for r in expand(load_grid(repo_root() / "notebooks" / "grids" / f"{name}.yaml"))}
     spec = ScoreSpec(splits=("val", "test"), weights=("student", "teacher"))
     for run in runs:
         axes = json.loads((run / "done").read_text())["axes"]
@@ -71,9 +77,13 @@ def test_the_powered_grid_runs_carry_their_scores_and_samples_and_belong_togethe
         assert cfg.runtime.seed == axes["SEED"] and sc["has_teacher"] == cfg.method.teacher
         sample = read_embedding_sample(run / "embeddings.npz")
         assert sample["meta"]["seed"] == axes["SEED"] and sample["meta"]["method"] == metrics["method"]
+        overrides = dict(o.split("=", 1) for o in planned[run.name].parameters[0].get("OVERRIDES", []))
+        assert cfg.train.teacher_mode == overrides.get("train.teacher_mode", "eval")  # acdc_lite's profile: eval
+        assert cfg.train.finetune_forward == overrides.get("train.finetune_forward", "joint")
 
 
-def test_the_powered_grid_batchnorm_checks_start_from_the_runners_val_score():
+@pytest.mark.parametrize("name", SCORED_GRIDS)
+def test_the_powered_grid_batchnorm_checks_start_from_the_runners_val_score(name):
     """Each published run's BatchNorm check (the grid's batchnorm_check block) scored the checkpoint the runner
     scored: its `as stored` val Dice is the runner's val student score, on the same 20 volumes, and it used the
     grid's setting; re-estimating changed nothing but BatchNorm's statistics, so a run without BatchNorm
@@ -81,11 +91,12 @@ def test_the_powered_grid_batchnorm_checks_start_from_the_runners_val_score():
     from actionpp.replicate import load_grid
     from actionpp.replicate.score import read_scores
 
-    spec = load_grid(repo_root() / "notebooks" / "grids" / "acdc_lite_power.yaml").batchnorm
+    spec = load_grid(repo_root() / "notebooks" / "grids" / f"{name}.yaml").batchnorm
     assert spec is not None and spec.split == "val"
-    runs = sorted(p.parent for p in POWER.glob("*/batchnorm.json"))
-    assert runs, f"no BatchNorm check published under {POWER}"
-    assert (POWER / "batchnorm.md").is_file()
+    folder = repo_root() / "results" / name
+    runs = sorted(p.parent for p in folder.glob("*/batchnorm.json"))
+    assert runs, f"no BatchNorm check published under {folder}"
+    assert (folder / "batchnorm.md").is_file()
     for run in runs:
         bn = json.loads((run / "batchnorm.json").read_text())
         sc = read_scores(run / "scores.json")
@@ -95,7 +106,7 @@ def test_the_powered_grid_batchnorm_checks_start_from_the_runners_val_score():
         assert bn["images"] == spec.images and bn["split"] == "val"
 
 
-@pytest.mark.parametrize("name", ["acdc_lite", "acdc_lite_power"])
+@pytest.mark.parametrize("name", ["acdc_lite", *SCORED_GRIDS])
 def test_the_docs_section_of_each_published_grid_is_what_the_runner_writes_from_its_folder(name):
     """docs/results.md's section of a published grid (between its `<!-- grid:NAME -->` markers) is, byte for
     byte, what `replicate --publish --docs` writes from results/NAME: no table or sentence of it was edited by
