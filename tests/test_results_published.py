@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from actionpp.config import config_hash, stored_config
+from actionpp.config import config_hash, load_config, stored_config
 from actionpp.paths import repo_root
 from actionpp.report import read_run_metrics
 
@@ -77,9 +77,10 @@ def test_the_powered_grid_runs_carry_their_scores_and_samples_and_belong_togethe
         assert cfg.runtime.seed == axes["SEED"] and sc["has_teacher"] == cfg.method.teacher
         sample = read_embedding_sample(run / "embeddings.npz")
         assert sample["meta"]["seed"] == axes["SEED"] and sample["meta"]["method"] == metrics["method"]
-        overrides = dict(o.split("=", 1) for o in planned[run.name].parameters[0].get("OVERRIDES", []))
-        assert cfg.train.teacher_mode == overrides.get("train.teacher_mode", "eval")  # acdc_lite's profile: eval
-        assert cfg.train.finetune_forward == overrides.get("train.finetune_forward", "joint")
+        # the engine profile with the grid's overrides for this run, read as `actionpp train --set` reads them
+        expected = load_config("acdc_lite", planned[run.name].parameters[0].get("OVERRIDES", [])).train
+        assert (cfg.train.teacher_mode, cfg.train.finetune_forward) == (expected.teacher_mode,
+                                                                        expected.finetune_forward)
 
 
 @pytest.mark.parametrize("name", SCORED_GRIDS)
