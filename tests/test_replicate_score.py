@@ -163,3 +163,34 @@ def test_publishing_a_scored_grid_adds_scores_test_tables_paired_analysis_and_em
     stamp = (dest / runs[0].run_id / SAMPLE_FILE).stat().st_mtime_ns
     publish(out, runs, grid, dest, command="test")
     assert (dest / runs[0].run_id / SAMPLE_FILE).stat().st_mtime_ns == stamp
+
+    # the grid folder is lost (scratch purged, new machine): restoring from the published folder gives back every
+    # finished run, and a publish from the restored folder writes the same analysis (no checkpoint left to read)
+    from actionpp.atomic import OwnershipError
+    from actionpp.replicate.restore import RESTORED, restorable, restore
+    from actionpp.replicate.run import claim_out
+
+    lost = tmp_path / "lost"
+    claim_out(lost, grid.name)
+    assert restore(dest, lost, runs, grid) == [r.run_id for r in runs]
+    assert [run_state(r, lost)[0] for r in runs] == ["done"] * 4
+    assert all((r.run_dir(lost) / RESTORED).is_file() and not (r.run_dir(lost) / "run" / "last.pt").exists()
+               for r in runs)
+    assert restorable(dest, lost, runs, grid) == [] and restore(dest, lost, runs, grid) == []  # nothing twice
+    # the tables a publish writes from the restored folder equal the first publish's, BatchNorm rows included
+    again = publish(lost, runs, grid, tmp_path / "results" / "g2", command="test")
+    for name in ("batchnorm.md", "paired.md", "paired.csv", "results_test.md", "results.md", "loss_shares.md"):
+        assert (again / name).read_text() == (dest / name).read_text(), name
+    assert all((again / r.run_id / SAMPLE_FILE).read_bytes() == (dest / r.run_id / SAMPLE_FILE).read_bytes()
+               for r in runs)
+    # a run folder already there is never replaced, and only a publish folder of this grid is a source
+    partial = runs[0].run_dir(tmp_path / "mixed")
+    partial.mkdir(parents=True)
+    (partial / "note.txt").write_text("mine")
+    assert restore(dest, tmp_path / "mixed", runs, grid) == [r.run_id for r in runs[1:]]
+    assert [p.name for p in partial.iterdir()] == ["note.txt"]
+    with pytest.raises(OwnershipError, match="not a folder written by actionpp replicate --publish"):
+        restorable(out, lost, runs, grid)
+    other = rp.load_grid({"name": "h", "notebooks": ["04_train"], "profile": "smoke", "axes": {"SEED": [0]}})
+    with pytest.raises(OwnershipError, match="grid 'g', not 'h'"):
+        restorable(dest, lost, rp.expand(other), other)

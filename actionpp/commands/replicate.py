@@ -6,6 +6,7 @@ Examples::
     actionpp replicate notebooks/grids/acdc_paper.yaml --dry-run
     actionpp replicate notebooks/grids/acdc_paper.yaml --shard 3/8 --out runs/acdc_paper
     actionpp replicate notebooks/grids/acdc_paper.yaml --out runs/acdc_paper --report-only
+    actionpp replicate notebooks/grids/acdc_paper.yaml --out runs/acdc_paper --restore-from results/acdc_paper
 
 On a SLURM cluster, ``--slurm`` submits the grid as one array job (task i runs the run at position
 i by run id, through ``--shard i/N``) and a tables job after it; ``--dry-run`` prints both scripts
@@ -24,6 +25,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actionpp.replicate.grid import Grid, Run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--publish", type=Path, default=None, metavar="DIR",
                    help="also copy the finished runs' small files (metrics, config, log) with the tables, a "
                         "validation-curve plot and a README into DIR (e.g. results/<grid name>)")
+    p.add_argument("--restore-from", type=Path, default=None, metavar="DIR",
+                   help="first copy into --out every run that DIR (the grid's published folder, e.g. "
+                        "results/<grid name>) holds as finished and --out lacks, so only the rest trains: for a "
+                        "grid folder that was lost (scratch purged, new machine); nothing in --out is replaced")
     p.add_argument("--docs", type=Path, default=None, metavar="FILE",
                    help="with --publish: rewrite the grid's section of this Markdown file (e.g. docs/results.md)")
     cluster = p.add_argument_group(
@@ -67,9 +76,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """--slurm (or one of its options) goes to actionpp.replicate.slurm; everything else runs here."""
+    from actionpp.cli import UsageError
     from actionpp.replicate import slurm
 
-    return slurm.main(args) if slurm.options_given(args) else _main(args)
+    if slurm.options_given(args):
+        if args.restore_from is not None:
+            raise UsageError("--restore-from copies runs on this machine: restore first (add --report-only to train "
+                             "nothing), then submit with --slurm")
+        return slurm.main(args)
+    return _main(args)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -100,6 +115,8 @@ def _main(args: argparse.Namespace) -> int:
     out = (args.out or runs_dir() / "replicate" / grid.name).resolve()
     shard_txt = f" (shard {args.shard}: {len(selected)} runs)" if args.shard else ""
     print(f"grid {grid.name}: {len(runs)} runs{shard_txt} -> {out}")
+    if args.restore_from is not None:
+        _restore(args, grid, selected, out)
     if not args.report_only:
         from actionpp.replicate.eta import estimate
 
@@ -152,3 +169,22 @@ def _main(args: argparse.Namespace) -> int:
     if outcomes:
         print(rp.summary(outcomes))
     return 1 if mine or any(o.status in ("failed", "stale", "busy") for o in outcomes) else 0
+
+
+def _restore(args: argparse.Namespace, grid: Grid, runs: list[Run], out: Path) -> None:
+    """--restore-from: copy the finished runs the published folder holds into ``out`` (a dry run only lists
+    them); the ownership checks come first, as for every write."""
+    from actionpp.replicate.restore import restorable, restore
+    from actionpp.replicate.run import check_out, claim_out
+
+    src = args.restore_from
+    if args.dry_run:
+        todo = restorable(src, out, runs, grid)
+        print(f"would restore {len(todo)} finished runs from {src} (a dry run copies nothing; the estimate "
+              "below still counts them as to go)")
+        return
+    check_out(out)
+    claim_out(out, grid.name)
+    done = restore(src, out, runs, grid)
+    print(f"restored {len(done)} finished runs from {src} (their checkpoints were not published: a restored "
+          "run keeps its published scores, BatchNorm check and embedding sample)")

@@ -110,17 +110,37 @@ def _current(folder: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
     return data
 
 
+def _restored_check(folder: Path, spec: BatchNormSpec) -> dict[str, Any] | None:
+    """The check a publish computed for a run restored from its published folder (``restored.json``,
+    :mod:`actionpp.replicate.restore`; the checkpoint was not published), when it is this check's format and
+    setting; else None."""
+    from actionpp.bnstats import FORMAT
+    from actionpp.replicate.restore import RESTORED
+
+    if not (folder / RESTORED).is_file():
+        return None
+    return _current(folder, {"format": FORMAT, "spec": spec.to_dict()})
+
+
 def check_run(folder: str | Path, score: ScoreSpec, spec: BatchNormSpec, device: str = "auto") -> dict[str, Any]:
     """``folder/batchnorm.json`` for the checkpoint the runner scores (``score.run``, ``score.which``): read
     back when it is this check of that checkpoint file, otherwise computed and written (atomically) while
-    holding the run folder's lock. Raises :class:`RunBusy` when another process holds it."""
+    holding the run folder's lock. A run restored from its published folder has no checkpoint: its published
+    check is read back. Raises :class:`RunBusy` when another process holds it, ``CheckpointError`` when the
+    folder holds neither the checkpoint nor a restored check."""
     from actionpp.atomic import remove_stale_temporaries
     from actionpp.bnstats import check_batchnorm
-    from actionpp.checkpoint import find_checkpoint
+    from actionpp.checkpoint import CheckpointError, find_checkpoint
     from actionpp.replicate.run import run_lock
 
     folder = Path(folder)
-    ckpt = find_checkpoint(folder / score.run, score.which)
+    try:
+        ckpt = find_checkpoint(folder / score.run, score.which)
+    except CheckpointError:
+        kept = _restored_check(folder, spec)
+        if kept is not None:
+            return kept
+        raise
     done = _current(folder, _key(folder, ckpt, spec))
     if done is not None:
         return done

@@ -449,13 +449,19 @@ def _two_dimensional(dataset: Any) -> bool:
 
 def _publish_embedding_samples(records: Sequence[RunRecord], dest: Path) -> None:
     """Each 2D run's embedding sample (``embeddings.npz``, :func:`actionpp.embeddings.embedding_sample`) from its
-    last checkpoint, written when missing or older than that checkpoint (a few seconds per run on a CPU)."""
+    last checkpoint, written when missing or older than that checkpoint (a few seconds per run on a CPU); a run
+    restored from a published folder (no checkpoint) gives the sample it was restored with."""
     from actionpp.embeddings import SAMPLE_FILE, write_embedding_sample
 
     for r in records:
         last = r.path / TRAIN_DIR / "last.pt"
         target = dest / r.run_id / SAMPLE_FILE
-        if not last.is_file() or not _two_dimensional(r.metrics.get("dataset")):
+        if not last.is_file():  # a run restored from a publish keeps the sample that publish wrote
+            kept = r.path / SAMPLE_FILE
+            if kept.is_file() and not target.is_file():
+                shutil.copyfile(kept, target)
+            continue
+        if not _two_dimensional(r.metrics.get("dataset")):
             continue
         if target.is_file() and target.stat().st_mtime >= last.stat().st_mtime:
             continue

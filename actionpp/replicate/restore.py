@@ -1,0 +1,92 @@
+"""Restore a grid folder's finished runs from the folder the grid was published to.
+
+A grid folder (``replicate --out``) holds checkpoints and lives on scratch space; the published folder
+(``replicate --publish``, e.g. ``results/<grid>``) is the small, committed record. When the grid folder is
+lost (a purged scratch disk, a new machine, a fresh clone), ``actionpp replicate GRID --out NEW
+--restore-from results/<grid>`` copies every run the published folder holds as finished (its ``done``
+marker with this grid's parameters, valid ``metrics.json`` and, for a scored grid, ``scores.json``) into
+``NEW``, so the runner counts it as finished and trains only the rest::
+
+    actionpp replicate notebooks/grids/acdc_lite_power.yaml --out runs/acdc_lite_power \\
+        --restore-from results/acdc_lite_power
+
+A restored run has no checkpoint (a publish does not keep them). It carries ``restored.json`` (where it came
+from and when) and keeps what the publish computed from its checkpoint: ``batchnorm.json`` (read back by the
+BatchNorm check instead of being recomputed, :func:`actionpp.replicate.batchnorm.check_run`) and
+``embeddings.npz`` (copied to the next publish). A run folder already in ``NEW`` (finished, partly trained or
+failed) is never touched: a restore only adds folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from actionpp.atomic import OwnershipError, folder_markers, read_marker
+
+if TYPE_CHECKING:
+    from actionpp.replicate.grid import Grid, Run
+
+__all__ = ["RESTORED", "restorable", "restore"]
+
+RESTORED = "restored.json"  # in a restored run folder: where it was restored from, and when
+
+
+def _check_source(published: Path, grid: Grid) -> None:
+    """Refuse (:class:`~actionpp.atomic.OwnershipError` naming the folder) a ``published`` that is not a folder
+    ``replicate --publish`` wrote for ``grid``."""
+    from actionpp.replicate.publish import OWNER
+
+    if not published.is_dir():
+        raise OwnershipError(f"{published}: no such folder (--restore-from takes the folder the grid was published "
+                             f"to, e.g. results/{grid.name})")
+    if OWNER not in folder_markers(published):
+        raise OwnershipError(f"{published}: not a folder written by actionpp replicate --publish (it has no "
+                             f"publish marker); --restore-from takes the grid's published folder")
+    other = read_marker(published, OWNER).get("grid")
+    if other != grid.name:
+        raise OwnershipError(f"{published}: holds the published results of grid {other!r}, not {grid.name!r}")
+
+
+def restorable(published: str | Path, out: str | Path, runs: Sequence[Run], grid: Grid) -> list[Run]:
+    """The runs of ``runs`` that ``published`` holds as finished for these parameters and ``out`` has no
+    folder for, in grid order (reads only; refuses a ``published`` that is not this grid's publish folder)."""
+    from actionpp.replicate.run import run_state
+
+    published, out = Path(published), Path(out)
+    _check_source(published, grid)
+    return [r for r in runs if run_state(r, published)[0] == "done" and not os.path.lexists(r.run_dir(out))]
+
+
+def restore(published: str | Path, out: str | Path, runs: Sequence[Run], grid: Grid) -> list[str]:
+    """Copy each :func:`restorable` run folder from ``published`` into ``out`` (which the caller has claimed:
+    :func:`~actionpp.replicate.run.claim_out`) and return their run ids. Each folder is copied under a
+    temporary name and renamed into place, so a killed restore leaves no half-copied run that would count
+    as finished."""
+    from actionpp.replicate.run import DONE
+
+    published, out = Path(published), Path(out)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    done = []
+    for r in restorable(published, out, runs, grid):
+        target = r.run_dir(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.restoring-", dir=target.parent))
+        try:
+            shutil.copytree(r.run_dir(published), tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(DONE))
+            shutil.copyfile(r.run_dir(published) / DONE, tmp / DONE)  # last: the marker that says finished
+            (tmp / RESTORED).write_text(json.dumps(
+                {"from": str(published.resolve() / r.run_id), "restored": stamp,
+                 "note": "copied from the published folder; the checkpoints were not published"}, indent=1))
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # our own temporary copy
+            raise
+        done.append(r.run_id)
+    return done
