@@ -391,6 +391,25 @@ def test_the_official_modes_grid_repeats_the_powered_grids_official_networks_run
         (s, m) for s in (2, 3, 4, 5, 6, 7, 0, 1) for m in ("action", "actionpp")]
 
 
+def test_the_powered_grid_runs_seeds_in_rounds_and_its_7_patient_pairs_before_its_3_patient_seeds_3_to_7() -> None:
+    """acdc_lite_power's order (the grid file's comments): seeds 0-2 of every method at every budget in rounds;
+    from seed 3 on, every 7-patient main run before any 3-patient one (reordered on 2026-12-07: same runs), each
+    seed round complete before the next; the plan is 8 pairs at 7 and at 3 labelled patients, 3 at 1."""
+    from actionpp.paths import repo_root
+    from actionpp.replicate.paired import grid_design, planned_pairs
+
+    runs = rp.expand(rp.load_grid(repo_root() / "notebooks" / "grids" / "acdc_lite_power.yaml"))
+    assert planned_pairs(grid_design(runs)) == {7: 8, 3: 8, 1: 3}
+    main = [(r.axes["SEED"], r.axes["LABELLED_PATIENTS"], r.axes["METHOD"]) for r in runs if "VARIANT" not in r.axes]
+    assert [s for s, _, _ in main[:36]] == [0] * 12 + [1] * 12 + [2] * 12
+    later = main[36:]
+    seven = [(s, m) for s, b, m in later if b == 7]
+    assert later[:len(seven)] == [(s, 7, m) for s, m in seven] and {b for _, b, _ in later[len(seven):]} == {3}
+    every, pair = ["supervised", "mean_teacher", "action", "actionpp"], ["action", "actionpp"]
+    rounds = [(s, m) for s in (3, 4) for m in every] + [(s, m) for s in (5, 6, 7) for m in pair]
+    assert seven == rounds and [(s, m) for s, _, m in later[len(seven):]] == rounds
+
+
 # --------------------------------------------------------------------------- publishing
 
 
