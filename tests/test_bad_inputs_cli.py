@@ -418,6 +418,15 @@ def _stale_grid(e: Env) -> list[str]:
     return ["replicate", str(grid), "--out", str(out), "--report-only"]
 
 
+def _nothing_at(path: Path) -> None:
+    assert not path.exists(), f"{path} was created by a refused command"
+
+
+def _restore_from_grid_folder(e: Env) -> list[str]:
+    out = _finished_grid(e)  # the grid folder itself, not the folder it was published to
+    return ["replicate", str(e.get("grid") / "grid.yaml"), "--out", str(e.tmp / "new"), "--restore-from", str(out)]
+
+
 def _grid_file(axes: dict[str, list[Any]], *extra: str) -> Callable[[Env], list[str]]:
     def build(e: Env) -> list[str]:
         g = e.get("grid")
@@ -522,6 +531,13 @@ ISSUE_16 = [
     Case("replicate-docs-without-publish", lambda e: ["replicate", str(e.get("grid") / "grid.yaml"), "--out",
                                                       str(e.tmp / "out"), "--docs", str(e.tmp / "r.md")], 2,
          "--docs writes the grid's section from the published folder: it needs --publish"),
+    Case("replicate-restore-from-grid-folder", _restore_from_grid_folder, 2,
+         "out: not a folder written by actionpp replicate --publish (it has no publish marker)",
+         check=lambda e: _nothing_at(e.tmp / "new")),
+    Case("replicate-restore-from-with-slurm", lambda e: ["replicate", str(e.get("grid") / "grid.yaml"), "--out",
+                                                         str(e.tmp / "out"), "--restore-from", str(e.tmp / "pub"),
+                                                         "--slurm"], 2,
+         "--restore-from copies runs on this machine: restore first"),
     # 5. evaluate --save-predictions, centers --out (data pack --overwrite: tests/test_bad_inputs_data.py)
     Case("evaluate-save-predictions-of-mine", _predictions_of_mine, 2, "pred: refusing to write into this folder"),
     Case("evaluate-save-predictions-again", _predictions_again, 2,
@@ -654,6 +670,25 @@ def test_broken_metrics_are_rerun_not_aggregated(tmp_path: Path, sources, capsys
     assert main(["replicate", str(g / "grid.yaml"), "--out", str(out)]) == 0  # runs it again
     assert json.loads((out / "seed=0" / "metrics.json").read_text())["dataset"] == "acdc"
     assert (out / "results.csv").read_text().count("\n") == 2  # header + the one run
+
+
+def test_a_lost_grid_folder_is_restored_from_its_publish_and_nothing_trains_again(tmp_path: Path, sources,
+                                                                                  capsys) -> None:
+    """replicate --restore-from: the finished run comes back from the published folder into a new grid folder,
+    where --dry-run calls it done and a run of the grid trains nothing; a second restore copies nothing."""
+    g = Env(tmp_path, sources).get("grid")
+    grid, out, pub, new = str(g / "grid.yaml"), tmp_path / "out", tmp_path / "pub", tmp_path / "new"
+    assert main(["replicate", grid, "--out", str(out), "--publish", str(pub)]) == 0
+    capsys.readouterr()
+    assert main(["replicate", grid, "--out", str(new), "--restore-from", str(pub), "--dry-run"]) == 0
+    assert "would restore 1 finished runs" in capsys.readouterr().out and not new.exists()
+    assert main(["replicate", grid, "--out", str(new), "--restore-from", str(pub)]) == 0
+    said = capsys.readouterr().out
+    assert "restored 1 finished runs" in said and "seed=0: skipped" in said
+    assert (new / "seed=0" / "restored.json").is_file()
+    assert (new / "seed=0" / "metrics.json").read_bytes() == (out / "seed=0" / "metrics.json").read_bytes()
+    assert main(["replicate", grid, "--out", str(new), "--restore-from", str(pub), "--report-only"]) == 0
+    assert "restored 0 finished runs" in capsys.readouterr().out
 
 
 def test_debug_flag_prints_the_traceback(tmp_path: Path, capsys) -> None:

@@ -178,8 +178,8 @@ def _restore(args: argparse.Namespace, grid: Grid, runs: list[Run], out: Path) -
     from actionpp.replicate.run import check_out, claim_out
 
     src = args.restore_from
+    todo = restorable(src, out, runs, grid)  # refuses a folder that is not this grid's publish before any write
     if args.dry_run:
-        todo = restorable(src, out, runs, grid)
         print(f"would restore {len(todo)} finished runs from {src} (a dry run copies nothing; the estimate "
               "below still counts them as to go)")
         return
