@@ -422,6 +422,15 @@ def _nothing_at(path: Path) -> None:
     assert not path.exists(), f"{path} was created by a refused command"
 
 
+def _restore_then_bad_publish(e: Env) -> list[str]:
+    out = _finished_grid(e)
+    pub = e.tmp / "pub"
+    assert main(["replicate", str(e.get("grid") / "grid.yaml"), "--out", str(out), "--report-only", "--publish",
+                 str(pub)]) == 0
+    return ["replicate", str(e.get("grid") / "grid.yaml"), "--out", str(e.tmp / "new"), "--restore-from", str(pub),
+            "--report-only", "--publish", str(e.get("acdc"))]
+
+
 def _restore_from_grid_folder(e: Env) -> list[str]:
     out = _finished_grid(e)  # the grid folder itself, not the folder it was published to
     return ["replicate", str(e.get("grid") / "grid.yaml"), "--out", str(e.tmp / "new"), "--restore-from", str(out)]
@@ -533,6 +542,9 @@ ISSUE_16 = [
          "--docs writes the grid's section from the published folder: it needs --publish"),
     Case("replicate-restore-from-grid-folder", _restore_from_grid_folder, 2,
          "out: not a folder written by actionpp replicate --publish (it has no publish marker)",
+         check=lambda e: _nothing_at(e.tmp / "new")),
+    Case("replicate-restore-then-refused-publish", _restore_then_bad_publish, 2,
+         "acdc: refusing to write into this folder: actionpp publish did not create it",
          check=lambda e: _nothing_at(e.tmp / "new")),
     Case("replicate-restore-from-with-slurm", lambda e: ["replicate", str(e.get("grid") / "grid.yaml"), "--out",
                                                          str(e.tmp / "out"), "--restore-from", str(e.tmp / "pub"),
@@ -689,6 +701,11 @@ def test_a_lost_grid_folder_is_restored_from_its_publish_and_nothing_trains_agai
     assert (new / "seed=0" / "metrics.json").read_bytes() == (out / "seed=0" / "metrics.json").read_bytes()
     assert main(["replicate", grid, "--out", str(new), "--restore-from", str(pub), "--report-only"]) == 0
     assert "restored 0 finished runs" in capsys.readouterr().out
+    # run again (--force): the restored copy is set aside, the run executes from nothing and is not a restored one
+    assert main(["replicate", grid, "--out", str(new), "--force"]) == 0
+    assert "restored from a publish (no checkpoint); moved to" in capsys.readouterr().err
+    assert (new / ".restored" / "seed=0" / "restored.json").is_file()
+    assert (new / "seed=0" / "done").is_file() and not (new / "seed=0" / "restored.json").exists()
 
 
 def test_debug_flag_prints_the_traceback(tmp_path: Path, capsys) -> None:

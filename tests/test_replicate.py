@@ -399,6 +399,8 @@ def test_the_powered_grid_runs_seeds_in_rounds_and_its_7_patient_pairs_before_it
     from actionpp.replicate.paired import grid_design, planned_pairs
 
     runs = rp.expand(rp.load_grid(repo_root() / "notebooks" / "grids" / "acdc_lite_power.yaml"))
+    # the 73 runs and their parameters as planned before the reordering (ids and parameters; not the order)
+    assert rp.grid_fingerprint(runs) == "eda9a53df9d13c45"
     assert planned_pairs(grid_design(runs)) == {7: 8, 3: 8, 1: 3}
     main = [(r.axes["SEED"], r.axes["LABELLED_PATIENTS"], r.axes["METHOD"]) for r in runs if "VARIANT" not in r.axes]
     assert [s for s, _, _ in main[:36]] == [0] * 12 + [1] * 12 + [2] * 12
@@ -408,6 +410,17 @@ def test_the_powered_grid_runs_seeds_in_rounds_and_its_7_patient_pairs_before_it
     every, pair = ["supervised", "mean_teacher", "action", "actionpp"], ["action", "actionpp"]
     rounds = [(s, m) for s in (3, 4) for m in every] + [(s, m) for s in (5, 6, 7) for m in pair]
     assert seven == rounds and [(s, m) for s, _, m in later[len(seven):]] == rounds
+    assert main[:36] == [(s, b, m) for s in (0, 1, 2) for b in (7, 3, 1) for m in every]
+    # the diagnostics: the 4-run official_networks block after seed 2; the five others between the 7-patient
+    # rounds and the 3-patient ones
+    where = {r.run_id: k for k, r in enumerate(runs)}
+    order = [r.run_id for r in runs]
+    assert [order[k] for k in range(36, 40)] == [f"variant={v}_lab=3_seed={s}" for v in (
+        "official_networks_action", "official_networks") for s in (0, 1)]
+    last7, first3 = where["method=actionpp_lab=7_seed=7"], where["method=supervised_lab=3_seed=3"]
+    assert order[last7 + 1:first3] == ["variant=official_teacher_lab=3_seed=0", "variant=separate_forward_lab=3_seed=0",
+                                       "variant=official_teacher_lab=7_seed=0", "variant=separate_forward_lab=7_seed=0",
+                                       "variant=official_recipe_lab=7_seed=0"]
 
 
 # --------------------------------------------------------------------------- publishing

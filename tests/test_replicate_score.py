@@ -183,7 +183,21 @@ def test_publishing_a_scored_grid_adds_scores_test_tables_paired_analysis_and_em
         assert (again / name).read_text() == (dest / name).read_text(), name
     assert all((again / r.run_id / SAMPLE_FILE).read_bytes() == (dest / r.run_id / SAMPLE_FILE).read_bytes()
                for r in runs)
+    # the restored check stands in for the checkpoint the grid scores only: another checkpoint, or a folder that
+    # was not restored, is still an error naming the missing checkpoint
+    from actionpp.checkpoint import CheckpointError
+    from actionpp.replicate.batchnorm import check_run
+
+    one = runs[0].run_dir(lost)
+    assert check_run(one, grid.score, grid.batchnorm)["checkpoint_in_run"] == "run/last.pt"
+    with pytest.raises(CheckpointError):
+        check_run(one, ScoreSpec(which="best"), grid.batchnorm)
+    (one / RESTORED).rename(one / "was_restored.json")
+    with pytest.raises(CheckpointError):
+        check_run(one, grid.score, grid.batchnorm)
+    (one / "was_restored.json").rename(one / RESTORED)
     # a run folder already there is never replaced, and only a publish folder of this grid is a source
+    claim_out(tmp_path / "mixed", grid.name)
     partial = runs[0].run_dir(tmp_path / "mixed")
     partial.mkdir(parents=True)
     (partial / "note.txt").write_text("mine")
@@ -191,6 +205,8 @@ def test_publishing_a_scored_grid_adds_scores_test_tables_paired_analysis_and_em
     assert [p.name for p in partial.iterdir()] == ["note.txt"]
     with pytest.raises(OwnershipError, match="not a folder written by actionpp replicate --publish"):
         restorable(out, lost, runs, grid)
+    with pytest.raises(OwnershipError, match="must be two separate folders"):
+        restorable(dest, dest / "runs", runs, grid)
     other = rp.load_grid({"name": "h", "notebooks": ["04_train"], "profile": "smoke", "axes": {"SEED": [0]}})
     with pytest.raises(OwnershipError, match="grid 'g', not 'h'"):
         restorable(dest, lost, rp.expand(other), other)

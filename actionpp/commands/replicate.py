@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from actionpp.replicate.grid import Grid, Run
+    from actionpp.replicate.grid import Run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -115,9 +115,18 @@ def _main(args: argparse.Namespace) -> int:
     out = (args.out or runs_dir() / "replicate" / grid.name).resolve()
     shard_txt = f" (shard {args.shard}: {len(selected)} runs)" if args.shard else ""
     print(f"grid {grid.name}: {len(runs)} runs{shard_txt} -> {out}")
-    if args.restore_from is not None:
-        _restore(args, grid, selected, out)
-    if not args.report_only:
+    from actionpp.replicate.run import check_out, claim_out
+
+    restoring: list[Run] = []
+    if args.restore_from is not None:  # read-only here: the source and --out are checked before any write
+        from actionpp.replicate.restore import restorable
+
+        check_out(out)
+        restoring = restorable(args.restore_from, out, selected, grid)
+        if args.dry_run:
+            print(f"would restore {len(restoring)} finished runs from {args.restore_from} (a dry run copies "
+                  "nothing; the estimate below still counts them as to go)")
+    if not args.report_only and (args.dry_run or not restoring):
         from actionpp.replicate.eta import estimate
 
         print(estimate(selected, out, args.jobs).text(), flush=True)
@@ -138,14 +147,24 @@ def _main(args: argparse.Namespace) -> int:
         return 0
 
     # every path the command will write is checked before the first byte (actionpp.atomic's rule)
-    from actionpp.replicate.run import check_out, claim_out
-
     check_out(out)
     if args.publish is not None:
         from actionpp.replicate.publish import check_publish, publish
 
         check_publish(out, grid, args.publish, args.docs)
     claim_out(out, grid.name)
+    if restoring:
+        from actionpp.replicate.restore import restore
+
+        done = restore(args.restore_from, out, selected, grid)
+        print(f"restored {len(done)} finished runs from {args.restore_from} (their checkpoints were not published: "
+              "a restored run keeps its published scores, BatchNorm check and embedding sample)")
+        if not args.report_only:
+            from actionpp.replicate.eta import estimate
+
+            print(estimate(selected, out, args.jobs).text(), flush=True)
+    elif args.restore_from is not None:
+        print(f"restored 0 finished runs from {args.restore_from} (--out has every run it holds)")
     outcomes: list = []
     if not args.report_only:
         outcomes = rp.run_grid(selected, out, jobs=args.jobs, force=args.force)
@@ -170,21 +189,3 @@ def _main(args: argparse.Namespace) -> int:
         print(rp.summary(outcomes))
     return 1 if mine or any(o.status in ("failed", "stale", "busy") for o in outcomes) else 0
 
-
-def _restore(args: argparse.Namespace, grid: Grid, runs: list[Run], out: Path) -> None:
-    """--restore-from: copy the finished runs the published folder holds into ``out`` (a dry run only lists
-    them); the ownership checks come first, as for every write."""
-    from actionpp.replicate.restore import restorable, restore
-    from actionpp.replicate.run import check_out, claim_out
-
-    src = args.restore_from
-    todo = restorable(src, out, runs, grid)  # refuses a folder that is not this grid's publish before any write
-    if args.dry_run:
-        print(f"would restore {len(todo)} finished runs from {src} (a dry run copies nothing; the estimate "
-              "below still counts them as to go)")
-        return
-    check_out(out)
-    claim_out(out, grid.name)
-    done = restore(src, out, runs, grid)
-    print(f"restored {len(done)} finished runs from {src} (their checkpoints were not published: a restored "
-          "run keeps its published scores, BatchNorm check and embedding sample)")

@@ -25,7 +25,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from actionpp.atomic import atomic_write_text
@@ -110,16 +110,22 @@ def _current(folder: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
     return data
 
 
-def _restored_check(folder: Path, spec: BatchNormSpec) -> dict[str, Any] | None:
+def _restored_check(folder: Path, score: ScoreSpec, spec: BatchNormSpec) -> dict[str, Any] | None:
     """The check a publish computed for a run restored from its published folder (``restored.json``,
     :mod:`actionpp.replicate.restore`; the checkpoint was not published), when it is this check's format and
-    setting; else None."""
+    setting, of the checkpoint ``score`` names (``score.run``, and ``score.which`` unless ``auto``); else None."""
     from actionpp.bnstats import FORMAT
     from actionpp.replicate.restore import RESTORED
 
     if not (folder / RESTORED).is_file():
         return None
-    return _current(folder, {"format": FORMAT, "spec": spec.to_dict()})
+    data = _current(folder, {"format": FORMAT, "spec": spec.to_dict()})
+    if data is None:
+        return None
+    ckpt = PurePosixPath(str(data.get("checkpoint_in_run", "")))
+    if ckpt.parent != PurePosixPath(score.run) or (score.which != "auto" and ckpt.name != f"{score.which}.pt"):
+        return None
+    return data
 
 
 def check_run(folder: str | Path, score: ScoreSpec, spec: BatchNormSpec, device: str = "auto") -> dict[str, Any]:
@@ -137,7 +143,7 @@ def check_run(folder: str | Path, score: ScoreSpec, spec: BatchNormSpec, device:
     try:
         ckpt = find_checkpoint(folder / score.run, score.which)
     except CheckpointError:
-        kept = _restored_check(folder, spec)
+        kept = _restored_check(folder, score, spec)
         if kept is not None:
             return kept
         raise

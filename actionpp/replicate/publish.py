@@ -318,7 +318,8 @@ def publish(out: str | Path, runs: Sequence[Run], grid: Grid, dest: str | Path, 
     first (:func:`check_publish`): a path this command may not write is refused before anything is written.
     Runs the runner scored (``scores.json``) add ``results_test.{csv,md}`` and the paired analysis
     (``paired.{csv,md,png}``, :mod:`actionpp.replicate.paired`); with ``embeddings`` every 2D run with a
-    checkpoint gets its ``embeddings.npz`` (what notebook 05 reads).
+    checkpoint gets its ``embeddings.npz`` (what notebook 05 reads), and a run restored from a publish
+    (:mod:`actionpp.replicate.restore`) the one it was restored with.
     """
     out, dest = Path(out), Path(dest)
     check_publish(out, grid, dest, docs)

@@ -274,6 +274,12 @@ def run_lock(rd: Path) -> Any:
 
 
 def _execute_locked(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
+    from actionpp.replicate.restore import RESTORED, set_aside
+
+    if (rd / RESTORED).is_file():  # a copy from the published folder, without checkpoints: it trains from nothing
+        aside = set_aside(rd, out)
+        print(f"{run.run_id}: restored from a publish (no checkpoint); moved to {aside}, training it again",
+              file=sys.stderr, flush=True)
     remove_stale_temporaries(rd, (DONE, FAILED, METRICS, SCORES, BATCHNORM))  # left by killed atomic writes
     # the earlier attempt's result files go, so that a metrics.json without done is never mistaken for a result;
     # kept in memory and put back if this attempt fails, so a failed re-run (--force, a broken run re-scored)
