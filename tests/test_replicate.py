@@ -345,7 +345,7 @@ def test_tiny_grid_end_to_end_on_04_train(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name, n_runs", [("acdc_paper", 24), ("la_ablation", 15), ("phantom_small", 12), ("tiny", 2),
                                            ("acdc_lite", 20), ("acdc_lite_power", 73),
-                                           ("acdc_lite_power_official", 16)])
+                                           ("acdc_lite_power_official", 24)])
 def test_shipped_grids_expand_and_pass_the_strict_parameter_check(name: str, n_runs: int) -> None:
     """Every run of every grid in notebooks/grids/ would start: parameters known and well typed."""
     from actionpp.notebook import check_parameters, parameters_of
@@ -386,9 +386,10 @@ def test_the_official_modes_grid_repeats_the_powered_grids_official_networks_run
     assert {p["OVERRIDES"] == ["train.teacher_mode=train", "train.finetune_forward=separate"] and
             p["LABELLED_PATIENTS"] == 3 for p in mine.values()} == {True}
     assert planned_pairs(grid_design(official)) == {3: 8} == {3: planned_pairs(grid_design(power))[3]}
-    # the new seeds first, ACTION then ACTION++ in each; the repeats of seeds 0 and 1 last
+    # the new seeds first, ACTION then ACTION++ in each; the repeats of seeds 0 and 1; supervised at every seed last
+    seeds = (2, 3, 4, 5, 6, 7, 0, 1)
     assert [(r.axes["SEED"], r.axes["METHOD"]) for r in official] == [
-        (s, m) for s in (2, 3, 4, 5, 6, 7, 0, 1) for m in ("action", "actionpp")]
+        (s, m) for s in seeds for m in ("action", "actionpp")] + [(s, "supervised") for s in seeds]
 
 
 def test_the_powered_grid_runs_seeds_in_rounds_and_its_7_patient_pairs_before_its_3_patient_seeds_3_to_7() -> None:
