@@ -19,7 +19,8 @@ from typing import Any
 
 from actionpp.atomic import atomic_write_json
 
-__all__ = ["RunLogger", "RunFileError", "write_json_atomic", "read_jsonl", "read_json_file", "environment_info"]
+__all__ = ["RunLogger", "RunFileError", "write_json_atomic", "read_jsonl", "read_json_file", "environment_info",
+           "cpu_model"]
 
 
 class RunFileError(ValueError):
@@ -108,8 +109,20 @@ def _git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, e.g. "AMD EPYC" or "Intel(R) Xeon(R) ..."), else what
+    :mod:`platform` knows: runs on different CPUs are not bit-identical, so every run records it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment_info() -> dict[str, Any]:
-    """Versions (python, torch, numpy, actionpp), platform and git commit (None outside a checkout)."""
+    """Versions (python, torch, numpy, actionpp), platform, CPU model and git commit (None outside a checkout)."""
     import numpy
     import torch
 
@@ -121,6 +134,7 @@ def environment_info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "actionpp": actionpp.__version__,
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "git_commit": _git_commit(),

@@ -500,6 +500,14 @@ def test_publish_copies_the_runs_small_files_and_writes_tables_curves_and_readme
                    embeddings=False)
     again = [line.split(" | ") for line in (dest / "README.md").read_text().splitlines() if line.startswith("| seed=1")]
     assert again[0][3] == "not recorded, 3333333"
+    # the CPU of each start (runs on different CPUs are not bit-identical): older starts recorded none
+    assert rows["seed=0"][3] == "not recorded" and again[0][4] == "not recorded"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "starts": [
+        {"from_iteration": 0, "cpu": "AMD EPYC"}, {"from_iteration": 100, "cpu": "Intel(R) Xeon(R) Gold"}]}))
+    dest = publish(out, runs, grid, tmp_path / "results" / "t", command="actionpp replicate grid.yaml",
+                   embeddings=False)
+    cpus = [line.split(" | ") for line in (dest / "README.md").read_text().splitlines() if line.startswith("| seed=1")]
+    assert cpus[0][4] == "AMD EPYC, Intel(R) Xeon(R) Gold"
     assert "training time of all runs added up: 0.17 h" in readme
     assert (dest / "val_dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (dest / "results.csv").read_text().count("\n") == 2

@@ -100,5 +100,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bit_exactly(tmp_path):
     assert [s["from_iteration"] for s in starts] == [0, 4]
     commit = json.loads((killed / "run.json").read_text())["environment"]["git_commit"]
     assert [s["git_commit"] for s in starts] == [commit, commit]  # each start says which code it ran
+    from actionpp.runlog import cpu_model
+
+    assert [s["cpu"] for s in starts] == [cpu_model()] * 2 and cpu_model()  # and on which CPU
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (straight, killed))
     assert ma["final"] == mb["final"]

@@ -77,15 +77,9 @@ _COPIED = ("config.yaml", "log.jsonl", "run.json", "metrics.json")  # from the t
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+    from actionpp.runlog import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
 def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], command: str, dest: Path) -> str:
@@ -118,8 +112,11 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         # the newer commit
         code = (", ".join(dict.fromkeys(str(c)[:7] if c else "not recorded" for c in starts)) if any(starts)
                 else str(env.get("git_commit") or "-")[:7])
+        # the CPU of every start (runs on different CPUs are not bit-identical); older records have none
+        cpus = [s.get("cpu") for s in record.get("starts", []) if isinstance(s, dict)]
+        cpu = ", ".join(dict.fromkeys(str(c) if c else "not recorded" for c in cpus)) if any(cpus) else "not recorded"
         lines_runs.append(
-            f"| {r.run_id} | {seconds / 60:.1f}{' (resumed)' if resumed else ''} | {its} | {code} | {fin} |"
+            f"| {r.run_id} | {seconds / 60:.1f}{' (resumed)' if resumed else ''} | {its} | {code} | {cpu} | {fin} |"
         )
     out = [
         f"# {grid.name}: published results",
@@ -132,7 +129,7 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         + ("" if len(records) == len(runs) else " (the others had not finished when this was written)"),
         "- trained on commit(s): " + "; ".join(f"`{c}` ({len(v)} runs)" for c, v in commits.items()),
         f"- torch: {', '.join(sorted(torch_versions)) or 'unknown'}",
-        f"- machine that wrote this folder (and ran the grid): {_machine()}",
+        f"- machine that wrote this folder: {_machine()} (each run's CPU: the table below)",
         f"- runs finished between {first} and {last}; training time of all runs added up: {total / 3600:.2f} h "
         "(two ran at a time, one torch thread each)",
         f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -157,10 +154,11 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         "`minutes`: time in training iterations over all of the run's attempts (validation and checkpoint "
         "writes excluded; a run stopped and resumed counts the iterations it repeated after its last "
         "checkpoint once, not twice); `(resumed)`: more than one attempt; `commit`: the code of each of its starts "
-        "(`not recorded`: a start on code from before each start recorded its commit).",
+        "(`not recorded`: a start on code from before each start recorded its commit); `CPU`: the CPU of each of "
+        "its starts (`not recorded`: a start on code from before the CPU was recorded, 2026-12-07).",
         "",
-        "| run | minutes | iterations / s (per phase) | commit | finished |",
-        "|---|---|---|---|---|",
+        "| run | minutes | iterations / s (per phase) | commit | CPU | finished |",
+        "|---|---|---|---|---|---|",
         *lines_runs,
         "",
     ]

@@ -532,7 +532,7 @@ def _record_start(run_dir: Path, st: TrainerState, cfg: Config, device: torch.de
     # each start records its commit: a run resumed after a code change says which code trained which part
     starts = list(previous.get("starts", [])) + [
         {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_iteration": resumed_from or 0,
-         "git_commit": env.get("git_commit")}
+         "git_commit": env.get("git_commit"), "cpu": env.get("cpu")}
     ]
     atomic_write_json(run_json, {
         "config_hash": st.hash,
