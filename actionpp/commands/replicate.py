@@ -25,10 +25,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from actionpp.replicate.grid import Run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -117,16 +113,31 @@ def _main(args: argparse.Namespace) -> int:
     print(f"grid {grid.name}: {len(runs)} runs{shard_txt} -> {out}")
     from actionpp.replicate.run import check_out, claim_out
 
-    restoring: list[Run] = []
-    if args.restore_from is not None:  # read-only here: the source and --out are checked before any write
+    if args.restore_from is not None and args.dry_run:  # read-only: what a restore would copy
         from actionpp.replicate.restore import restorable
 
         check_out(out)
-        restoring = restorable(args.restore_from, out, selected, grid)
-        if args.dry_run:
-            print(f"would restore {len(restoring)} finished runs from {args.restore_from} (a dry run copies "
-                  "nothing; the estimate below still counts them as to go)")
-    if not args.report_only and (args.dry_run or not restoring):
+        todo = restorable(args.restore_from, out, selected, grid)
+        print(f"would restore {len(todo)} finished runs from {args.restore_from} (a dry run copies nothing; the "
+              "estimate below still counts them as to go)")
+    if not args.dry_run:
+        # every path the command will write is checked before the first byte (actionpp.atomic's rule); a restore
+        # checks its source before it writes (restore.restorable)
+        check_out(out)
+        if args.publish is not None:
+            from actionpp.replicate.publish import check_publish, publish
+
+            check_publish(out, grid, args.publish, args.docs)
+        if args.restore_from is not None:
+            from actionpp.replicate.restore import restorable, restore
+
+            restorable(args.restore_from, out, selected, grid)
+        claim_out(out, grid.name)
+        if args.restore_from is not None:
+            done = restore(args.restore_from, out, selected, grid)
+            print(f"restored {len(done)} finished runs from {args.restore_from} (their checkpoints were not "
+                  "published: a restored run keeps its published scores, BatchNorm check and embedding sample)")
+    if not args.report_only:
         from actionpp.replicate.eta import estimate
 
         print(estimate(selected, out, args.jobs).text(), flush=True)
@@ -146,25 +157,6 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"        will run again: {problem}")
         return 0
 
-    # every path the command will write is checked before the first byte (actionpp.atomic's rule)
-    check_out(out)
-    if args.publish is not None:
-        from actionpp.replicate.publish import check_publish, publish
-
-        check_publish(out, grid, args.publish, args.docs)
-    claim_out(out, grid.name)
-    if restoring:
-        from actionpp.replicate.restore import restore
-
-        done = restore(args.restore_from, out, selected, grid)
-        print(f"restored {len(done)} finished runs from {args.restore_from} (their checkpoints were not published: "
-              "a restored run keeps its published scores, BatchNorm check and embedding sample)")
-        if not args.report_only:
-            from actionpp.replicate.eta import estimate
-
-            print(estimate(selected, out, args.jobs).text(), flush=True)
-    elif args.restore_from is not None:
-        print(f"restored 0 finished runs from {args.restore_from} (--out has every run it holds)")
     outcomes: list = []
     if not args.report_only:
         outcomes = rp.run_grid(selected, out, jobs=args.jobs, force=args.force)
