@@ -4,7 +4,11 @@ A grid of real-data runs trains for days on a CPU and for hours on a GPU; before
 replicate GRID --dry-run``) and at every start, a user wants "how much is left". The estimate uses
 only what the grid itself measured on the machines that trained it: the training loop's seconds in
 each finished run's ``run/metrics.json`` (iterations only, over every attempt), summarised per kind
-of run (its ``VARIANT`` when the grid has one, else its ``METHOD``) by the median. A run not yet
+of run (its ``VARIANT`` when the grid has one, else its ``METHOD``) by the median of the kind's
+:data:`RECENT` most recently trained runs (ordered by the last start that ``run/run.json`` records; all of
+them when it has fewer). A grid that trains over several sessions may move between machines of different
+speed, and the runs trained last are the best guess at the machine training the rest; a run with no
+recorded start counts as the oldest. A run not yet
 finished costs its kind's median (a variant with no finished run falls back to its method's), times
 the share of its iterations not yet behind a checkpoint for a partly trained run (``run/log.jsonl``
 against ``run/config.yaml``). Runs whose kind has no finished run are listed, not guessed.
@@ -27,7 +31,10 @@ from actionpp.replicate.grid import Run
 from actionpp.replicate.logs import TRAIN_DIR
 from actionpp.runlog import RunFileError, read_jsonl
 
-__all__ = ["Estimate", "estimate", "run_kind", "trained_fraction"]
+__all__ = ["Estimate", "estimate", "run_kind", "trained_fraction", "RECENT"]
+
+#: how many of a kind's most recently trained runs its median is taken over
+RECENT = 3
 
 def run_kind(run: Run) -> str:
     """What a run's training time depends on: its ``VARIANT`` when it has one, else its ``METHOD``."""
@@ -46,6 +53,22 @@ def _training_seconds(rd: Path) -> float | None:
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None
+
+
+def _last_start(rd: Path) -> str:
+    """When a run's last training attempt started (ISO time from ``run/run.json``); "" when not recorded."""
+    try:
+        starts = json.loads((rd / TRAIN_DIR / "run.json").read_text()).get("starts")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return ""
+    times = [s.get("time") for s in starts if isinstance(s, dict)] if isinstance(starts, list) else []
+    return max((t for t in times if isinstance(t, str)), default="")
+
+
+def _recent_median(timed: list[tuple[str, float]]) -> float:
+    """Median seconds of the :data:`RECENT` latest of ``(last start, seconds)`` pairs (ties keep grid order)."""
+    latest = sorted(enumerate(timed), key=lambda it: (it[1][0], it[0]))[-RECENT:]
+    return statistics.median(sec for _, (_, sec) in latest)
 
 
 def trained_fraction(run_dir: Path) -> float:
@@ -91,7 +114,7 @@ class Estimate:
     seconds: float
     jobs: int
     longest: float = 0.0  # seconds of the longest single run still to go (runs are not split between jobs)
-    minutes: dict[str, float] = field(default_factory=dict)  # kind -> median training minutes of finished runs
+    minutes: dict[str, float] = field(default_factory=dict)  # kind -> median minutes of its RECENT latest runs
     unknown: list[str] = field(default_factory=list)  # runs with no finished run of their kind to time
 
     def text(self) -> str:
@@ -105,9 +128,9 @@ class Estimate:
         wall = max(self.seconds / self.jobs, self.longest) / 3600  # one run is not shared between jobs
         started = f" ({self.partial} partly trained)" if self.partial else ""
         out = (f"estimate: {self.to_go} of {self.total} runs to go{started}: about {hours:.1f} h of training "
-               f"(median minutes of this grid's finished runs: {per}); at {self.jobs} at a time about "
-               f"{wall:.1f} h of wall time, training iterations only (validation, scoring and "
-               "start-up add a few minutes per run; another machine trains at another speed)")
+               f"(median minutes of each kind's {RECENT} most recently trained runs: {per}); "
+               f"at {self.jobs} at a time about {wall:.1f} h of wall time, training iterations only "
+               "(validation, scoring and start-up add a few minutes per run; another machine trains at another speed)")
         if self.unknown:
             more = len(self.unknown) - 3
             shown = ", ".join(self.unknown[:3]) + (f" and {more} more" if more > 0 else "")
@@ -121,16 +144,17 @@ def estimate(runs: Sequence[Run], out: str | Path, jobs: int = 1) -> Estimate:
 
     out = Path(out)
     states = {r.run_id: run_state(r, out)[0] for r in runs}
-    timed: dict[str, list[float]] = {}
-    by_method: dict[str, list[float]] = {}
+    timed: dict[str, list[tuple[str, float]]] = {}
+    by_method: dict[str, list[tuple[str, float]]] = {}
     for r in runs:
         if states[r.run_id] == "done":
             s = _training_seconds(r.run_dir(out))
             if s is not None:
-                timed.setdefault(run_kind(r), []).append(s)
-                by_method.setdefault(_method(r), []).append(s)
-    median = {k: statistics.median(v) for k, v in timed.items()}
-    method_median = {k: statistics.median(v) for k, v in by_method.items()}
+                when = _last_start(r.run_dir(out))
+                timed.setdefault(run_kind(r), []).append((when, s))
+                by_method.setdefault(_method(r), []).append((when, s))
+    median = {k: _recent_median(v) for k, v in timed.items()}
+    method_median = {k: _recent_median(v) for k, v in by_method.items()}
     seconds, longest, partial, unknown = 0.0, 0.0, 0, []
     to_go = [r for r in runs if states[r.run_id] != "done"]
     for r in to_go:
