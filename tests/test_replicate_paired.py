@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from actionpp.replicate.analysis import write_paired
+from actionpp.replicate.analysis import looks_figure, write_paired
 from actionpp.replicate.noise import compare_spreads, equal_spread_test, noise_rows, noise_summary, pooled_sd
 from actionpp.replicate.paired import (
     ScoredRun,
     collect_scored,
     describe_variants,
     grid_design,
+    looks,
     paired_interval,
     paired_rows,
     planned_pairs,
@@ -150,10 +151,11 @@ def test_noise_summary_says_when_there_is_nothing_to_pool():
     assert "no method and budget has two runs with three validations yet" in mean3
 
 
-def _write_run(out: Path, rid: str, axes: dict, test: float, scores: bool = True) -> None:
+def _write_run(out: Path, rid: str, axes: dict, test: float, scores: bool = True, finished: str | None = None) -> None:
     rd = out / rid
     (rd / "run").mkdir(parents=True)
-    (rd / "done").write_text(json.dumps({"run_id": rid, "axes": axes, "parameters": []}))
+    marker = {"run_id": rid, "axes": axes, "parameters": []} | ({"finished": finished} if finished else {})
+    (rd / "done").write_text(json.dumps(marker))
     one = {"RV": test, "Myo": test, "LV": test}
     (rd / "metrics.json").write_text(json.dumps({"dataset": "acdc", "classes": ["RV", "Myo", "LV"], "dice": one,
                                                  "jaccard": one, "hd95": one, "asd": one, "protocol": {}}))
@@ -365,3 +367,33 @@ def test_a_variant_that_cannot_be_read_does_not_cost_the_main_analysis(tmp_path:
     assert res["verdicts"][0].startswith("ACTION++ is not distinguishable from ACTION at 3 labelled patients: d = +10")
     assert "### Ablation variants beside their method\n\nNot read: runs variant=v_lab=3_seed=0 and " \
            "variant=v_lab=3_seed=0_again are both variant v" in md and res["variants"] == []
+
+
+def test_each_look_is_the_interval_of_the_pairs_finished_by_then(tmp_path: Path):
+    """How an interim call moved: the primary interval after each pair, in the order the pairs finished."""
+    out = tmp_path / "grid"
+    # d = +2, +1, +3 points for seeds 0, 1, 2; a pair is in when its later run finished: seed 2 first (09:00),
+    # then seed 0 (its ACTION++ run at 11:00), then seed 1 (12:00)
+    plan = {0: (0.52, "10:00", 0.50, "11:00"), 1: (0.51, "12:00", 0.50, "08:00"), 2: (0.53, "09:00", 0.50, "07:00")}
+    for seed, (a, fa, b, fb) in plan.items():
+        for m, dice, fin in (("actionpp", a, fa), ("action", b, fb)):
+            _write_run(out, f"method={m}_lab=7_seed={seed}", {"METHOD": m, "LABELLED_PATIENTS": 7, "SEED": seed},
+                       dice, finished=f"2026-12-07T{fin}:00")
+    steps = looks(collect_scored(out))[7]
+    assert [(seed, iv.n) for seed, iv in steps] == [(0, 2), (1, 3)]  # the first look needs two pairs
+    two, three = steps[0][1], steps[1][1]
+    # pairs {2, 0}: d = 3, 2: mean 2.5, sd 0.7071, t(1) = 12.706: 2.5 +- 12.706 * 0.7071 / sqrt 2 = 2.5 +- 6.353
+    assert (two.mean, two.lo, two.hi) == pytest.approx((2.5, -3.853, 8.853), abs=1e-3)
+    # all three: d = 3, 2, 1: mean 2, sd 1, t(2) = 4.303: 2 +- 2.484
+    assert (three.mean, three.lo, three.hi) == pytest.approx((2.0, -0.484, 4.484), abs=1e-3)
+    md = write_paired(out, tmp_path / "pub", planned={7: 8})["markdown"]
+    assert "**The primary call at each look**" in md
+    assert "| 7 | 2 of 8 | 0 | +2.5 | [-3.9, +8.9] | not distinguishable |" in md
+    assert "| 7 | 3 of 8 | 1 | +2.0 | [-0.5, +4.5] | not distinguishable |" in md
+    # a run without a finish time counts as the earliest: seed 1's pair now comes first, seed 2's second
+    assert looks_figure(looks(collect_scored(out)), {7: 8})[:4] == b"\x89PNG"
+    assert looks_figure({}) is None  # nothing paired yet: no figure
+    for m in ("action", "actionpp"):
+        marker = out / f"method={m}_lab=7_seed=1" / "done"
+        marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "finished"}))
+    assert [seed for seed, _ in looks(collect_scored(out))[7]] == [2, 0]

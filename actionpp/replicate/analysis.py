@@ -22,9 +22,11 @@ from actionpp.replicate.noise import noise_rows, noise_summary
 from actionpp.replicate.paired import (
     LEVEL,
     NAMES,
+    Interval,
     PairedRow,
     ScoredRun,
     collect_scored,
+    looks,
     paired_rows,
     variant_rows,
     variant_sentences,
@@ -32,7 +34,7 @@ from actionpp.replicate.paired import (
 )
 from actionpp.replicate.paired import fmt_points as _fmt
 
-__all__ = ["paired_csv", "paired_markdown", "paired_figure", "write_paired"]
+__all__ = ["paired_csv", "paired_markdown", "paired_figure", "looks_figure", "write_paired"]
 
 
 _CSV_FIELDS = ["comparison", "role", "labelled", "split", "class", "n_pairs", "seeds", "d_mean", "d_sd", "ci_lo",
@@ -65,11 +67,13 @@ def _n_volumes(runs: Sequence[ScoredRun], split: str) -> str:
 def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]], runs: Sequence[ScoredRun],
                     summary: Sequence[str] = (), planned: Mapping[int, int] | None = None,
                     variants: Sequence[PairedRow] = (), described: Mapping[str, str] | None = None,
-                    variant_problem: str = "") -> str:
+                    variant_problem: str = "",
+                    steps: Mapping[int, Sequence[tuple[int, Interval]]] | None = None) -> str:
     """``paired.md``: the verdicts and the table of ``rows`` (:func:`paired_rows`), the ablation variants
     beside their method (``variants``: :func:`variant_rows`; ``described``: variant -> its changes;
     ``variant_problem``: why they could not be read, said in their place), and the noise table with its
-    sentences."""
+    sentences. ``steps``: the primary interval after each pair (:func:`~actionpp.replicate.paired.looks`), a
+    table under the verdicts."""
     n_runs = len(runs)
     which = " / ".join(sorted({r.which for r in runs})) or "last"
     lines = [
@@ -85,6 +89,7 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
         "",
     ]
     lines += [f"- {v}" for v in verdicts(rows, planned)] or ["- no budget has both methods scored yet"]
+    lines += _looks_table(steps or {}, planned or {})
     lines += ["", "| comparison | labelled | split | class | pairs | d | 95 % CI (paired) | ahead / behind | call | "
               "unpaired d [95 % CI] | narrower |",
               "| --- | ---: | --- | --- | ---: | ---: | --- | --- | --- | --- | --- |"]
@@ -133,6 +138,24 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
     return "\n".join(lines) + "\n"
 
 
+def _looks_table(steps: Mapping[int, Sequence[tuple[int, Interval]]], planned: Mapping[int, int]) -> list[str]:
+    """The primary call after each pair, per budget: how an interim verdict moved as the seeds arrived."""
+    if not steps:
+        return []
+    lines = ["", "**The primary call at each look** (ACTION++ - ACTION, test, mean over classes; the pairs in the "
+             "order they finished, the later run of each pair deciding; each publish is one such look, and only the "
+             "call at a budget's planned pairs answers its question):", "",
+             "| labelled | pairs | seed added | d | 95 % CI (paired) | call |",
+             "| ---: | ---: | ---: | ---: | --- | --- |"]
+    for lab, s in steps.items():
+        for seed, iv in s:
+            planned_note = f" of {planned[lab]}" if planned.get(lab) else ""
+            call = ("not distinguishable" if not iv.excludes_zero else "ahead" if iv.mean > 0 else "behind")
+            lines.append(f"| {lab} | {iv.n}{planned_note} | {seed} | {_fmt(iv.mean, True)} | [{_fmt(iv.lo, True)}, "
+                         f"{_fmt(iv.hi, True)}] | {call} |")
+    return lines
+
+
 def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
     """PNG: per comparison a panel; per budget and class the paired mean (test, filled; val, open) and 95 % interval."""
     shown = [r for r in rows if r.role in ("primary", "secondary") and r.paired.n >= 2]
@@ -179,6 +202,47 @@ def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
     return buf.getvalue()
 
 
+def looks_figure(steps: Mapping[int, Sequence[tuple[int, Interval]]], planned: Mapping[int, int] | None = None
+                 ) -> bytes | None:
+    """PNG: per budget, the primary difference and its 95 % interval after each pair (:func:`looks`), against the
+    number of pairs, with the budget's planned pairs marked: how far an interim call moved as seeds arrived."""
+    if not steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    planned = planned or {}
+    fig, axes = plt.subplots(1, len(steps), figsize=(3.6 * len(steps), 3.2), squeeze=False)
+    for ax, (lab, s) in zip(axes[0], steps.items()):
+        ns = [iv.n for _, iv in s]
+        means = [iv.mean for _, iv in s]
+        finite = [(n, iv) for n, (_, iv) in zip(ns, s) if math.isfinite(iv.lo) and math.isfinite(iv.hi)]
+        colours = ["C3" if iv.excludes_zero else "C0" for _, iv in s]
+        ax.vlines([n for n, _ in finite], [iv.lo for _, iv in finite], [iv.hi for _, iv in finite], colors="C0", lw=1.5)
+        ax.scatter(ns, means, c=colours, zorder=3, s=22)
+        ax.axhline(0, color="k", lw=0.8)
+        if planned.get(lab):
+            ax.axvline(planned[lab], color="0.6", ls="--", lw=0.8)
+            ax.set_xlim(1.5, max(planned[lab], max(ns)) + 0.5)
+        lo = min(iv.lo for _, iv in finite[-3:]) if finite else min(means)
+        hi = max(iv.hi for _, iv in finite[-3:]) if finite else max(means)
+        pad = 0.25 * (hi - lo) + 0.5
+        ax.set_ylim(lo - pad, hi + pad)  # the later looks set the scale; the first, widest intervals run off it
+        ax.set_title(f"{lab} labelled patient{'s' if lab != 1 else ''}", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("pairs in (dashed: planned)")
+        ax.set_ylabel("ACTION++ - ACTION, Dice points")
+    fig.suptitle("the primary difference at each look (test; red: interval excludes 0)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def write_paired(source: str | Path, dest: str | Path | None = None,
                  only: Iterable[str] | None = None, planned: Mapping[int, int] | None = None,
                  described: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -200,7 +264,7 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
         variants, variant_problem = [], str(exc)
     noise = noise_rows(runs)
     summary = noise_summary(runs) if runs else []
-    md = paired_markdown(rows, noise, runs, summary, planned, variants, described, variant_problem)
+    md = paired_markdown(rows, noise, runs, summary, planned, variants, described, variant_problem, looks(runs))
     files: list[str] = []
     if runs:
         dest.mkdir(parents=True, exist_ok=True)

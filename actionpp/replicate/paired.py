@@ -18,6 +18,10 @@ Ablation variants (a grid's ``variants``) are outside those comparisons: :func:`
 beside its own method's runs of the same seeds and budget (variant - method; val first, test beside),
 and :func:`variant_sentences` says it in one sentence per variant and budget.
 
+A verdict written while seeds are still arriving is one look at a growing sample: :func:`looks` gives
+the primary interval as it stood after each pair, in the order the pairs finished, so a reader sees how
+far an interim call moved before the planned number of pairs was in.
+
 The noise of the estimates (teacher, three-point mean) is :mod:`actionpp.replicate.noise`, which
 builds on this module.
 
@@ -53,6 +57,7 @@ __all__ = [
     "main_runs",
     "fmt_points",
     "verdicts",
+    "looks",
 ]
 
 #: (A, B, role): A - B is reported; the first is the primary question.
@@ -79,6 +84,7 @@ class ScoredRun:
     val_curve: tuple[float, ...] = ()
     classes: tuple[str, ...] = ()
     which: str = "last"  # the checkpoint scored (scores.json)
+    finished: str = ""  # when the run finished (its ``done`` marker, ISO time); "" when not recorded
 
     def dice(self, split: str, weights: str = "student", cls: str = "mean") -> float | None:
         """Dice in [0, 1] of ``cls`` (``"mean"``: mean over the foreground classes); None when absent."""
@@ -174,6 +180,17 @@ def _val_curve(log: Path) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _finished(run_dir: Path) -> str:
+    """The ``finished`` time of a run's ``done`` marker; "" when the marker has none."""
+    from actionpp.replicate.run import DONE
+
+    try:
+        v = json.loads((run_dir / DONE).read_text()).get("finished")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return ""
+    return v if isinstance(v, str) else ""
+
+
 def collect_scored(out: str | Path, problems: list[str] | None = None,
                    only: Iterable[str] | None = None) -> list[ScoredRun]:
     """Every finished run under ``out`` that holds a readable ``scores.json`` (sorted by run id).
@@ -204,7 +221,7 @@ def collect_scored(out: str | Path, problems: list[str] | None = None,
             labelled=int(axes.get("LABELLED_PATIENTS", rec.metrics.get("labelled_patients", 0))),
             seed=int(axes.get("SEED", rec.metrics.get("seed", 0))), scores=sc["scores"],
             val_curve=_val_curve(rec.path / "run" / "log.jsonl"), classes=tuple(sc.get("classes", ())),
-            which=str(sc.get("which", "last")),
+            which=str(sc.get("which", "last")), finished=_finished(rec.path),
         ))
     return sorted(runs, key=lambda r: r.run_id)
 
@@ -464,4 +481,34 @@ def verdicts(rows: Sequence[PairedRow], planned: Mapping[int, int] | None = None
             f"(test, {r.paired.n} paired seed{'s' if r.paired.n != 1 else ''}, {a} ahead on {r.ahead} of "
             f"{r.paired.n}; mean Dice {a} {_fmt(r.mean_a)}, {b} {_fmt(r.mean_b)}){agree}.{interim}"
         )
+    return out
+
+
+def looks(runs: Sequence[ScoredRun], a: str = "actionpp", b: str = "action", split: str = "test",
+          cls: str = "mean", weights: str = "student", level: float = LEVEL) -> dict[int, list[tuple[int, Interval]]]:
+    """Per budget, A - B as it stood after each pair arrived: ``[(seed added, interval over the pairs so far)]``.
+
+    A pair arrives when the later of its two runs finished (``ScoredRun.finished``; a run with no recorded
+    time counts as the earliest, ties go by seed); the list starts at the second pair, the first with an
+    interval. Each entry is the paired interval (:func:`paired_interval`) of the pairs in by then, so the
+    last entry is the current verdict's interval. Ablation variants are left out, as in :func:`paired_rows`.
+
+    >>> def run(m, seed, dice, fin):
+    ...     return ScoredRun(f"{m}{seed}", m, None, 7, seed, {"test": {"student": {"dice_mean": dice}}}, finished=fin)
+    >>> rs = [run("a", 0, .52, "t2"), run("b", 0, .50, "t2"), run("a", 1, .51, "t3"), run("b", 1, .50, "t1"),
+    ...       run("a", 2, .53, "t1"), run("b", 2, .50, "t1")]
+    >>> [(seed, round(iv.mean, 2), iv.n) for seed, iv in looks(rs, "a", "b")[7]]   # pairs in order 2, 0, 1
+    [(0, 2.5, 2), (1, 2.0, 3)]
+    """
+    main = main_runs(runs)
+    out: dict[int, list[tuple[int, Interval]]] = {}
+    for labelled in sorted({r.labelled for r in main}, reverse=True):
+        ra = {r.seed: r for r in main if r.labelled == labelled and r.method == a}
+        rb = {r.seed: r for r in main if r.labelled == labelled and r.method == b}
+        va, vb = _points(ra, split, weights, cls), _points(rb, split, weights, cls)
+        order = sorted(set(va) & set(vb), key=lambda s: (max(ra[s].finished, rb[s].finished), s))
+        steps = [(seed, paired_interval([va[x] - vb[x] for x in order[:k + 1]], level))
+                 for k, seed in enumerate(order) if k >= 1]
+        if steps:
+            out[labelled] = steps
     return out
