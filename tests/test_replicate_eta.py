@@ -121,18 +121,19 @@ def test_estimate_follows_the_machine_that_trained_last(tmp_path: Path) -> None:
     runs = rp.expand(rp.load_grid(_grid(tmp_path, {"METHOD": ["supervised"], "SEED": [0, 1, 2, 3, 4, 5]})))
     out = tmp_path / "out"
     rp.run_grid(runs[:5], out, executor=_finish, log=None)  # seeds 0-4: 600, 1200, 1800, 2400, 3000 s
-    # last starts: seed 0 not recorded (oldest); seed 1 started twice, last on day 3; seeds 2-4 on days 1, 4, 2
-    starts = {1: ["2026-01-01T00:00:00", "2026-01-03T00:00:00"], 2: ["2026-01-01T00:00:00"],
-              3: ["2026-01-04T00:00:00"], 4: ["2026-01-02T00:00:00"]}
+    # last starts: seed 3 not recorded (the oldest); seed 4 on day 1; seed 0 on day 2; seed 2 on day 3; seed 1
+    # started twice, first on the day before day 1 and last on day 4
+    starts = {0: ["2026-01-02T00:00:00"], 1: ["2025-12-31T00:00:00", "2026-01-04T00:00:00"],
+              2: ["2026-01-03T00:00:00"], 4: ["2026-01-01T00:00:00"]}
     for seed, times in starts.items():
         (runs[seed].run_dir(out) / "run" / "run.json").write_text(
             json.dumps({"starts": [{"time": t, "from_iteration": 0} for t in times]}))
     est = estimate(runs, out)
-    # the latest three are seeds 3 (day 4), 1 (day 3) and 4 (day 2): median of 2400, 1200, 3000 s = 2400 s,
-    # where all five would give 1800 s
-    assert est.minutes == {"supervised": pytest.approx(40.0)}
-    assert est.seconds == pytest.approx(2400)
-    assert "median minutes of each kind's 3 most recently trained runs: supervised 40" in est.text()
-    # a torn run.json is a run with no recorded start: seed 3 drops to the oldest, seeds 1, 4, 2 remain
-    (runs[3].run_dir(out) / "run" / "run.json").write_text("{not json")
-    assert estimate(runs, out).minutes == {"supervised": pytest.approx(1800 / 60)}  # 1200, 3000, 1800 s
+    # the latest three are seeds 1 (day 4), 2 (day 3) and 0 (day 2): median of 1200, 1800, 600 s = 1200 s;
+    # all five would give 1800 s, and ordering by the first start (seed 1 the day before day 1) seeds 2, 0, 4: 1800 s
+    assert est.minutes == {"supervised": pytest.approx(20.0)}
+    assert est.seconds == pytest.approx(1200)
+    assert "median minutes of each kind's 3 most recently trained runs: supervised 20" in est.text()
+    # a torn run.json is a run with no recorded start: seed 1 drops to the oldest, seeds 2, 0, 4 remain
+    (runs[1].run_dir(out) / "run" / "run.json").write_text("{not json")
+    assert estimate(runs, out).minutes == {"supervised": pytest.approx(1800 / 60)}  # 1800, 600, 3000 s

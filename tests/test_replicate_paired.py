@@ -372,28 +372,33 @@ def test_a_variant_that_cannot_be_read_does_not_cost_the_main_analysis(tmp_path:
 def test_each_look_is_the_interval_of_the_pairs_finished_by_then(tmp_path: Path):
     """How an interim call moved: the primary interval after each pair, in the order the pairs finished."""
     out = tmp_path / "grid"
-    # d = +2, +1, +3 points for seeds 0, 1, 2; a pair is in when its later run finished: seed 2 first (09:00),
-    # then seed 0 (its ACTION++ run at 11:00), then seed 1 (12:00)
-    plan = {0: (0.52, "10:00", 0.50, "11:00"), 1: (0.51, "12:00", 0.50, "08:00"), 2: (0.53, "09:00", 0.50, "07:00")}
+    # d = +2, +1, +3 points for seeds 0, 1, 2; a pair is in when its later run finished: seed 2 at 09:00 (its
+    # ACTION++ run), seed 1 at 12:00 (ACTION++), seed 0 at 13:00 (its ACTION run). By ACTION++'s times alone
+    # the order would be 2, 0, 1; by ACTION's alone 1, 2, 0
+    plan = {0: (0.52, "10:00", 0.50, "13:00"), 1: (0.51, "12:00", 0.50, "06:00"), 2: (0.53, "09:00", 0.50, "07:00")}
     for seed, (a, fa, b, fb) in plan.items():
         for m, dice, fin in (("actionpp", a, fa), ("action", b, fb)):
             _write_run(out, f"method={m}_lab=7_seed={seed}", {"METHOD": m, "LABELLED_PATIENTS": 7, "SEED": seed},
                        dice, finished=f"2026-12-07T{fin}:00")
     steps = looks(collect_scored(out))[7]
-    assert [(seed, iv.n) for seed, iv in steps] == [(0, 2), (1, 3)]  # the first look needs two pairs
+    assert [(seed, iv.n) for seed, iv in steps] == [(1, 2), (0, 3)]  # the first look needs two pairs
     two, three = steps[0][1], steps[1][1]
-    # pairs {2, 0}: d = 3, 2: mean 2.5, sd 0.7071, t(1) = 12.706: 2.5 +- 12.706 * 0.7071 / sqrt 2 = 2.5 +- 6.353
-    assert (two.mean, two.lo, two.hi) == pytest.approx((2.5, -3.853, 8.853), abs=1e-3)
+    # pairs {2, 1}: d = 3, 1: mean 2, sd 1.4142, t(1) = 12.706: 2 +- 12.706 * 1.4142 / sqrt 2 = 2 +- 12.706
+    assert (two.mean, two.lo, two.hi) == pytest.approx((2.0, -10.706, 14.706), abs=1e-3)
     # all three: d = 3, 2, 1: mean 2, sd 1, t(2) = 4.303: 2 +- 2.484
     assert (three.mean, three.lo, three.hi) == pytest.approx((2.0, -0.484, 4.484), abs=1e-3)
     md = write_paired(out, tmp_path / "pub", planned={7: 8})["markdown"]
     assert "**The primary call at each look**" in md
-    assert "| 7 | 2 of 8 | 0 | +2.5 | [-3.9, +8.9] | not distinguishable |" in md
-    assert "| 7 | 3 of 8 | 1 | +2.0 | [-0.5, +4.5] | not distinguishable |" in md
-    # a run without a finish time counts as the earliest: seed 1's pair now comes first, seed 2's second
+    assert "| 7 | 2 of 8 | 1 | +2.0 | [-10.7, +14.7] | not distinguishable |" in md
+    assert "| 7 | 3 of 8 | 0 | +2.0 | [-0.5, +4.5] | not distinguishable |" in md
+    # a run without a finish time counts as the earliest: seed 1's pair now comes first, then seeds 2 and 0
     assert looks_figure(looks(collect_scored(out)), {7: 8})[:4] == b"\x89PNG"
     assert looks_figure({}) is None  # nothing paired yet: no figure
     for m in ("action", "actionpp"):
         marker = out / f"method={m}_lab=7_seed=1" / "done"
         marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "finished"}))
     assert [seed for seed, _ in looks(collect_scored(out))[7]] == [2, 0]
+    # two runs of one method, budget and seed: refused, as the paired table refuses them
+    extra = ScoredRun("x", "action", None, 7, 0, {"test": {"student": {"dice_mean": 0.4}}})
+    with pytest.raises(ValueError, match="both action at 7 labelled patients, seed 0"):
+        looks([*collect_scored(out), extra])

@@ -143,8 +143,8 @@ def _looks_table(steps: Mapping[int, Sequence[tuple[int, Interval]]], planned: M
     if not steps:
         return []
     lines = ["", "**The primary call at each look** (ACTION++ - ACTION, test, mean over classes; the pairs in the "
-             "order they finished, the later run of each pair deciding; each publish is one such look, and only the "
-             "call at a budget's planned pairs answers its question):", "",
+             "order they finished, the later run of each pair deciding; a verdict published between two pairs is the "
+             "line of the pairs in by then, and only the call at a budget's planned pairs answers its question):", "",
              "| labelled | pairs | seed added | d | 95 % CI (paired) | call |",
              "| ---: | ---: | ---: | ---: | --- | --- |"]
     for lab, s in steps.items():
@@ -221,21 +221,26 @@ def looks_figure(steps: Mapping[int, Sequence[tuple[int, Interval]]], planned: M
         means = [iv.mean for _, iv in s]
         finite = [(n, iv) for n, (_, iv) in zip(ns, s) if math.isfinite(iv.lo) and math.isfinite(iv.hi)]
         colours = ["C3" if iv.excludes_zero else "C0" for _, iv in s]
-        ax.vlines([n for n, _ in finite], [iv.lo for _, iv in finite], [iv.hi for _, iv in finite], colors="C0", lw=1.5)
+        ax.vlines([n for n, _ in finite], [iv.lo for _, iv in finite], [iv.hi for _, iv in finite],
+                  colors=["C3" if iv.excludes_zero else "C0" for _, iv in finite], lw=1.5)
         ax.scatter(ns, means, c=colours, zorder=3, s=22)
         ax.axhline(0, color="k", lw=0.8)
         if planned.get(lab):
             ax.axvline(planned[lab], color="0.6", ls="--", lw=0.8)
             ax.set_xlim(1.5, max(planned[lab], max(ns)) + 0.5)
-        lo = min(iv.lo for _, iv in finite[-3:]) if finite else min(means)
-        hi = max(iv.hi for _, iv in finite[-3:]) if finite else max(means)
+        # with more than three looks the last three set the scale, and the first, widest intervals run off it
+        scale = finite[-3:] if len(finite) > 3 else finite
+        lo = min([iv.lo for _, iv in scale] + means)
+        hi = max([iv.hi for _, iv in scale] + means)
         pad = 0.25 * (hi - lo) + 0.5
-        ax.set_ylim(lo - pad, hi + pad)  # the later looks set the scale; the first, widest intervals run off it
-        ax.set_title(f"{lab} labelled patient{'s' if lab != 1 else ''}", fontsize=10)
+        ax.set_ylim(lo - pad, hi + pad)
+        cut = any(iv.lo < lo - pad or iv.hi > hi + pad for _, iv in finite)
+        ax.set_title(f"{lab} labelled patient{'s' if lab != 1 else ''}" + (" (first intervals cut off)" if cut else ""),
+                     fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("pairs in (dashed: planned)")
         ax.set_ylabel("ACTION++ - ACTION, Dice points")
-    fig.suptitle("the primary difference at each look (test; red: interval excludes 0)", fontsize=10)
+    fig.suptitle("ACTION++ - ACTION after each pair, 95 % interval (test; red: the interval excludes 0)", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -271,10 +271,8 @@ def _points(runs: Mapping[int, ScoredRun], split: str, weights: str, cls: str) -
     return out
 
 
-def paired_rows(runs: Sequence[ScoredRun], comparisons: Sequence[tuple[str, str, str]] = COMPARISONS,
-                splits: Sequence[str] = ("test", "val"), weights: str = "student",
-                level: float = LEVEL) -> list[PairedRow]:
-    """Every comparison x budget x split x class (``mean`` first) that has runs of both methods, in Dice points."""
+def _one_run_each(runs: Sequence[ScoredRun]) -> list[ScoredRun]:
+    """The main runs, refused unless they score one checkpoint and hold one run per method, budget and seed."""
     main = main_runs(runs)
     whiches = sorted({r.which for r in main})
     if len(whiches) > 1:
@@ -286,6 +284,14 @@ def paired_rows(runs: Sequence[ScoredRun], comparisons: Sequence[tuple[str, str,
             raise ValueError(f"runs {seen[key]} and {r.run_id} are both {r.method} at {r.labelled} labelled patients, "
                              f"seed {r.seed}: the grid has another axis; compare them one setting at a time")
         seen[key] = r.run_id
+    return main
+
+
+def paired_rows(runs: Sequence[ScoredRun], comparisons: Sequence[tuple[str, str, str]] = COMPARISONS,
+                splits: Sequence[str] = ("test", "val"), weights: str = "student",
+                level: float = LEVEL) -> list[PairedRow]:
+    """Every comparison x budget x split x class (``mean`` first) that has runs of both methods, in Dice points."""
+    main = _one_run_each(runs)
     classes = next((r.classes for r in main if r.classes), ())
     rows = []
     for labelled in sorted({r.labelled for r in main}, reverse=True):
@@ -491,16 +497,20 @@ def looks(runs: Sequence[ScoredRun], a: str = "actionpp", b: str = "action", spl
     A pair arrives when the later of its two runs finished (``ScoredRun.finished``; a run with no recorded
     time counts as the earliest, ties go by seed); the list starts at the second pair, the first with an
     interval. Each entry is the paired interval (:func:`paired_interval`) of the pairs in by then, so the
-    last entry is the current verdict's interval. Ablation variants are left out, as in :func:`paired_rows`.
+    last entry is the current verdict's interval. Ablation variants are left out and the runs are refused as
+    in :func:`paired_rows`. The times are compared as the runs' ``done`` markers write them (the local clock of
+    the machine that finished the run, no time zone): runs finished on machines set to different zones may be
+    put in the wrong order. A run trained again (``--force``) carries its new time, so the looks are rebuilt
+    from the runs as they are now, not a record of what was published before.
 
     >>> def run(m, seed, dice, fin):
     ...     return ScoredRun(f"{m}{seed}", m, None, 7, seed, {"test": {"student": {"dice_mean": dice}}}, finished=fin)
-    >>> rs = [run("a", 0, .52, "t2"), run("b", 0, .50, "t2"), run("a", 1, .51, "t3"), run("b", 1, .50, "t1"),
-    ...       run("a", 2, .53, "t1"), run("b", 2, .50, "t1")]
-    >>> [(seed, round(iv.mean, 2), iv.n) for seed, iv in looks(rs, "a", "b")[7]]   # pairs in order 2, 0, 1
-    [(0, 2.5, 2), (1, 2.0, 3)]
+    >>> rs = [run("a", 0, .52, "t1"), run("b", 0, .50, "t4"), run("a", 1, .51, "t3"), run("b", 1, .50, "t0"),
+    ...       run("a", 2, .53, "t2"), run("b", 2, .50, "t1")]
+    >>> [(seed, round(iv.mean, 2), iv.n) for seed, iv in looks(rs, "a", "b")[7]]   # pairs in at t2, t3, t4
+    [(1, 2.0, 2), (0, 2.0, 3)]
     """
-    main = main_runs(runs)
+    main = _one_run_each(runs)
     out: dict[int, list[tuple[int, Interval]]] = {}
     for labelled in sorted({r.labelled for r in main}, reverse=True):
         ra = {r.seed: r for r in main if r.labelled == labelled and r.method == a}
