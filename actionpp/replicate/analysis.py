@@ -156,6 +156,17 @@ def _looks_table(steps: Mapping[int, Sequence[tuple[int, Interval]]], planned: M
     return lines
 
 
+def _png(fig: Any) -> bytes:
+    """A finished matplotlib figure as PNG bytes (110 dpi, tight layout); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
     """PNG: per comparison a panel; per budget and class the paired mean (test, filled; val, open) and 95 % interval."""
     shown = [r for r in rows if r.role in ("primary", "secondary") and r.paired.n >= 2]
@@ -195,11 +206,7 @@ def paired_figure(rows: Sequence[PairedRow]) -> bytes | None:
         ax.set_ylabel("paired difference, Dice points")
     axes[0][0].legend(fontsize=7, loc="best")
     fig.suptitle("per-seed paired differences: mean and 95 % t interval (filled: test, open: val)", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def looks_figure(steps: Mapping[int, Sequence[tuple[int, Interval]]], planned: Mapping[int, int] | None = None
@@ -241,11 +248,7 @@ def looks_figure(steps: Mapping[int, Sequence[tuple[int, Interval]]], planned: M
         ax.set_xlabel("pairs in (dashed: planned)")
         ax.set_ylabel("ACTION++ - ACTION, Dice points")
     fig.suptitle("ACTION++ - ACTION after each pair, 95 % interval (test; red: the interval excludes 0)", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def write_paired(source: str | Path, dest: str | Path | None = None,
