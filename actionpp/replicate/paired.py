@@ -22,6 +22,10 @@ A verdict written while seeds are still arriving is one look at a growing sample
 the primary interval as it stood after each pair, in the order the pairs finished, so a reader sees how
 far an interim call moved before the planned number of pairs was in.
 
+Why one module of this length: it is the decision rule of docs/results.md in code (which runs pair, the
+intervals, the call, the sentences that state it, the looks), and a reader checks it against that rule
+in one place; the noise question and the writing of files, which the rule only refers to, live apart.
+
 The noise of the estimates (teacher, three-point mean) is :mod:`actionpp.replicate.noise`, which
 builds on this module.
 
