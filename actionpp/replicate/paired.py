@@ -184,17 +184,6 @@ def _val_curve(log: Path) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _finished(run_dir: Path) -> str:
-    """The ``finished`` time of a run's ``done`` marker; "" when the marker has none."""
-    from actionpp.replicate.run import DONE
-
-    try:
-        v = json.loads((run_dir / DONE).read_text()).get("finished")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return ""
-    return v if isinstance(v, str) else ""
-
-
 def collect_scored(out: str | Path, problems: list[str] | None = None,
                    only: Iterable[str] | None = None) -> list[ScoredRun]:
     """Every finished run under ``out`` that holds a readable ``scores.json`` (sorted by run id).
@@ -225,7 +214,7 @@ def collect_scored(out: str | Path, problems: list[str] | None = None,
             labelled=int(axes.get("LABELLED_PATIENTS", rec.metrics.get("labelled_patients", 0))),
             seed=int(axes.get("SEED", rec.metrics.get("seed", 0))), scores=sc["scores"],
             val_curve=_val_curve(rec.path / "run" / "log.jsonl"), classes=tuple(sc.get("classes", ())),
-            which=str(sc.get("which", "last")), finished=_finished(rec.path),
+            which=str(sc.get("which", "last")), finished=rec.finished,
         ))
     return sorted(runs, key=lambda r: r.run_id)
 

@@ -94,6 +94,7 @@ class RunRecord:
     axes: Mapping[str, Any]
     metrics: Mapping[str, Any]
     path: Path
+    finished: str = ""  # the ``done`` marker's finish time (ISO, local clock); "" when it has none
 
 
 def collect(out: str | Path, runs: Sequence[Run] | None = None, problems: list[str] | None = None) -> list[RunRecord]:
@@ -141,7 +142,9 @@ def collect(out: str | Path, runs: Sequence[Run] | None = None, problems: list[s
             if problems is not None:
                 problems.append(str(exc))
             continue
-        records.append(RunRecord(str(m.get("run_id", d.name)), dict(m.get("axes") or {}), metrics, d))
+        fin = m.get("finished")
+        records.append(RunRecord(str(m.get("run_id", d.name)), dict(m.get("axes") or {}), metrics, d,
+                                 fin if isinstance(fin, str) else ""))
     return records
 
 
