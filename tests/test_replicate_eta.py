@@ -101,9 +101,21 @@ def test_estimate_names_runs_it_cannot_time(tmp_path: Path) -> None:
     rp.run_grid([r for r in runs if r.parameters[0]["METHOD"] == "supervised"], out, executor=_finish, log=None)
     est = estimate(runs, out)
     assert est.seconds == 0 and est.unknown == [r.run_id for r in runs if r.parameters[0]["METHOD"] == "action"]
-    assert "not counted, no finished run of their kind yet: method=action_seed=0" in est.text()
+    # every run to go is of an untimed kind: no "about 0.0 h of training", which would read as "nearly done"
+    assert est.text() == ("estimate: 1 of 2 runs to go; no finished run of their kind to time them by yet: "
+                          "method=action_seed=0")
     rp.run_grid(runs, out, executor=_finish, log=None)
     assert estimate(runs, out).text() == "estimate: all 2 runs finished, nothing to go"
+
+
+def test_estimate_says_how_many_runs_its_hours_cover(tmp_path: Path) -> None:
+    runs = rp.expand(rp.load_grid(_grid(tmp_path, {"METHOD": ["supervised", "action"], "SEED": [0, 1]})))
+    out = tmp_path / "out"
+    rp.run_grid([r for r in runs if r.run_id == "method=supervised_seed=0"], out, executor=_finish, log=None)
+    # to go: supervised seed 1 (timed by supervised seed 0's 600 s = 0.17 h), ACTION seeds 0 and 1 (not timed)
+    text = estimate(runs, out).text()
+    assert text.startswith("estimate: 3 of 4 runs to go: about 0.2 h of training for the 1 it can time (")
+    assert text.endswith("not counted, no finished run of their kind yet: method=action_seed=0, method=action_seed=1")
 
 
 def test_dry_run_prints_the_estimate(tmp_path: Path, capsys) -> None:

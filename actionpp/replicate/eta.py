@@ -123,19 +123,26 @@ class Estimate:
         if not self.minutes:
             return (f"estimate: {self.to_go} of {self.total} runs to go; none has finished, so there is no "
                     "training time of this grid to estimate from yet")
+        timed = self.to_go - len(self.unknown)
+        if timed == 0:  # finished runs exist, but none of a kind still to go: "about 0.0 h" would mislead
+            return (f"estimate: {self.to_go} of {self.total} runs to go; no finished run of their kind to time "
+                    f"them by yet: {self._shown_unknown()}")
         per = ", ".join(f"{k} {m:.0f}" for k, m in self.minutes.items())
         hours = self.seconds / 3600
         wall = max(self.seconds / self.jobs, self.longest) / 3600  # one run is not shared between jobs
         started = f" ({self.partial} partly trained)" if self.partial else ""
-        out = (f"estimate: {self.to_go} of {self.total} runs to go{started}: about {hours:.1f} h of training "
+        covers = f" for the {timed} it can time" if self.unknown else ""
+        out = (f"estimate: {self.to_go} of {self.total} runs to go{started}: about {hours:.1f} h of training{covers} "
                f"(median minutes of each kind's {RECENT} most recently trained runs: {per}); "
                f"at {self.jobs} at a time about {wall:.1f} h of wall time, training iterations only "
                "(validation, scoring and start-up add a few minutes per run; another machine trains at another speed)")
         if self.unknown:
-            more = len(self.unknown) - 3
-            shown = ", ".join(self.unknown[:3]) + (f" and {more} more" if more > 0 else "")
-            out += f"; not counted, no finished run of their kind yet: {shown}"
+            out += f"; not counted, no finished run of their kind yet: {self._shown_unknown()}"
         return out
+
+    def _shown_unknown(self) -> str:
+        more = len(self.unknown) - 3
+        return ", ".join(self.unknown[:3]) + (f" and {more} more" if more > 0 else "")
 
 
 def estimate(runs: Sequence[Run], out: str | Path, jobs: int = 1) -> Estimate:
