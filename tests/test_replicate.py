@@ -345,7 +345,7 @@ def test_tiny_grid_end_to_end_on_04_train(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name, n_runs", [("acdc_paper", 24), ("la_ablation", 15), ("phantom_small", 12), ("tiny", 2),
                                            ("acdc_lite", 20), ("acdc_lite_power", 73),
-                                           ("acdc_lite_power_official", 24)])
+                                           ("acdc_lite_power_official", 24), ("acdc_lite_power_official_7", 16)])
 def test_shipped_grids_expand_and_pass_the_strict_parameter_check(name: str, n_runs: int) -> None:
     """Every run of every grid in notebooks/grids/ would start: parameters known and well typed."""
     from actionpp.notebook import check_parameters, parameters_of
@@ -390,6 +390,29 @@ def test_the_official_modes_grid_repeats_the_powered_grids_official_networks_run
     seeds = (2, 3, 4, 5, 6, 7, 0, 1)
     assert [(r.axes["SEED"], r.axes["METHOD"]) for r in official] == [
         (s, m) for s in seeds for m in ("action", "actionpp")] + [(s, "supervised") for s in seeds]
+
+
+def test_the_7_patient_official_modes_grid_is_the_powered_grids_7_patient_pairs_under_both_official_modes() -> None:
+    """acdc_lite_power_official_7 gives notebook 04, run for run, the parameters of the powered grid's ACTION and
+    ACTION++ runs at 7 labelled patients and seeds 0-7 plus exactly the two official modes of the 3-patient
+    official grid, so the two 7-patient answers differ in those settings alone; 8 pairs, seeds in rounds."""
+    from actionpp.paths import repo_root
+    from actionpp.replicate.paired import grid_design, planned_pairs
+
+    grids = repo_root() / "notebooks" / "grids"
+    power = rp.expand(rp.load_grid(grids / "acdc_lite_power.yaml"))
+    official = rp.expand(rp.load_grid(grids / "acdc_lite_power_official.yaml"))
+    modes = {tuple(r.parameters[0]["OVERRIDES"]) for r in official}
+    assert modes == {("train.teacher_mode=train", "train.finetune_forward=separate")}
+    seven = rp.expand(rp.load_grid(grids / "acdc_lite_power_official_7.yaml"))
+    pairs = ("action", "actionpp")
+    profile = {(r.axes["METHOD"], r.axes["SEED"]): dict(r.parameters[0]) for r in power
+               if "VARIANT" not in r.axes and r.axes["LABELLED_PATIENTS"] == 7 and r.axes["METHOD"] in pairs}
+    assert len(profile) == 16 and all("OVERRIDES" not in p for p in profile.values())
+    for r in seven:
+        assert dict(r.parameters[0]) == {**profile[r.axes["METHOD"], r.axes["SEED"]], "OVERRIDES": list(*modes)}
+    assert planned_pairs(grid_design(seven)) == {7: 8}
+    assert [(r.axes["SEED"], r.axes["METHOD"]) for r in seven] == [(s, m) for s in range(8) for m in pairs]
 
 
 def test_the_powered_grid_runs_seeds_in_rounds_and_its_7_patient_pairs_before_its_3_patient_seeds_3_to_7() -> None:
