@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,41 @@ def test_scores_every_split_with_every_weight_set_and_equal_evaluate(scored_run:
     student, _ = load_model(scored_run / "run", "last", weights="student")
     teacher, _ = load_model(scored_run / "run", "last", weights="teacher")
     assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values()))
+
+
+def test_each_entry_counts_missed_structures_per_class_and_keeps_every_volumes_dice(scored_run: Path) -> None:
+    """Per class: the structures missed (gt present, nothing predicted) and each volume's Dice, which average to the
+    entry's per-class Dice; and on a hand-made split of three volumes (the RV lost in one, an LV invented in another,
+    the RV absent from both masks of the third), the counts by hand: RV missed once, LV spurious once."""
+    from actionpp.evaluate import EvalResult
+    from actionpp.metrics import summarise
+    from actionpp.replicate.score import _entry
+
+    out = score_run(scored_run, ScoreSpec(splits=("val",), weights=("student",)), device="cpu")
+    entry = out["scores"]["val"]["student"]
+    ev = evaluate_run(scored_run / "run", None, split="val", which="last", device="cpu", weights="student")
+    assert [v["name"] for v in entry["volumes"]] == [v.name for v in ev.volumes] and len(ev.volumes) > 1
+    for c in ("RV", "Myo", "LV"):
+        assert sum(v["dice"][c] for v in entry["volumes"]) / len(ev.volumes) == pytest.approx(entry["dice"][c])
+    assert sum(entry["missed"].values()) == entry["empty"]["missed"]
+    assert sum(entry["spurious"].values()) == entry["empty"]["spurious"]
+
+    def r(dice: float, pred_empty: bool, gt_empty: bool) -> dict:
+        return {"dice": dice, "jaccard": dice, "hd95_vox": 1.0, "asd_vox": 1.0, "hd95_mm": math.nan, "asd_mm": math.nan,
+                "pred_empty": pred_empty, "gt_empty": gt_empty}
+
+    vols = [{"name": "a", "metrics": {1: r(0.0, True, False), 2: r(0.8, False, False), 3: r(0.9, False, False)}},
+            {"name": "b", "metrics": {1: r(0.6, False, False), 2: r(0.7, False, False), 3: r(0.0, False, True)}},
+            {"name": "c", "metrics": {1: r(1.0, True, True), 2: r(0.5, False, False), 3: r(0.6, False, False)}}]
+    made = _entry(EvalResult(per_volume=vols, summary=summarise(vols)), "acdc")
+    # volume c's RV is absent in both masks: a correct absence, neither missed nor spurious
+    assert made["missed"] == {"RV": 1, "Myo": 0, "LV": 0} and made["spurious"] == {"RV": 0, "Myo": 0, "LV": 1}
+    assert made["empty"] == {"both_empty": 1, "missed": 1, "spurious": 1}
+    assert made["volumes"] == [{"name": "a", "dice": {"RV": 0.0, "Myo": 0.8, "LV": 0.9}},
+                               {"name": "b", "dice": {"RV": 0.6, "Myo": 0.7, "LV": 0.0}},
+                               {"name": "c", "dice": {"RV": 1.0, "Myo": 0.5, "LV": 0.6}}]
+    # per class, the mean over the three volumes: RV (0 + 0.6 + 1) / 3, Myo (0.8 + 0.7 + 0.5) / 3, LV 1.5 / 3
+    assert made["dice"] == {"RV": pytest.approx(1.6 / 3), "Myo": pytest.approx(2 / 3), "LV": pytest.approx(0.5)}
 
 
 def test_missing_or_incomplete_scores_name_the_file(tmp_path: Path, scored_run: Path) -> None:

@@ -23,10 +23,17 @@ EMA teacher (supervised) gets ``"teacher": null`` and ``"has_teacher": false``, 
      "scores": {"test": {"student": ENTRY, "teacher": ENTRY}, "val": {...}}}
 
     ENTRY = {"n_volumes": 40, "dice_mean": 0.81, "dice": {"RV": ...}, "jaccard": {...},
-             "hd95": {...}, "asd": {...}, "hd95_mean": ..., "asd_mean": ..., "empty": {...}}
+             "hd95": {...}, "asd": {...}, "hd95_mean": ..., "asd_mean": ..., "empty": {...},
+             "missed": {"RV": 2, "Myo": 0, "LV": 0}, "spurious": {...},
+             "volumes": [{"name": "patient101_frame01", "dice": {"RV": ..., "Myo": ..., "LV": ...}}, ...]}
 
 Dice and Jaccard in [0, 1], HD95 / ASD in voxels, per class the mean over the split's volumes, as
-``metrics.json`` (:mod:`actionpp.report`). Taught in notebooks/06_replication_report.ipynb.
+``metrics.json`` (:mod:`actionpp.report`). ``empty`` counts (volume, class) pairs over all classes;
+``missed`` (structure in the ground truth, none predicted) and ``spurious`` (the reverse) count them per
+class, and ``volumes`` holds each volume's Dice per class (``null`` where the policy left it out), so a
+question about single volumes (how often the RV is lost) needs no rescoring. The last three keys were added
+on 2026-12-07: entries written before lack them, and readers treat them as optional (the format stays 1).
+Taught in notebooks/06_replication_report.ipynb.
 """
 
 from __future__ import annotations
@@ -105,12 +112,27 @@ def _entry(result: Any, dataset: str) -> dict[str, Any]:
         v = summ["mean"].get(key)
         return float(v) if v is not None and math.isfinite(v) else None
 
+    missed, spurious = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+    volumes = []
+    for vol in result.per_volume:
+        per = {str(c): r for c, r in vol["metrics"].items()}
+        dice: dict[str, float | None] = {}
+        for n, c in zip(names, keys):
+            r = per.get(str(c))
+            if r is None:
+                continue
+            d = float(r["dice"])
+            dice[n] = d if math.isfinite(d) else None
+            missed[n] += int(bool(r["pred_empty"]) and not r["gt_empty"])
+            spurious[n] += int(bool(r["gt_empty"]) and not r["pred_empty"])
+        volumes.append({"name": str(vol.get("name", "")), "dice": dice})
     return {
         "n_volumes": int(summ.get("n_volumes", len(result.per_volume))),
         "dice_mean": mean("dice"), "jaccard_mean": mean("jaccard"),
         "hd95_mean": mean("hd95_vox"), "asd_mean": mean("asd_vox"),
         "dice": block("dice"), "jaccard": block("jaccard"), "hd95": block("hd95_vox"), "asd": block("asd_vox"),
         "empty": dict(summ.get("empty", {})),
+        "missed": missed, "spurious": spurious, "volumes": volumes,
     }
 
 
