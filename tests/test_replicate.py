@@ -406,11 +406,15 @@ def test_the_7_patient_official_modes_grid_is_the_powered_grids_7_patient_pairs_
     assert modes == {("train.teacher_mode=train", "train.finetune_forward=separate")}
     seven = rp.expand(rp.load_grid(grids / "acdc_lite_power_official_7.yaml"))
     pairs = ("action", "actionpp")
-    profile = {(r.axes["METHOD"], r.axes["SEED"]): dict(r.parameters[0]) for r in power
+    profile = {(r.axes["METHOD"], r.axes["SEED"]): r for r in power
                if "VARIANT" not in r.axes and r.axes["LABELLED_PATIENTS"] == 7 and r.axes["METHOD"] in pairs}
-    assert len(profile) == 16 and all("OVERRIDES" not in p for p in profile.values())
+    assert len(profile) == 16 and all("OVERRIDES" not in p.parameters[0] for p in profile.values())
     for r in seven:
-        assert dict(r.parameters[0]) == {**profile[r.axes["METHOD"], r.axes["SEED"]], "OVERRIDES": list(*modes)}
+        same = profile[r.axes["METHOD"], r.axes["SEED"]]
+        assert dict(r.parameters[0]) == {**same.parameters[0], "OVERRIDES": list(*modes)}
+        assert (r.notebooks, r.score) == (same.notebooks, same.score)  # same notebook, scored the same way
+    checks = {rp.load_grid(grids / f"{g}.yaml").batchnorm for g in ("acdc_lite_power", "acdc_lite_power_official_7")}
+    assert len(checks) == 1 and None not in checks  # the same BatchNorm check at publish
     assert planned_pairs(grid_design(seven)) == {7: 8}
     assert [(r.axes["SEED"], r.axes["METHOD"]) for r in seven] == [(s, m) for s in range(8) for m in pairs]
 

@@ -104,6 +104,8 @@ def test_estimate_names_runs_it_cannot_time(tmp_path: Path) -> None:
     # every run to go is of an untimed kind: no "about 0.0 h of training", which would read as "nearly done"
     assert est.text() == ("estimate: 1 of 2 runs to go; no finished run of their kind to time them by yet: "
                           "method=action_seed=0")
+    _partial(next(r for r in runs if r.run_id == "method=action_seed=0").run_dir(out), pretrain=True, last=1000)
+    assert estimate(runs, out).text().startswith("estimate: 1 of 2 runs to go (1 partly trained); no finished run")
     rp.run_grid(runs, out, executor=_finish, log=None)
     assert estimate(runs, out).text() == "estimate: all 2 runs finished, nothing to go"
 
@@ -114,7 +116,7 @@ def test_estimate_says_how_many_runs_its_hours_cover(tmp_path: Path) -> None:
     rp.run_grid([r for r in runs if r.run_id == "method=supervised_seed=0"], out, executor=_finish, log=None)
     # to go: supervised seed 1 (timed by supervised seed 0's 600 s = 0.17 h), ACTION seeds 0 and 1 (not timed)
     text = estimate(runs, out).text()
-    assert text.startswith("estimate: 3 of 4 runs to go: about 0.2 h of training for the 1 it can time (")
+    assert text.startswith("estimate: 3 of 4 runs to go: about 0.2 h of training for the 1 run it can time (")
     assert text.endswith("not counted, no finished run of their kind yet: method=action_seed=0, method=action_seed=1")
 
 

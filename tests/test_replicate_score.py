@@ -81,6 +81,12 @@ def test_each_entry_counts_missed_structures_per_class_and_keeps_every_volumes_d
                                {"name": "c", "dice": {"RV": 1.0, "Myo": 0.5, "LV": 0.6}}]
     # per class, the mean over the three volumes: RV (0 + 0.6 + 1) / 3, Myo (0.8 + 0.7 + 0.5) / 3, LV 1.5 / 3
     assert made["dice"] == {"RV": pytest.approx(1.6 / 3), "Myo": pytest.approx(2 / 3), "LV": pytest.approx(0.5)}
+    # a Dice the policy leaves out (NaN) is stored as null, so the entry stays strict JSON
+    vols[2]["metrics"][2] = r(math.nan, False, False)
+    made = _entry(EvalResult(per_volume=vols, summary=summarise(vols)), "acdc")
+    assert made["volumes"][2]["dice"] == {"RV": 1.0, "Myo": None, "LV": 0.6}
+    assert made["dice"]["Myo"] == pytest.approx(0.75)  # the mean of the two Myo values kept
+    json.dumps(made["volumes"], allow_nan=False)
 
 
 def test_missing_or_incomplete_scores_name_the_file(tmp_path: Path, scored_run: Path) -> None:

@@ -124,14 +124,14 @@ class Estimate:
             return (f"estimate: {self.to_go} of {self.total} runs to go; none has finished, so there is no "
                     "training time of this grid to estimate from yet")
         timed = self.to_go - len(self.unknown)
+        started = f" ({self.partial} partly trained)" if self.partial else ""
         if timed == 0:  # finished runs exist, but none of a kind still to go: "about 0.0 h" would mislead
-            return (f"estimate: {self.to_go} of {self.total} runs to go; no finished run of their kind to time "
-                    f"them by yet: {self._shown_unknown()}")
+            return (f"estimate: {self.to_go} of {self.total} runs to go{started}; no finished run of their kind "
+                    f"to time them by yet: {self._shown_unknown()}")
         per = ", ".join(f"{k} {m:.0f}" for k, m in self.minutes.items())
         hours = self.seconds / 3600
         wall = max(self.seconds / self.jobs, self.longest) / 3600  # one run is not shared between jobs
-        started = f" ({self.partial} partly trained)" if self.partial else ""
-        covers = f" for the {timed} it can time" if self.unknown else ""
+        covers = f" for the {timed} {'run' if timed == 1 else 'runs'} it can time" if self.unknown else ""
         out = (f"estimate: {self.to_go} of {self.total} runs to go{started}: about {hours:.1f} h of training{covers} "
                f"(median minutes of each kind's {RECENT} most recently trained runs: {per}); "
                f"at {self.jobs} at a time about {wall:.1f} h of wall time, training iterations only "

@@ -30,9 +30,10 @@ EMA teacher (supervised) gets ``"teacher": null`` and ``"has_teacher": false``, 
 Dice and Jaccard in [0, 1], HD95 / ASD in voxels, per class the mean over the split's volumes, as
 ``metrics.json`` (:mod:`actionpp.report`). ``empty`` counts (volume, class) pairs over all classes;
 ``missed`` (structure in the ground truth, none predicted) and ``spurious`` (the reverse) count them per
-class, and ``volumes`` holds each volume's Dice per class (``null`` where the policy left it out), so a
-question about single volumes (how often the RV is lost) needs no rescoring. The last three keys were added
-on 2026-12-07: entries written before lack them, and readers treat them as optional (the format stays 1).
+class, and ``volumes`` holds each volume's Dice per class (``null`` where the empty-mask policy gives NaN; a
+class the volume lacks is left out), so a question about single volumes (how often the RV is lost) needs no
+rescoring. The last three keys were added on 2026-12-07: entries written before lack them (the format stays
+1); no reader in this package uses them yet, and any reader must treat them as optional.
 Taught in notebooks/06_replication_report.ipynb.
 """
 
