@@ -54,7 +54,7 @@ def test_each_entry_counts_missed_structures_per_class_and_keeps_every_volumes_d
     the RV absent from both masks of the third), the counts by hand: RV missed once, LV spurious once."""
     from actionpp.evaluate import EvalResult
     from actionpp.metrics import summarise
-    from actionpp.replicate.score import _entry
+    from actionpp.replicate.score import score_entry
 
     out = score_run(scored_run, ScoreSpec(splits=("val",), weights=("student",)), device="cpu")
     entry = out["scores"]["val"]["student"]
@@ -72,7 +72,7 @@ def test_each_entry_counts_missed_structures_per_class_and_keeps_every_volumes_d
     vols = [{"name": "a", "metrics": {1: r(0.0, True, False), 2: r(0.8, False, False), 3: r(0.9, False, False)}},
             {"name": "b", "metrics": {1: r(0.6, False, False), 2: r(0.7, False, False), 3: r(0.0, False, True)}},
             {"name": "c", "metrics": {1: r(1.0, True, True), 2: r(0.5, False, False), 3: r(0.6, False, False)}}]
-    made = _entry(EvalResult(per_volume=vols, summary=summarise(vols)), "acdc")
+    made = score_entry(EvalResult(per_volume=vols, summary=summarise(vols)), "acdc")
     # volume c's RV is absent in both masks: a correct absence, neither missed nor spurious
     assert made["missed"] == {"RV": 1, "Myo": 0, "LV": 0} and made["spurious"] == {"RV": 0, "Myo": 0, "LV": 1}
     assert made["empty"] == {"both_empty": 1, "missed": 1, "spurious": 1}
@@ -83,7 +83,7 @@ def test_each_entry_counts_missed_structures_per_class_and_keeps_every_volumes_d
     assert made["dice"] == {"RV": pytest.approx(1.6 / 3), "Myo": pytest.approx(2 / 3), "LV": pytest.approx(0.5)}
     # a Dice the policy leaves out (NaN) is stored as null, so the entry stays strict JSON
     vols[2]["metrics"][2] = r(math.nan, False, False)
-    made = _entry(EvalResult(per_volume=vols, summary=summarise(vols)), "acdc")
+    made = score_entry(EvalResult(per_volume=vols, summary=summarise(vols)), "acdc")
     assert made["volumes"][2]["dice"] == {"RV": 1.0, "Myo": None, "LV": 0.6}
     assert made["dice"]["Myo"] == pytest.approx(0.75)  # the mean of the two Myo values kept
     json.dumps(made["volumes"], allow_nan=False)

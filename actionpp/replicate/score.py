@@ -48,7 +48,7 @@ from typing import Any
 
 from actionpp.atomic import atomic_write_text
 
-__all__ = ["SCORES", "ScoreSpec", "ScoresError", "parse_score_spec", "score_run", "read_scores"]
+__all__ = ["SCORES", "ScoreSpec", "ScoresError", "parse_score_spec", "score_entry", "score_run", "read_scores"]
 
 SCORES = "scores.json"
 FORMAT = 1
@@ -97,8 +97,10 @@ def parse_score_spec(raw: Any, where: str) -> ScoreSpec:
     return ScoreSpec(run, which, listed("splits", _SPLITS, ("test",)), listed("weights", _WEIGHTS, ("student",)))
 
 
-def _entry(result: Any, dataset: str) -> dict[str, Any]:
-    """One split x weights entry: per-class and mean metrics of an :class:`~actionpp.evaluate.EvalResult`."""
+def score_entry(result: Any, dataset: str) -> dict[str, Any]:
+    """One split x weights entry of ``scores.json`` (ENTRY in the module docstring) from an
+    :class:`~actionpp.evaluate.EvalResult` of ``dataset``: per-class and mean metrics, the structures missed and
+    spurious per class, and each volume's Dice per class."""
     from actionpp.evaluate import class_name
 
     summ = result.summary
@@ -164,7 +166,7 @@ def score_run(run_folder: str | Path, spec: ScoreSpec, device: str = "auto") -> 
                 scores.setdefault(split, {})[weights] = None  # the method has no EMA teacher (supervised)
                 continue
             ev = evaluate_run(path, None, split=split, which=spec.which, device=device, weights=weights)
-            entry = _entry(ev.result, ev.config.data.dataset)
+            entry = score_entry(ev.result, ev.config.data.dataset)
             scores.setdefault(split, {})[weights] = entry
             data_root, classes = str(ev.root), list(entry["dice"])
             del ev
