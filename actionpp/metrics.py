@@ -274,7 +274,8 @@ def summarise(per_volume: Sequence[Mapping[Any, Any]]) -> dict[str, Any]:
     volume's class-averaged value. NaN values (policies "nan" / "ssl4mis") are
     left out of means and counted in ``_n``. ``empty`` counts (volume, class)
     pairs: ``both_empty``, ``missed`` (gt non-empty, prediction empty),
-    ``spurious`` (gt empty, prediction non-empty).
+    ``spurious`` (gt empty, prediction non-empty); ``empty_per_class`` the same
+    counts per class (``empty`` is their sum).
     """
     vols = [v["metrics"] if "metrics" in v else v for v in per_volume]
     if not vols:
@@ -298,16 +299,18 @@ def summarise(per_volume: Sequence[Mapping[Any, Any]]) -> dict[str, Any]:
             if vals:
                 vol_means.append(float(np.mean(vals)))
         overall[k + "_std"] = float(np.std(vol_means)) if vol_means else math.nan
-    empty = {"both_empty": 0, "missed": 0, "spurious": 0}
+    empty_per_class = {c: {"both_empty": 0, "missed": 0, "spurious": 0} for c in classes}
     for v in vols:
-        for r in v.values():
+        for c, r in v.items():
             if r["pred_empty"] and r["gt_empty"]:
-                empty["both_empty"] += 1
+                empty_per_class[c]["both_empty"] += 1
             elif r["pred_empty"]:
-                empty["missed"] += 1
+                empty_per_class[c]["missed"] += 1
             elif r["gt_empty"]:
-                empty["spurious"] += 1
-    return {"n_volumes": len(vols), "per_class": per_class, "mean": overall, "empty": empty}
+                empty_per_class[c]["spurious"] += 1
+    empty = {k: sum(e[k] for e in empty_per_class.values()) for k in ("both_empty", "missed", "spurious")}
+    return {"n_volumes": len(vols), "per_class": per_class, "mean": overall, "empty": empty,
+            "empty_per_class": empty_per_class}
 
 
 def time_backends(pred: np.ndarray, gt: np.ndarray, repeats: int = 3) -> dict[str, float]:

@@ -111,31 +111,24 @@ def score_entry(result: Any, dataset: str) -> dict[str, Any]:
     def block(key: str) -> dict[str, float]:
         return {n: float(per_class[c][key]) for n, c in zip(names, keys)}
 
-    def mean(key: str) -> float | None:
-        v = summ["mean"].get(key)
+    def finite(v: Any) -> float | None:
         return float(v) if v is not None and math.isfinite(v) else None
 
-    missed, spurious = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
-    volumes = []
-    for vol in result.per_volume:
-        per = {str(c): r for c, r in vol["metrics"].items()}
-        dice: dict[str, float | None] = {}
-        for n, c in zip(names, keys):
-            r = per.get(str(c))
-            if r is None:
-                continue
-            d = float(r["dice"])
-            dice[n] = d if math.isfinite(d) else None
-            missed[n] += int(bool(r["pred_empty"]) and not r["gt_empty"])
-            spurious[n] += int(bool(r["gt_empty"]) and not r["pred_empty"])
-        volumes.append({"name": str(vol.get("name", "")), "dice": dice})
+    def mean(key: str) -> float | None:
+        return finite(summ["mean"].get(key))
+
+    per_class_empty = summ["empty_per_class"]  # metrics.summarise: the one place that tells missed from spurious
+    volumes = [{"name": str(vol.get("name", "")),
+                "dice": {n: finite(vol["metrics"][c]["dice"]) for n, c in zip(names, keys) if c in vol["metrics"]}}
+               for vol in result.per_volume]
     return {
         "n_volumes": int(summ.get("n_volumes", len(result.per_volume))),
         "dice_mean": mean("dice"), "jaccard_mean": mean("jaccard"),
         "hd95_mean": mean("hd95_vox"), "asd_mean": mean("asd_vox"),
         "dice": block("dice"), "jaccard": block("jaccard"), "hd95": block("hd95_vox"), "asd": block("asd_vox"),
         "empty": dict(summ.get("empty", {})),
-        "missed": missed, "spurious": spurious, "volumes": volumes,
+        "missed": {n: per_class_empty[c]["missed"] for n, c in zip(names, keys)},
+        "spurious": {n: per_class_empty[c]["spurious"] for n, c in zip(names, keys)}, "volumes": volumes,
     }
 
 
