@@ -87,6 +87,14 @@ def test_each_entry_counts_missed_structures_per_class_and_keeps_every_volumes_d
     assert made["volumes"][2]["dice"] == {"RV": 1.0, "Myo": None, "LV": 0.6}
     assert made["dice"]["Myo"] == pytest.approx(0.75)  # the mean of the two Myo values kept
     json.dumps(made["volumes"], allow_nan=False)
+    # a class the policy leaves out of every volume has no mean: null, not NaN (json.dumps would write NaN,
+    # which strict JSON readers refuse)
+    for v in vols:
+        v["metrics"][2] = r(math.nan, False, False)
+    made = score_entry(EvalResult(per_volume=vols, summary=summarise(vols)), "acdc")
+    assert made["dice"]["Myo"] is None and made["jaccard"]["Myo"] is None
+    assert made["dice"]["RV"] == pytest.approx(1.6 / 3)
+    json.dumps(made, allow_nan=False)
 
 
 def test_missing_or_incomplete_scores_name_the_file(tmp_path: Path, scored_run: Path) -> None:

@@ -30,10 +30,12 @@ EMA teacher (supervised) gets ``"teacher": null`` and ``"has_teacher": false``, 
 Dice and Jaccard in [0, 1], HD95 / ASD in voxels, per class the mean over the split's volumes, as
 ``metrics.json`` (:mod:`actionpp.report`). ``empty`` counts (volume, class) pairs over all classes;
 ``missed`` (structure in the ground truth, none predicted) and ``spurious`` (the reverse) count them per
-class, and ``volumes`` holds each volume's Dice per class (``null`` where the empty-mask policy gives NaN; a
-class the volume lacks is left out), so a question about single volumes (how often the RV is lost) needs no
-rescoring. The last three keys were added on 2026-12-07: entries written before lack them (the format stays
-1); no reader in this package uses them yet, and any reader must treat them as optional.
+class, and ``volumes`` holds each volume's Dice per class (a class the volume lacks is left out). Where the
+empty-mask policy gives NaN (policies "nan" / "ssl4mis"), a volume's value is ``null``, and so is a per-class
+mean that no volume contributes to: the file is strict JSON. With ``volumes``, a question about single volumes
+(how often the RV is lost) needs no rescoring. The last three keys were added on 2026-12-07: entries written
+before lack them (the format stays 1); no reader in this package uses them yet, and any reader must treat them
+as optional.
 Taught in notebooks/06_replication_report.ipynb.
 """
 
@@ -108,11 +110,12 @@ def score_entry(result: Any, dataset: str) -> dict[str, Any]:
     keys = sorted(per_class, key=lambda c: int(c) if str(c).isdigit() else str(c))
     names = [class_name(dataset, c) for c in keys]
 
-    def block(key: str) -> dict[str, float]:
-        return {n: float(per_class[c][key]) for n, c in zip(names, keys)}
-
     def finite(v: Any) -> float | None:
         return float(v) if v is not None and math.isfinite(v) else None
+
+    def block(key: str) -> dict[str, float | None]:
+        # null, not NaN, where the policy left every volume of a class out: scores.json stays strict JSON
+        return {n: finite(per_class[c][key]) for n, c in zip(names, keys)}
 
     def mean(key: str) -> float | None:
         return finite(summ["mean"].get(key))
@@ -167,7 +170,7 @@ def score_run(run_folder: str | Path, spec: ScoreSpec, device: str = "auto") -> 
                 torch.cuda.empty_cache()
     out = {"format": FORMAT, **spec.to_dict(), "checkpoint": str(path), "iteration": iteration,
            "has_teacher": has_teacher, "data": data_root, "classes": classes, "scores": scores}
-    atomic_write_text(folder / SCORES, json.dumps(out, indent=1))
+    atomic_write_text(folder / SCORES, json.dumps(out, indent=1, allow_nan=False))
     return out
 
 
