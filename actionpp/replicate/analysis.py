@@ -4,7 +4,8 @@
 writes what a reader of ``docs/results.md`` sees: the verdict sentences and the table of paired
 comparisons (:mod:`actionpp.replicate.paired`), the ablation variants beside their own method, the noise
 table and its sentences (:mod:`actionpp.replicate.noise`), and the figure, one point and 95 % interval per
-comparison, budget, split and class. The publisher (:mod:`actionpp.replicate.publish`) calls it for a
+comparison, budget, split and class. Under the noise table, how often each method lost each class
+(:mod:`actionpp.replicate.missed`). The publisher (:mod:`actionpp.replicate.publish`) calls it for a
 scored grid; notebook 06 draws the same figure with :func:`paired_figure`.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from actionpp.atomic import atomic_write_bytes, atomic_write_text
+from actionpp.replicate.missed import missed_markdown, missed_rows
 from actionpp.replicate.noise import noise_rows, noise_summary
 from actionpp.replicate.paired import (
     LEVEL,
@@ -68,12 +70,13 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
                     summary: Sequence[str] = (), planned: Mapping[int, int] | None = None,
                     variants: Sequence[PairedRow] = (), described: Mapping[str, str] | None = None,
                     variant_problem: str = "",
-                    steps: Mapping[int, Sequence[tuple[int, Interval]]] | None = None) -> str:
+                    steps: Mapping[int, Sequence[tuple[int, Interval]]] | None = None,
+                    missed: Sequence[Mapping[str, Any]] = ()) -> str:
     """``paired.md``: the verdicts and the table of ``rows`` (:func:`paired_rows`), the ablation variants
     beside their method (``variants``: :func:`variant_rows`; ``described``: variant -> its changes;
     ``variant_problem``: why they could not be read, said in their place), and the noise table with its
     sentences. ``steps``: the primary interval after each pair (:func:`~actionpp.replicate.paired.looks`), a
-    table under the verdicts."""
+    table under the verdicts. ``missed``: :func:`~actionpp.replicate.missed.missed_rows`, a table at the end."""
     n_runs = len(runs)
     which = " / ".join(sorted({r.which for r in runs})) or "last"
     lines = [
@@ -135,6 +138,9 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
         lines += ["", "**Less noisy estimates?** (the decision rule's noise question, pooled over the groups above)",
                   ""]
         lines += [f"- {x}" for x in summary]
+    table = missed_markdown(missed)
+    if table:
+        lines += ["", *table]
     return "\n".join(lines) + "\n"
 
 
@@ -272,7 +278,8 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
         variants, variant_problem = [], str(exc)
     noise = noise_rows(runs)
     summary = noise_summary(runs) if runs else []
-    md = paired_markdown(rows, noise, runs, summary, planned, variants, described, variant_problem, looks(runs))
+    md = paired_markdown(rows, noise, runs, summary, planned, variants, described, variant_problem, looks(runs),
+                         missed_rows(runs))
     files: list[str] = []
     if runs:
         dest.mkdir(parents=True, exist_ok=True)
