@@ -87,13 +87,13 @@ def test_each_entry_counts_missed_structures_per_class_and_keeps_every_volumes_d
     assert made["volumes"][2]["dice"] == {"RV": 1.0, "Myo": None, "LV": 0.6}
     assert made["dice"]["Myo"] == pytest.approx(0.75)  # the mean of the two Myo values kept
     json.dumps(made["volumes"], allow_nan=False)
-    # a class the policy leaves out of every volume has no mean: null, not NaN (json.dumps would write NaN,
-    # which strict JSON readers refuse)
+    # policy "nan" gives no HD95 / ASD where one mask is empty: with the Myo lost in every volume, its HD95 and
+    # ASD have no mean, stored as null, not NaN (json.dumps would write NaN, which strict JSON readers refuse)
     for v in vols:
-        v["metrics"][2] = r(math.nan, False, False)
+        v["metrics"][2] = {**r(0.0, True, False), "hd95_vox": math.nan, "asd_vox": math.nan}
     made = score_entry(EvalResult(per_volume=vols, summary=summarise(vols)), "acdc")
-    assert made["dice"]["Myo"] is None and made["jaccard"]["Myo"] is None
-    assert made["dice"]["RV"] == pytest.approx(1.6 / 3)
+    assert made["hd95"]["Myo"] is None and made["asd"]["Myo"] is None and made["dice"]["Myo"] == 0.0
+    assert made["hd95"]["RV"] == 1.0 and made["missed"]["Myo"] == 3
     json.dumps(made, allow_nan=False)
 
 

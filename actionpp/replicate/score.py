@@ -22,20 +22,21 @@ EMA teacher (supervised) gets ``"teacher": null`` and ``"has_teacher": false``, 
      "data": "/abs/path/of/the/data", "classes": ["RV", "Myo", "LV"],
      "scores": {"test": {"student": ENTRY, "teacher": ENTRY}, "val": {...}}}
 
-    ENTRY = {"n_volumes": 40, "dice_mean": 0.81, "dice": {"RV": ...}, "jaccard": {...},
-             "hd95": {...}, "asd": {...}, "hd95_mean": ..., "asd_mean": ..., "empty": {...},
+    ENTRY = {"n_volumes": 40, "dice_mean": 0.81, "jaccard_mean": ..., "hd95_mean": ..., "asd_mean": ...,
+             "dice": {"RV": ...}, "jaccard": {...}, "hd95": {...}, "asd": {...}, "empty": {...},
              "missed": {"RV": 2, "Myo": 0, "LV": 0}, "spurious": {...},
              "volumes": [{"name": "patient101_frame01", "dice": {"RV": ..., "Myo": ..., "LV": ...}}, ...]}
 
 Dice and Jaccard in [0, 1], HD95 / ASD in voxels, per class the mean over the split's volumes, as
 ``metrics.json`` (:mod:`actionpp.report`). ``empty`` counts (volume, class) pairs over all classes;
 ``missed`` (structure in the ground truth, none predicted) and ``spurious`` (the reverse) count them per
-class, and ``volumes`` holds each volume's Dice per class (a class the volume lacks is left out). Where the
-empty-mask policy gives NaN (policies "nan" / "ssl4mis"), a volume's value is ``null``, and so is a per-class
-mean that no volume contributes to: the file is strict JSON. With ``volumes``, a question about single volumes
-(how often the RV is lost) needs no rescoring. The last three keys were added on 2026-12-07: entries written
-before lack them (the format stays 1); no reader in this package uses them yet, and any reader must treat them
-as optional.
+class, and ``volumes`` holds each volume's Dice per class (a class the volume lacks is left out). With
+``volumes``, a question about single volumes (how often the RV is lost) needs no rescoring. The file is strict
+JSON: a value that is not finite is stored as ``null``. Only HD95 / ASD can be NaN, under the empty-mask
+policies "nan" and "ssl4mis" (:mod:`actionpp.metrics`), and then only a class mean that no volume has a finite
+value for is ``null``; the runner scores with the default policy, "penalty", which gives no NaN. The last three
+keys were added on 2026-12-07: entries written before lack them (the format stays 1), so a reader must treat
+them as optional (:mod:`actionpp.replicate.missed` leaves such runs out of its counts).
 Taught in notebooks/06_replication_report.ipynb.
 """
 
