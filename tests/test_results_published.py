@@ -47,7 +47,7 @@ def test_notebook_06_renders_the_committed_results(tmp_path):
 
 
 #: the scored grids of issue 18 (grid file name = results folder name)
-SCORED_GRIDS = ("acdc_lite_power", "acdc_lite_power_official")
+SCORED_GRIDS = ("acdc_lite_power", "acdc_lite_power_official", "acdc_lite_power_official_7")
 
 
 @pytest.mark.parametrize("name", SCORED_GRIDS)
