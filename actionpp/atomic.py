@@ -28,6 +28,7 @@ __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
     "OwnershipError", "WriteError", "MARKER_PREFIX", "marker_path", "folder_markers", "read_marker", "check_folder",
     "claim_folder", "check_file", "file_digest", "record_files", "written_unchanged", "remove_stale_temporaries",
+    "utc_now",
 ]
 
 
@@ -226,7 +227,7 @@ def claim_folder(
     marker = marker_path(p, command)
     if not marker.is_file():
         p.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(marker, {"written_by": f"actionpp {command}", "created": _now(), **(info or {})},
+        atomic_write_json(marker, {"written_by": f"actionpp {command}", "created": utc_now(), **(info or {})},
                           indent=1)
     return p
 
@@ -269,7 +270,7 @@ def file_digest(path: str | os.PathLike[str]) -> str:
 def record_files(folder: str | os.PathLike[str], command: str, paths: Iterable[str | os.PathLike[str]]) -> None:
     """Add ``paths`` (inside ``folder``) with their SHA-256 to ``command``'s marker in ``folder``."""
     p = Path(folder)
-    data = read_marker(p, command) or {"written_by": f"actionpp {command}", "created": _now()}
+    data = read_marker(p, command) or {"written_by": f"actionpp {command}", "created": utc_now()}
     files = dict(data.get("files") or {})
     for f in paths:
         files[Path(f).relative_to(p).as_posix()] = file_digest(f)
@@ -302,7 +303,11 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], names: Iterable[str
     return gone
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time now in UTC, ISO 8601 to the second with its offset (``2026-12-07T16:03:55+00:00``): every time
+    a run, a marker or a published folder records, so runs trained on machines in other time zones (a SLURM
+    cluster's nodes, a laptop) order correctly; times written before 2026-12-07 lack the offset and are this
+    development machine's local time, which was UTC."""
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

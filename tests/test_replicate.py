@@ -186,6 +186,11 @@ def test_failed_run_is_reported_others_finish_and_rerun_skips(tmp_path: Path, ca
     assert not (bad0 / "done").exists() and not (bad0 / "metrics.json").exists()
     failed = json.loads((bad0 / "failed.json").read_text())
     assert "deliberate failure for seed 0" in failed["error"]
+    # times are UTC with their offset, so runs finished on machines in other time zones order correctly
+    from datetime import datetime, timedelta
+
+    for when in (json.loads((ok0 / "done").read_text())["finished"], failed["time"]):
+        assert datetime.fromisoformat(when).utcoffset() == timedelta(0), when
     assert failed["notebook"] == str(bad0 / "fake_train.ipynb")
     executed = nbformat.read(bad0 / "fake_train.ipynb", as_version=4)
     assert any(o.get("output_type") == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)

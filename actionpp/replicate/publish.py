@@ -43,12 +43,11 @@ import json
 import os
 import platform
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from actionpp.atomic import OwnershipError, atomic_write_text, check_folder, claim_folder
+from actionpp.atomic import OwnershipError, atomic_write_text, check_folder, claim_folder, utc_now
 from actionpp.replicate.batchnorm import PER_BUDGET_HEADING
 from actionpp.replicate.grid import Grid, Run, grid_variants
 from actionpp.replicate.logs import (
@@ -132,7 +131,7 @@ def _readme(grid: Grid, records: Sequence[RunRecord], runs: Sequence[Run], comma
         f"- machine that wrote this folder: {_machine()} (each run's CPU: the table below)",
         f"- runs finished between {first} and {last}; training time of all runs added up: {total / 3600:.2f} h "
         "(two ran at a time, one torch thread each)",
-        f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- written: {utc_now()}",
         "",
         "Files: `results.md` / `results.csv` (selected checkpoint), `results_best.md` / `results_best.csv` "
         "(best validation checkpoint), `val_dice.png` (validation Dice along training), `loss_shares.md` "

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actionpp.atomic import atomic_write_bytes, atomic_write_text, check_folder, claim_folder, remove_stale_temporaries
+from actionpp.atomic import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_folder,
+    claim_folder,
+    remove_stale_temporaries,
+    utc_now,
+)
 from actionpp.replicate.batchnorm import BATCHNORM
 from actionpp.replicate.grid import Run, substitute
 from actionpp.replicate.score import SCORES, ScoresError, read_scores, score_run
@@ -321,7 +328,7 @@ def _attempt(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
                 "notebook": str(output),
                 "error": err,
                 "traceback": "".join(traceback.format_exception(exc))[-8000:],
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "time": utc_now(),
             }
             atomic_write_text(rd / FAILED, json.dumps(info, indent=2))
             return RunOutcome(run.run_id, "failed", time.perf_counter() - t0, err, str(output))
@@ -334,7 +341,7 @@ def _attempt(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
             err = f"scoring {run.score.to_dict()}: {_describe_error(exc)}"
             info = {"run_id": run.run_id, "notebook": None, "error": err,
                     "traceback": "".join(traceback.format_exception(exc))[-8000:],
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "time": utc_now()}
             atomic_write_text(rd / FAILED, json.dumps(info, indent=2))
             return RunOutcome(run.run_id, "failed", time.perf_counter() - t0, err, None)
     seconds = time.perf_counter() - t0
@@ -344,7 +351,7 @@ def _attempt(run: Run, out: Path, rd: Path, executor: Executor) -> RunOutcome:
         "notebooks": [str(s.path) for s in run.notebooks],
         "parameters": _marker_params(run),
         "seconds": round(seconds, 3),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "finished": utc_now(),
     }
     atomic_write_text(rd / DONE, json.dumps(marker, indent=2))
     (rd / FAILED).unlink(missing_ok=True)

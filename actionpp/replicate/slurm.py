@@ -43,13 +43,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actionpp.atomic import atomic_write_text
+from actionpp.atomic import atomic_write_text, utc_now
 from actionpp.replicate.grid import Run, grid_fingerprint
 from actionpp.replicate.run import run_status
 
@@ -429,7 +428,7 @@ def main(args: argparse.Namespace) -> int:
     except SlurmError as e:  # already warned about above; a fresh record replaces it
         print(f"warning: {e}: replaced", file=sys.stderr)
         record = []
-    entry: dict[str, Any] = {"array": array_job, "tables": None, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    entry: dict[str, Any] = {"array": array_job, "tables": None, "submitted": utc_now(),
                              "tasks": {str(r.index): r.run_id for r in plan.submit}}
     record.append(entry)
     atomic_write_text(folder / RECORD, json.dumps(record, indent=2))

@@ -96,6 +96,7 @@ from actionpp.atomic import (
     claim_folder,
     marker_path,
     remove_stale_temporaries,
+    utc_now,
 )
 from actionpp.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from actionpp.config import Config, config_hash, dump_yaml, load_config, safe_yaml
@@ -531,7 +532,7 @@ def _record_start(run_dir: Path, st: TrainerState, cfg: Config, device: torch.de
     env = environment_info()
     # each start records its commit: a run resumed after a code change says which code trained which part
     starts = list(previous.get("starts", [])) + [
-        {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_iteration": resumed_from or 0,
+        {"time": utc_now(), "from_iteration": resumed_from or 0,
          "git_commit": env.get("git_commit"), "cpu": env.get("cpu")}
     ]
     atomic_write_json(run_json, {
