@@ -306,8 +306,9 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], names: Iterable[str
 def utc_now() -> str:
     """The time now in UTC, ISO 8601 to the second with its offset (``2026-12-07T16:03:55+00:00``): every time
     a run, a marker or a published folder records, so runs trained on machines in other time zones (a SLURM
-    cluster's nodes, a laptop) order correctly; times written before 2026-12-07 lack the offset and are this
-    development machine's local time, which was UTC."""
+    cluster's nodes, a laptop) order correctly. Code before ``e68b161`` wrote the ``done`` and ``failed.json``
+    times, a run's starts in ``run.json``, the SLURM record and a published README's date as the machine's clock
+    without an offset (UTC on the machine that trained the published grids); ownership markers always had it."""
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         f"## Losses, forward + backward (`bench/bench_losses.py`), device `{args.device}`, "
         f"{args.threads or 'default'} thread(s)",
         "",
-        f"- date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
         f"- machine: {_machine(args.device, args.threads)}",
         f"- command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python bench/bench_losses.py "
         + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))

@@ -36,14 +36,25 @@ def test_counts_per_class_are_summed_per_method_and_budget_and_uncounted_runs_le
     action = rows[3]
     assert (action["runs"], action["counted"], action["volumes"]) == (3, 2, "40")
     # RV: 38 and 28 -> mean 33, both runs missed it; Myo: 31 and 0 -> 15.5, one run of two
-    assert action["classes"]["RV"] == {"mean": 33.0, "min": 28, "max": 38, "runs_missing": 2}
-    assert action["classes"]["Myo"] == {"mean": 15.5, "min": 0, "max": 31, "runs_missing": 1}
-    assert rows[2]["classes"]["LV"] == {"mean": 0.0, "min": 0, "max": 0, "runs_missing": 0}
+    assert action["classes"]["RV"] == {"mean": 33.0, "min": 28, "max": 38, "runs": 2, "runs_missing": 2}
+    assert action["classes"]["Myo"] == {"mean": 15.5, "min": 0, "max": 31, "runs": 2, "runs_missing": 1}
+    assert rows[2]["classes"]["LV"] == {"mean": 0.0, "min": 0, "max": 0, "runs": 1, "runs_missing": 0}
     assert rows[1]["classes"]["RV"]["mean"] == 5.0  # the variant is its own row, not pooled with its method
 
     md = "\n".join(missed_markdown(rows))
     assert "| 3 | ACTION | 2 of 3 | 40 | 33.0 (28-38), 2 of 2 | 15.5 (0-31), 1 of 2 | 31.0 (27-35), 2 of 2 |" in md
-    assert "| 7 | official_teacher | 1 of 1 | 40 | 5.0 (5-5), 1 of 1 |" in md
+    assert "| 7 | official_teacher (ACTION++) | 1 of 1 | 40 | 5.0 (5-5), 1 of 1 |" in md
+    assert "### Structures missed per class (test split, student)" in md and "No per-class counts" not in md
+
+
+def test_the_heading_names_split_and_weights_and_mixed_volume_counts_are_shown():
+    runs = [_run("action", 0, {"RV": 1}, n=40), _run("action", 1, {"RV": 3}, n=20)]
+    runs[0].scores["val"] = {"teacher": {"missed": {"RV": 2}, "n_volumes": 20}}
+    md = missed_markdown(missed_rows(runs, split="val", weights="teacher"))
+    assert md[0] == "### Structures missed per class (val split, teacher)"
+    assert "| 3 | ACTION | 1 of 2 | 20 | 2.0 (2-2), 1 of 1 |" in md
+    # two splits of different size cannot be one number: both are shown
+    assert "| 3 | ACTION | 2 of 2 | 20 or 40 | 2.0 (1-3), 2 of 2 |" in missed_markdown(missed_rows(runs))
 
 
 def test_no_counts_no_table_and_a_group_without_counts_gets_no_row():
@@ -53,6 +64,8 @@ def test_no_counts_no_table_and_a_group_without_counts_gets_no_row():
     lines = missed_markdown(rows)
     assert not any(line.startswith("| 3 | ACTION |") for line in lines)
     assert any(line.startswith("| 3 | ACTION++ | 1 of 1 | 40 | 1.0 (1-1), 1 of 1 |") for line in lines)
+    # the group without counts is named, not dropped in silence
+    assert lines[-1] == "No per-class counts (scored before they were recorded): ACTION at 3 labelled (1 run)."
 
 
 def test_paired_md_carries_the_table_when_the_runs_have_counts(tmp_path: Path):

@@ -22,12 +22,12 @@ import secrets
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
+from actionpp.atomic import utc_now
 from actionpp.data.core import DataError, Volume, is_within, read_h5_pair, read_h5_volume, read_list
 
 __all__ = [
@@ -290,7 +290,7 @@ def prepare_acdc(raw: str | Path, out: str | Path, *, overwrite: bool = False) -
         (tmp / "train_slices.list").write_text("".join(f"{n}\n" for n in known + rest))
         (tmp / PREPARE_MARKER).write_text(json.dumps({
             "written_by": "actionpp data prepare-acdc", "source": str(raw.resolve()),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "time": utc_now(),
         }, indent=1) + "\n")
         _swap_in(tmp, out)
     except BaseException:

@@ -491,10 +491,11 @@ def looks(runs: Sequence[ScoredRun], a: str = "actionpp", b: str = "action", spl
     time counts as the earliest, ties go by seed); the list starts at the second pair, the first with an
     interval. Each entry is the paired interval (:func:`paired_interval`) of the pairs in by then, so the
     last entry is the current verdict's interval. Ablation variants are left out and the runs are refused as
-    in :func:`paired_rows`. The times are compared as the runs' ``done`` markers write them (the local clock of
-    the machine that finished the run, no time zone): runs finished on machines set to different zones may be
-    put in the wrong order. A run trained again (``--force``) carries its new time, so the looks are rebuilt
-    from the runs as they are now, not a record of what was published before.
+    in :func:`paired_rows`. The times are compared as the runs' ``done`` markers write them: UTC with its offset
+    (:func:`actionpp.atomic.utc_now`), or, written by code before ``e68b161``, the finishing machine's clock with
+    no offset (UTC on the machine that trained the published grids). Both share the ``YYYY-MM-DDTHH:MM:SS``
+    prefix, so they order by time as strings. A run trained again (``--force``) carries its new time, so the
+    looks are rebuilt from the runs as they are now, not a record of what was published before.
 
     >>> def run(m, seed, dice, fin):
     ...     return ScoredRun(f"{m}{seed}", m, None, 7, seed, {"test": {"student": {"dice_mean": dice}}}, finished=fin)

@@ -29,11 +29,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from actionpp.atomic import OwnershipError, folder_markers, read_marker
+from actionpp.atomic import OwnershipError, folder_markers, read_marker, utc_now
 
 if TYPE_CHECKING:
     from actionpp.replicate.grid import Grid, Run
@@ -82,7 +81,7 @@ def restore(published: str | Path, out: str | Path, runs: Sequence[Run], grid: G
     from actionpp.replicate.run import DONE
 
     published, out = Path(published), Path(out)
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = utc_now()
     done = []
     for r in restorable(published, out, runs, grid):
         target = r.run_dir(out)

@@ -94,7 +94,7 @@ class RunRecord:
     axes: Mapping[str, Any]
     metrics: Mapping[str, Any]
     path: Path
-    finished: str = ""  # the ``done`` marker's finish time (ISO, local clock); "" when it has none
+    finished: str = ""  # the ``done`` marker's finish time (ISO, UTC; no offset before e68b161); "" if none
 
 
 def collect(out: str | Path, runs: Sequence[Run] | None = None, problems: list[str] | None = None) -> list[RunRecord]:
