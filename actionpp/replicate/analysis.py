@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from actionpp.atomic import atomic_write_bytes, atomic_write_text
+from actionpp.replicate.across import across_markdown, across_rows
 from actionpp.replicate.missed import missed_markdown, missed_rows
 from actionpp.replicate.noise import noise_rows, noise_summary
 from actionpp.replicate.paired import (
@@ -71,12 +72,13 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
                     variants: Sequence[PairedRow] = (), described: Mapping[str, str] | None = None,
                     variant_problem: str = "",
                     steps: Mapping[int, Sequence[tuple[int, Interval]]] | None = None,
-                    missed: Sequence[Mapping[str, Any]] = ()) -> str:
+                    missed: Sequence[Mapping[str, Any]] = (), across: Sequence[str] = ()) -> str:
     """``paired.md``: the verdicts and the table of ``rows`` (:func:`paired_rows`), the ablation variants
     beside their method (``variants``: :func:`variant_rows`; ``described``: variant -> its changes;
     ``variant_problem``: why they could not be read, said in their place), and the noise table with its
     sentences. ``steps``: the primary interval after each pair (:func:`~actionpp.replicate.paired.looks`), a
-    table under the verdicts. ``missed``: :func:`~actionpp.replicate.missed.missed_rows`, a table at the end."""
+    table under the verdicts. ``missed``: :func:`~actionpp.replicate.missed.missed_rows`, a table after the noise
+    table; ``across``: the lines of :func:`~actionpp.replicate.across.across_markdown`, last."""
     n_runs = len(runs)
     which = " / ".join(sorted({r.which for r in runs})) or "last"
     lines = [
@@ -141,6 +143,8 @@ def paired_markdown(rows: Sequence[PairedRow], noise: Sequence[Mapping[str, Any]
     table = missed_markdown(missed)
     if table:
         lines += ["", *table]
+    if across:
+        lines += ["", *across]
     return "\n".join(lines) + "\n"
 
 
@@ -259,12 +263,14 @@ def looks_figure(steps: Mapping[int, Sequence[tuple[int, Interval]]], planned: M
 
 def write_paired(source: str | Path, dest: str | Path | None = None,
                  only: Iterable[str] | None = None, planned: Mapping[int, int] | None = None,
-                 described: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 described: Mapping[str, str] | None = None,
+                 against: tuple[str, str | Path] | None = None) -> dict[str, Any]:
     """Read the scored runs under ``source``, write ``paired.csv``, ``paired.md`` and ``paired.png`` into ``dest``.
 
     ``dest`` defaults to ``source``; ``only``: the run ids to analyse (:func:`collect_scored`); ``planned``:
     the grid's planned pairs per budget (:func:`planned_pairs`), for the verdicts' interim note; ``described``:
-    variant -> what it changes (:func:`actionpp.replicate.paired.describe_variants`). Returns
+    variant -> what it changes (:func:`actionpp.replicate.paired.describe_variants`); ``against``: ``(name,
+    folder)`` of another grid's scored runs to set these beside (:mod:`actionpp.replicate.across`). Returns
     ``{"runs", "rows", "variants", "verdicts", "noise_summary", "markdown", "files"}``; with no
     scored run nothing is written.
     """
@@ -278,8 +284,19 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
         variants, variant_problem = [], str(exc)
     noise = noise_rows(runs)
     summary = noise_summary(runs) if runs else []
+    across: list[str] = []
+    if against is not None and runs:
+        name, folder = against[0], Path(against[1])
+        this = dest.name if dest.name else str(dest)
+        if not folder.is_dir():
+            across = across_markdown([], this, name, f"no published folder {folder}")
+        else:
+            try:
+                across = across_markdown(across_rows(runs, collect_scored(folder)), this, name)
+            except ValueError as exc:  # the other grid's runs cannot be set beside these: say why
+                across = across_markdown([], this, name, str(exc))
     md = paired_markdown(rows, noise, runs, summary, planned, variants, described, variant_problem, looks(runs),
-                         missed_rows(runs))
+                         missed_rows(runs), across)
     files: list[str] = []
     if runs:
         dest.mkdir(parents=True, exist_ok=True)

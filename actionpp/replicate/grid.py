@@ -73,6 +73,7 @@ class Grid:
     blocks: tuple[Grid, ...] = ()  # when the file lists blocks: one sub-grid each (axes / variants empty here)
     score: ScoreSpec | None = None  # what the runner scores after each run (actionpp.replicate.score)
     batchnorm: BatchNormSpec | None = None  # the BatchNorm check of each run, at publish (replicate.batchnorm)
+    describe_against: str | None = None  # a grid whose published runs this one's are set beside (replicate.across)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
     if not isinstance(raw, dict):
         raise GridError(f"{where}: a grid is a mapping with keys notebooks, profile, parameters, axes, variants")
     allowed = {"name", "notebooks", "profile", "parameters", "axes", "variants", "description", "blocks", "score",
-               "batchnorm_check"}
+               "batchnorm_check", "describe_against"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise GridError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -196,6 +197,13 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
         raise GridError(str(exc)) from None
     if batchnorm is not None and score is None:
         raise GridError(f"{where}: batchnorm_check reads the checkpoint the runner scores: it needs a 'score' block")
+    against = raw.get("describe_against")
+    if against is not None:
+        if not isinstance(against, str) or not _NAME_RE.fullmatch(against) or ".." in against:
+            raise GridError(f"{where}: describe_against must name another grid (its published folder beside this "
+                            f"one's), got {against!r}")
+        if score is None:
+            raise GridError(f"{where}: describe_against compares the runs' scores: it needs a 'score' block")
 
     if "blocks" in raw:
         if "axes" in raw or "variants" in raw:
@@ -233,6 +241,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
             blocks=tuple(blocks),
             score=score,
             batchnorm=batchnorm,
+            describe_against=against,
         )
 
     axes_raw = raw.get("axes") or {}
@@ -278,6 +287,7 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
         variants=variants,
         score=score,
         batchnorm=batchnorm,
+        describe_against=against,
     )
 
 

@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "one_run_each",
+    "compare_by_seed",
     "ScoredRun",
     "Interval",
     "PairedRow",
@@ -264,7 +266,7 @@ def _points(runs: Mapping[int, ScoredRun], split: str, weights: str, cls: str) -
     return out
 
 
-def _one_run_each(runs: Sequence[ScoredRun]) -> list[ScoredRun]:
+def one_run_each(runs: Sequence[ScoredRun]) -> list[ScoredRun]:
     """The main runs, refused unless they score one checkpoint and hold one run per method, budget and seed."""
     main = main_runs(runs)
     whiches = sorted({r.which for r in main})
@@ -284,7 +286,7 @@ def paired_rows(runs: Sequence[ScoredRun], comparisons: Sequence[tuple[str, str,
                 splits: Sequence[str] = ("test", "val"), weights: str = "student",
                 level: float = LEVEL) -> list[PairedRow]:
     """Every comparison x budget x split x class (``mean`` first) that has runs of both methods, in Dice points."""
-    main = _one_run_each(runs)
+    main = one_run_each(runs)
     classes = next((r.classes for r in main if r.classes), ())
     rows = []
     for labelled in sorted({r.labelled for r in main}, reverse=True):
@@ -293,12 +295,13 @@ def paired_rows(runs: Sequence[ScoredRun], comparisons: Sequence[tuple[str, str,
             ra = {r.seed: r for r in at if r.method == a}
             rb = {r.seed: r for r in at if r.method == b}
             if ra and rb:
-                rows += _compare(ra, rb, a, b, role, labelled, splits, weights, classes, level)
+                rows += compare_by_seed(ra, rb, a, b, role, labelled, splits, weights, classes, level)
     return rows
 
 
-def _compare(ra: Mapping[int, ScoredRun], rb: Mapping[int, ScoredRun], a: str, b: str, role: str, labelled: int,
-             splits: Sequence[str], weights: str, classes: Sequence[str], level: float) -> list[PairedRow]:
+def compare_by_seed(ra: Mapping[int, ScoredRun], rb: Mapping[int, ScoredRun], a: str, b: str, role: str,
+                    labelled: int, splits: Sequence[str], weights: str, classes: Sequence[str],
+                    level: float) -> list[PairedRow]:
     """A - B per split and class (``mean`` first) over the seeds both have, for those with runs of both."""
     rows = []
     for split in splits:
@@ -350,7 +353,7 @@ def variant_rows(runs: Sequence[ScoredRun], splits: Sequence[str] = ("val", "tes
         if other:
             raise ValueError(f"variant {variant} at {labelled} labelled patients: {', '.join(other)} score another "
                              f"checkpoint than {ref.run_id} ({ref.which}): compare like with like")
-        rows += _compare(rv, rb, variant, method, "variant", labelled, splits, weights, classes, level)
+        rows += compare_by_seed(rv, rb, variant, method, "variant", labelled, splits, weights, classes, level)
     return rows
 
 
@@ -504,7 +507,7 @@ def looks(runs: Sequence[ScoredRun], a: str = "actionpp", b: str = "action", spl
     >>> [(seed, round(iv.mean, 2), iv.n) for seed, iv in looks(rs, "a", "b")[7]]   # pairs in at t2, t3, t4
     [(1, 2.0, 2), (0, 2.0, 3)]
     """
-    main = _one_run_each(runs)
+    main = one_run_each(runs)
     out: dict[int, list[tuple[int, Interval]]] = {}
     for labelled in sorted({r.labelled for r in main}, reverse=True):
         ra = {r.seed: r for r in main if r.labelled == labelled and r.method == a}

@@ -413,8 +413,11 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run
     atomic_write_text(dest / "results_test.csv", results_csv(rows))
     atomic_write_text(dest / "results_test.md", results_markdown(rows, f"results on the test split ({which} "
                                                                        "checkpoint, student, scored by the runner)"))
+    against = None
+    if grid is not None and grid.describe_against:  # the other grid's published folder, beside this one
+        against = (grid.describe_against, dest.parent / grid.describe_against)
     write_paired(dest, only=[r.run_id for r in records], planned=planned_pairs(grid_design(runs)),
-                 described=describe_variants(grid_variants(grid)) if grid is not None else None)
+                 described=describe_variants(grid_variants(grid)) if grid is not None else None, against=against)
     return True
 
 

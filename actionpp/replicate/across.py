@@ -1,0 +1,93 @@
+"""One grid's runs set beside another grid's runs of the same method, budget and seed: a description (issue 18).
+
+Two grids that train the same methods at the same budgets and seeds under different settings (the powered grid
+under the ``acdc_lite`` profile's network modes, ``acdc_lite_power_official_7`` under the official scripts'
+modes) answer "how much do the settings change each method?" only across grids. A grid file names the other
+grid with ``describe_against: NAME``; at publish the runner reads that grid's published folder beside this one's
+(``results/NAME``) and writes, per method and budget, this grid's run minus the other's, paired by seed (the same
+seed gives both the same initial weights and labelled batches where the settings allow), with the 95 % t
+interval and the sign count.
+
+It is a description, not a verdict: no decision rule was fixed for it, so no call is made (a grid's own
+comparison of ACTION++ with ACTION keeps its rule). Ablation variants are left out; the runs of each side are
+refused as :func:`actionpp.replicate.paired.paired_rows` refuses them (one run per method, budget and seed, one
+checkpoint).
+
+Built on :mod:`actionpp.replicate.paired`; :func:`actionpp.replicate.analysis.write_paired` puts the lines into
+``paired.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from actionpp.replicate.paired import (
+    LEVEL,
+    NAMES,
+    PairedRow,
+    ScoredRun,
+    compare_by_seed,
+    fmt_points,
+    one_run_each,
+)
+
+__all__ = ["across_rows", "across_markdown"]
+
+
+def across_rows(runs: Sequence[ScoredRun], reference: Sequence[ScoredRun], splits: Sequence[str] = ("test", "val"),
+                weights: str = "student", level: float = LEVEL) -> list[PairedRow]:
+    """This grid's run - the reference grid's run of the same method, budget and seed, per split and class
+    (``mean`` first; ``a`` and ``b`` are both the method, ``role`` is ``"across"``), for every method and budget
+    both grids have, largest budget first, methods in :data:`~actionpp.replicate.paired.NAMES` order."""
+    mine, theirs = one_run_each(runs), one_run_each(reference)
+    whiches = sorted({r.which for r in (*mine, *theirs)})
+    if len(whiches) > 1:
+        raise ValueError(f"the two grids score different checkpoints ({', '.join(whiches)}): compare like with like")
+    classes = next((r.classes for r in mine if r.classes), ())
+    order = {m: i for i, m in enumerate(NAMES)}
+    rows: list[PairedRow] = []
+    for labelled in sorted({r.labelled for r in mine}, reverse=True):
+        for method in sorted({r.method for r in mine if r.labelled == labelled},
+                             key=lambda m: (order.get(m, len(order)), m)):
+            ra = {r.seed: r for r in mine if r.labelled == labelled and r.method == method}
+            rb = {r.seed: r for r in theirs if r.labelled == labelled and r.method == method}
+            if rb:
+                rows += compare_by_seed(ra, rb, method, method, "across", labelled, splits, weights, classes, level)
+    return rows
+
+
+def across_markdown(rows: Sequence[PairedRow], this: str, reference: str, problem: str = "") -> list[str]:
+    """The section of ``paired.md``: a sentence per method and budget (mean over classes, test then val) and the
+    table of every split and class; ``problem``: why the reference could not be read, said in their place. No
+    lines when there is nothing to say."""
+    head = [f"### Beside `{reference}`: the same method, budget and seed (a description, no call)", ""]
+    if problem:
+        return [*head, f"Not read: {problem}."]
+    if not rows:
+        return []
+    lines = [*head,
+             f"d = this grid's run (`{this}`) - `{reference}`'s run of the same method, budget and seed, Dice points "
+             "of the last checkpoint's student, with the 95 % t interval over the seeds both grids have and the "
+             "sign count (this grid ahead / behind). What the two grids' settings change for each method; no rule "
+             "was fixed for it, so no call is made.", ""]
+    by_key = {(r.labelled, r.a, r.split, r.cls): r for r in rows}
+    for labelled, method in dict.fromkeys((r.labelled, r.a) for r in rows):
+        parts = []
+        for split in ("test", "val"):
+            r = by_key.get((labelled, method, split, "mean"))
+            if r is not None:
+                parts.append(f"{fmt_points(r.paired.mean, True)} [{fmt_points(r.paired.lo, True)}, "
+                             f"{fmt_points(r.paired.hi, True)}] on {split} ({r.paired.n} seeds, ahead on {r.ahead} "
+                             f"of {r.paired.n}; mean Dice {fmt_points(r.mean_a)} against {fmt_points(r.mean_b)})")
+        if parts:
+            lines.append(f"- {NAMES.get(method, method)} at {labelled} labelled patient{'s' if labelled != 1 else ''}: "
+                         + "; ".join(parts) + ".")
+    lines += ["", "| method | labelled | split | class | seeds | d | 95 % CI | ahead / behind | this grid | "
+              f"{reference} |",
+              "| --- | ---: | --- | --- | ---: | ---: | --- | --- | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {NAMES.get(r.a, r.a)} | {r.labelled} | {r.split} | {r.cls} | {r.paired.n} | "
+                     f"{fmt_points(r.paired.mean, True)} | [{fmt_points(r.paired.lo, True)}, "
+                     f"{fmt_points(r.paired.hi, True)}] | {r.ahead} / {r.behind} | {fmt_points(r.mean_a)} | "
+                     f"{fmt_points(r.mean_b)} |")
+    return lines
