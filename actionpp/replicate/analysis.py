@@ -5,7 +5,8 @@ writes what a reader of ``docs/results.md`` sees: the verdict sentences and the 
 comparisons (:mod:`actionpp.replicate.paired`), the ablation variants beside their own method, the noise
 table and its sentences (:mod:`actionpp.replicate.noise`), and the figure, one point and 95 % interval per
 comparison, budget, split and class. Under the noise table, how often each method lost each class
-(:mod:`actionpp.replicate.missed`). The publisher (:mod:`actionpp.replicate.publish`) calls it for a
+(:mod:`actionpp.replicate.missed`) and, for a grid that names another, its runs beside that grid's
+(:mod:`actionpp.replicate.across`). The publisher (:mod:`actionpp.replicate.publish`) calls it for a
 scored grid; notebook 06 draws the same figure with :func:`paired_figure`.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from actionpp.atomic import atomic_write_bytes, atomic_write_text
-from actionpp.replicate.across import across_markdown, across_rows
+from actionpp.replicate.across import across_section
 from actionpp.replicate.missed import missed_markdown, missed_rows
 from actionpp.replicate.noise import noise_rows, noise_summary
 from actionpp.replicate.paired import (
@@ -264,13 +265,14 @@ def looks_figure(steps: Mapping[int, Sequence[tuple[int, Interval]]], planned: M
 def write_paired(source: str | Path, dest: str | Path | None = None,
                  only: Iterable[str] | None = None, planned: Mapping[int, int] | None = None,
                  described: Mapping[str, str] | None = None,
-                 against: tuple[str, str | Path] | None = None) -> dict[str, Any]:
+                 against: tuple[str, str, str | Path] | None = None) -> dict[str, Any]:
     """Read the scored runs under ``source``, write ``paired.csv``, ``paired.md`` and ``paired.png`` into ``dest``.
 
     ``dest`` defaults to ``source``; ``only``: the run ids to analyse (:func:`collect_scored`); ``planned``:
     the grid's planned pairs per budget (:func:`planned_pairs`), for the verdicts' interim note; ``described``:
-    variant -> what it changes (:func:`actionpp.replicate.paired.describe_variants`); ``against``: ``(name,
-    folder)`` of another grid's scored runs to set these beside (:mod:`actionpp.replicate.across`). Returns
+    variant -> what it changes (:func:`actionpp.replicate.paired.describe_variants`); ``against``: ``(this grid's
+    name, the other grid's name, its folder)``, to set these runs beside that grid's scored runs
+    (:func:`actionpp.replicate.across.across_section`). Returns
     ``{"runs", "rows", "variants", "verdicts", "noise_summary", "markdown", "files"}``; with no
     scored run nothing is written.
     """
@@ -284,17 +286,7 @@ def write_paired(source: str | Path, dest: str | Path | None = None,
         variants, variant_problem = [], str(exc)
     noise = noise_rows(runs)
     summary = noise_summary(runs) if runs else []
-    across: list[str] = []
-    if against is not None and runs:
-        name, folder = against[0], Path(against[1])
-        this = dest.name if dest.name else str(dest)
-        if not folder.is_dir():
-            across = across_markdown([], this, name, f"no published folder {folder}")
-        else:
-            try:
-                across = across_markdown(across_rows(runs, collect_scored(folder)), this, name)
-            except ValueError as exc:  # the other grid's runs cannot be set beside these: say why
-                across = across_markdown([], this, name, str(exc))
+    across = across_section(runs, against[0], against[1], against[2]) if against is not None and runs else []
     md = paired_markdown(rows, noise, runs, summary, planned, variants, described, variant_problem, looks(runs),
                          missed_rows(runs), across)
     files: list[str] = []

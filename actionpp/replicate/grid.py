@@ -204,6 +204,8 @@ def load_grid(path: str | Path | Mapping[str, Any], *, base: Path | None = None)
                             f"one's), got {against!r}")
         if score is None:
             raise GridError(f"{where}: describe_against compares the runs' scores: it needs a 'score' block")
+        if against == _grid_name(raw, src, where):
+            raise GridError(f"{where}: describe_against names this grid itself; name another grid")
 
     if "blocks" in raw:
         if "axes" in raw or "variants" in raw:

@@ -45,8 +45,6 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "one_run_each",
-    "compare_by_seed",
     "ScoredRun",
     "Interval",
     "PairedRow",
@@ -55,6 +53,8 @@ __all__ = [
     "welch_interval",
     "collect_scored",
     "paired_rows",
+    "one_run_each",
+    "compare_by_seed",
     "variant_rows",
     "variant_sentences",
     "describe_variants",

@@ -415,7 +415,7 @@ def _publish_scores(records: Sequence[RunRecord], dest: Path, runs: Sequence[Run
                                                                        "checkpoint, student, scored by the runner)"))
     against = None
     if grid is not None and grid.describe_against:  # the other grid's published folder, beside this one
-        against = (grid.describe_against, dest.parent / grid.describe_against)
+        against = (grid.name, grid.describe_against, dest.parent / grid.describe_against)
     write_paired(dest, only=[r.run_id for r in records], planned=planned_pairs(grid_design(runs)),
                  described=describe_variants(grid_variants(grid)) if grid is not None else None, against=against)
     return True
