@@ -123,3 +123,24 @@ def test_the_docs_section_of_each_published_grid_is_what_the_runner_writes_from_
     committed = text[text.index(start) + len(start) + 1:text.index(end) - 1]
     grid = load_grid(repo_root() / "notebooks" / "grids" / f"{name}.yaml")
     assert committed == docs_section(repo_root() / "results" / name, docs, grid, scored=grid.score is not None).rstrip()
+
+
+#: the scored grids whose grid file names another grid to be set beside (describe_against)
+DESCRIBED_AGAINST = ("acdc_lite_power_official_7",)
+
+
+@pytest.mark.parametrize("name", DESCRIBED_AGAINST)
+def test_a_grid_set_beside_another_was_published_after_that_grids_last_publish(name):
+    """A grid that names another (describe_against) carries, in its paired.md, the section the runner writes from
+    both published folders as they are now: republishing the other grid without this one leaves this test red."""
+    from actionpp.replicate import load_grid
+    from actionpp.replicate.across import across_section
+    from actionpp.replicate.paired import collect_scored
+
+    grid = load_grid(repo_root() / "notebooks" / "grids" / f"{name}.yaml")
+    assert grid.describe_against == "acdc_lite_power"
+    folder = repo_root() / "results" / name
+    section = across_section(collect_scored(folder), grid.name, grid.describe_against,
+                             folder.parent / grid.describe_against)
+    assert section and not any(line.startswith("Not read:") for line in section)
+    assert "\n".join(section) in (folder / "paired.md").read_text()
