@@ -32,6 +32,20 @@ first)::
         variants: [{name: no_ats, METHOD: actionpp, ATS: "off"}]
       - axes: {SEED: [1, 2], METHOD: [supervised, actionpp]}
 
+Three optional keys make a grid one whose runs are compared as evidence (the powered grids of
+``notebooks/grids/acdc_lite_power*.yaml``)::
+
+    score: {run: run, which: last, splits: [val, test], weights: [student, teacher]}
+    batchnorm_check: {split: val, images: 400, seed: 0}
+    describe_against: acdc_lite_power
+
+``score``: the runner scores each run's checkpoint before marking it done (``scores.json``,
+:mod:`~actionpp.replicate.score`), and publishing writes the paired analysis
+(:mod:`~actionpp.replicate.analysis`); ``batchnorm_check``: at publish, each run's checkpoint is also scored
+with its BatchNorm statistics re-estimated (:mod:`~actionpp.replicate.batchnorm`; needs ``score``);
+``describe_against``: at publish, the runs are set beside another grid's published runs of the same
+method, budget and seed, a description with no call (:mod:`~actionpp.replicate.across`; needs ``score``).
+
 A notebook entry is either a stem / path (``04_train``) or a mapping
 ``{notebook: 05_embeddings, parameters: {RUN_DIRS: ["{run_dir}"]}}``;
 strings in a per-notebook mapping may use ``{run_dir}`` (the run directory) and
