@@ -32,6 +32,7 @@ from actionpp.replicate.paired import (
     collect_scored,
     compare_by_seed,
     fmt_points,
+    method_order,
     one_run_each,
 )
 
@@ -64,11 +65,9 @@ def across_rows(runs: Sequence[ScoredRun], reference: Sequence[ScoredRun], split
     if classes and other and tuple(classes) != tuple(other):
         raise ValueError(f"the two grids score different classes ({', '.join(classes)} against {', '.join(other)}): "
                          "compare like with like")
-    order = {m: i for i, m in enumerate(NAMES)}
     rows: list[PairedRow] = []
     for labelled in sorted({r.labelled for r in mine}, reverse=True):
-        for method in sorted({r.method for r in mine if r.labelled == labelled},
-                             key=lambda m: (order.get(m, len(order)), m)):
+        for method in sorted({r.method for r in mine if r.labelled == labelled}, key=method_order):
             ra = {r.seed: r for r in mine if r.labelled == labelled and r.method == method}
             rb = {r.seed: r for r in theirs if r.labelled == labelled and r.method == method}
             if set(ra) & set(rb):

@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from actionpp.replicate.paired import NAMES, ScoredRun
+from actionpp.replicate.paired import NAMES, ScoredRun, method_order
 
 __all__ = ["missed_rows", "missed_markdown"]
 
@@ -49,9 +49,8 @@ def missed_rows(runs: Sequence[ScoredRun], split: str = "test", weights: str = "
     arms: dict[tuple[int, str], list[ScoredRun]] = {}
     for r in runs:
         arms.setdefault((r.labelled, r.variant or r.method), []).append(r)
-    order = {m: i for i, m in enumerate(NAMES)}
     out = []
-    for (labelled, arm) in sorted(arms, key=lambda k: (-k[0], order.get(k[1], len(order)), k[1])):
+    for (labelled, arm) in sorted(arms, key=lambda k: (-k[0], method_order(k[1]))):
         group = arms[(labelled, arm)]
         counted = [c for c in (_counts(r, split, weights) for r in group) if c is not None]
         classes: dict[str, dict[str, float | int]] = {}

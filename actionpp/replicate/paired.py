@@ -53,6 +53,7 @@ __all__ = [
     "welch_interval",
     "collect_scored",
     "paired_rows",
+    "method_order",
     "one_run_each",
     "compare_by_seed",
     "variant_rows",
@@ -75,6 +76,16 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
 )
 NAMES = {"actionpp": "ACTION++", "action": "ACTION", "supervised": "supervised", "mean_teacher": "mean teacher"}
 LEVEL = 0.95
+
+
+def method_order(name: str) -> tuple[int, str]:
+    """Sort key for methods (and variants) in tables: the :data:`NAMES` order, then any other name alphabetically.
+
+    >>> sorted(["zeta", "action", "actionpp", "alpha"], key=method_order)
+    ['actionpp', 'action', 'alpha', 'zeta']
+    """
+    order = list(NAMES)
+    return (order.index(name), "") if name in NAMES else (len(order), name)
 
 
 @dataclass(frozen=True)
